@@ -1,0 +1,34 @@
+//! Everything that crosses the wire between ssh-to-job's programs: the
+//! protobuf messages and gRPC services, the join token, and the framing of
+//! the starter link with its size limits.
+
+pub mod framing;
+pub mod job_state;
+pub mod token;
+
+/// Generated code, nested as the protobuf packages are so that cross-package
+/// references resolve.
+mod pb {
+    pub mod stj {
+        pub mod user {
+            pub mod v1 {
+                tonic::include_proto!("stj.user.v1");
+            }
+        }
+        pub mod starter {
+            pub mod v1 {
+                tonic::include_proto!("stj.starter.v1");
+            }
+        }
+    }
+}
+
+pub use pb::stj::starter::v1 as starter;
+pub use pb::stj::user::v1 as user;
+
+/// Version the starter announces in its hello; the schedd refuses others.
+pub const STARTER_PROTOCOL_VERSION: u32 = 1;
+
+/// The name in the schedd's TLS certificate. Starters check it instead of the
+/// host name they dialled, so the schedd may sit behind any address or NAT.
+pub const SCHEDD_TLS_NAME: &str = "stj-schedd";

@@ -1,0 +1,113 @@
+//! The schedd's configuration: a TOML file (`--config`, default
+//! `/etc/stj/stj.toml`, section `[schedd]`) with every knob, and flags that
+//! override it. README lists every knob with its default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG: &str = "/etc/stj/stj.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheddConfig {
+    /// TCP address starters dial (TLS).
+    pub listen: SocketAddr,
+    /// UNIX socket for the user API (`stj`, `ssh-to-job`).
+    pub socket: PathBuf,
+    /// SQLite queue, CA, server certificate and join secret live here.
+    pub state_dir: PathBuf,
+    /// How often each side of the starter link sends a heartbeat; a link
+    /// silent for three periods is dropped.
+    pub heartbeat_secs: u32,
+    /// Pool-wide switch for ssh-to-job sessions.
+    pub enable_ssh_to_job: bool,
+    /// How long a disconnected starter's running jobs stay "running" before
+    /// they go back to idle (the starter may be behind a network cut and
+    /// still running them).
+    pub job_lease_secs: u64,
+}
+
+impl Default for ScheddConfig {
+    fn default() -> Self {
+        ScheddConfig {
+            listen: "0.0.0.0:9618".parse().expect("literal address"),
+            socket: PathBuf::from("/run/stj/schedd.sock"),
+            state_dir: PathBuf::from("/var/lib/stj/schedd"),
+            heartbeat_secs: 10,
+            enable_ssh_to_job: true,
+            job_lease_secs: 1200,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct FileConfig {
+    schedd: ScheddConfig,
+    // Other programs' sections share the file; the schedd does not read them.
+    #[allow(dead_code)]
+    starter: Option<toml::Value>,
+    #[allow(dead_code)]
+    client: Option<toml::Value>,
+}
+
+/// Reads the `[schedd]` section of `path`. A missing file is fine only when the
+/// caller did not name it explicitly.
+pub fn load(path: Option<&Path>) -> Result<ScheddConfig> {
+    let (path, explicit) = match path {
+        Some(p) => (p.to_path_buf(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG), false),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            return Ok(ScheddConfig::default())
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read config file {}", path.display()))
+        }
+    };
+    parse(&text).with_context(|| {
+        format!(
+            "config file {} is not valid (see README, section Configuration, for every knob)",
+            path.display()
+        )
+    })
+}
+
+pub fn parse(text: &str) -> Result<ScheddConfig> {
+    let file: FileConfig = toml::from_str(text)?;
+    let c = file.schedd;
+    anyhow::ensure!(
+        c.heartbeat_secs >= 1,
+        "schedd.heartbeat_secs must be at least 1"
+    );
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = parse("[schedd]\nlisten = \"127.0.0.1:1234\"\n").unwrap();
+        assert_eq!(c.listen.port(), 1234);
+        assert_eq!(c.heartbeat_secs, 10);
+        assert!(c.enable_ssh_to_job);
+    }
+
+    #[test]
+    fn unknown_knob_is_an_error_naming_it() {
+        let e = parse("[schedd]\nlisen = \"x\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("lisen"), "{e:#}");
+    }
+
+    #[test]
+    fn wrong_type_is_an_error() {
+        assert!(parse("[schedd]\nheartbeat_secs = \"ten\"\n").is_err());
+    }
+}

@@ -1,0 +1,120 @@
+//! stj-schedd: the durable job queue, the starter registry and matchmaking.
+//! `main.rs` parses flags; tests and the benchmark call [`run`] the same way.
+
+pub mod config;
+mod link;
+mod listener;
+mod matchmaker;
+pub mod pki;
+pub mod queue;
+mod registry;
+mod user_api;
+
+use std::future::Future;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{watch, Notify};
+use tokio_stream::wrappers::UnixListenerStream;
+
+pub use config::ScheddConfig;
+
+/// State shared by the listener, the links, the user API and the matchmaker.
+pub struct Schedd {
+    pub config: ScheddConfig,
+    pub queue: queue::Queue,
+    registry: registry::Registry,
+    secret: pki::SecretChecker,
+    /// Bumped on every job change; `Wait` calls watch it.
+    changes: watch::Sender<u64>,
+    /// Wakes the matchmaker.
+    schedule: Notify,
+    /// Serialises matchmaking with starter registration.
+    pool_lock: tokio::sync::Mutex<()>,
+    started: Instant,
+}
+
+impl Schedd {
+    fn job_changed(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
+
+/// File in the state dir holding the address the schedd listens on, so that
+/// tools (and tests that bind port 0) can find it.
+pub const ADDR_FILE: &str = "schedd.addr";
+
+pub async fn run(config: ScheddConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let identity = pki::Identity::load_or_create(&config.state_dir)?;
+    let tls = identity.tls_config()?;
+    let db_path = config.state_dir.join("queue.sqlite");
+    let queue = queue::Queue::open(&db_path)
+        .with_context(|| format!("cannot open the job queue {}", db_path.display()))?;
+
+    let tcp = TcpListener::bind(config.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} (is another schedd running? change `listen` in the [schedd] config or --listen)",
+            config.listen
+        )
+    })?;
+    let local = tcp.local_addr()?;
+    let uds = bind_user_socket(&config.socket)?;
+    std::fs::write(config.state_dir.join(ADDR_FILE), local.to_string())?;
+
+    let (changes, _) = watch::channel(0);
+    let schedd = Arc::new(Schedd {
+        secret: identity.secret_checker(),
+        queue,
+        registry: registry::Registry::default(),
+        changes,
+        schedule: Notify::new(),
+        pool_lock: tokio::sync::Mutex::new(()),
+        started: Instant::now(),
+        config,
+    });
+    tracing::info!(listen = %local, socket = %schedd.config.socket.display(), "schedd ready");
+
+    let api = stj_proto::user::schedd_server::ScheddServer::new(user_api::UserApi {
+        schedd: schedd.clone(),
+    });
+    let user_server = tonic::transport::Server::builder()
+        .add_service(api)
+        .serve_with_incoming(UnixListenerStream::new(uds));
+
+    tokio::select! {
+        _ = listener::run(schedd.clone(), tcp, tls) => {}
+        _ = matchmaker::run(schedd.clone()) => {}
+        r = user_server => r.context("user API server failed")?,
+        _ = shutdown => tracing::info!("schedd shutting down"),
+    }
+    std::fs::remove_file(&schedd.config.socket).ok();
+    Ok(())
+}
+
+/// Binds the user socket. Anyone may connect (identity comes from
+/// SO_PEERCRED), so the socket is world-writable; a stale socket from a
+/// crashed schedd is replaced, but never a file that is not a socket.
+fn bind_user_socket(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => anyhow::bail!(
+            "{} exists and is not a socket; remove it or set `socket` in the [schedd] config",
+            path.display()
+        ),
+        Err(_) => {}
+    }
+    let l = UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(l)
+}

@@ -1,0 +1,240 @@
+//! One starter's link: hello and admission, reconciliation of its jobs with
+//! the queue, then heartbeats both ways and job events until it goes silent.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use futures::{SinkExt, StreamExt};
+use ring::rand::{SecureRandom, SystemRandom};
+use stj_proto::framing::{decode, encode, link_codec};
+use stj_proto::starter::{
+    schedd_message::Msg as Out, starter_message::Msg as In, ExitAck, Heartbeat, JobExited, KillJob,
+    Refused, ScheddMessage, StarterHello, StarterMessage, Welcome,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+
+use crate::registry::StarterHandle;
+use crate::Schedd;
+
+const HELLO_DEADLINE: Duration = Duration::from_secs(10);
+/// Messages queued for one starter before it counts as too slow.
+const OUTBOX: usize = 1024;
+
+pub async fn serve<S>(schedd: Arc<Schedd>, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match handle(schedd, stream, peer).await {
+        Ok(name) => tracing::info!(%peer, node = %name, "starter disconnected"),
+        Err(e) => tracing::warn!(%peer, error = %format!("{e:#}"), "starter link ended"),
+    }
+}
+
+fn out(msg: Out) -> bytes::Bytes {
+    encode(&ScheddMessage { msg: Some(msg) })
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+async fn handle<S>(schedd: Arc<Schedd>, stream: S, peer: SocketAddr) -> Result<String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut framed = Framed::new(stream, link_codec());
+    let first = tokio::time::timeout(HELLO_DEADLINE, framed.next())
+        .await
+        .context("no hello within the deadline")?
+        .context("closed before hello")??;
+    let hello = match decode::<StarterMessage>(first)?.msg {
+        Some(In::Hello(h)) => h,
+        _ => bail!("first message was not a hello"),
+    };
+
+    let refusal = if hello.protocol_version != stj_proto::STARTER_PROTOCOL_VERSION {
+        Some(format!(
+            "starter protocol version {} is not supported (schedd speaks {}); run the same stj release on both",
+            hello.protocol_version,
+            stj_proto::STARTER_PROTOCOL_VERSION
+        ))
+    } else if !schedd.secret.check(&hello.join_secret) {
+        Some("the join token's secret is wrong: it is not this schedd's token; print the current one with `stj-schedd token` on the schedd host".to_string())
+    } else if !valid_name(&hello.name) {
+        Some("starter name must be 1-64 characters of [A-Za-z0-9._-]".to_string())
+    } else {
+        None
+    };
+    if let Some(reason) = refusal {
+        tracing::warn!(%peer, name = %hello.name.chars().take(64).collect::<String>(), %reason, "starter refused");
+        framed
+            .send(out(Out::Refused(Refused {
+                reason: reason.clone(),
+            })))
+            .await
+            .ok();
+        bail!("refused: {reason}");
+    }
+    let name = hello.name.clone();
+
+    let mut starter_key = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut starter_key)
+        .map_err(|_| anyhow::anyhow!("random generator failed"))?;
+
+    let (tx, mut rx) = mpsc::channel::<ScheddMessage>(OUTBOX);
+    let conn_id = schedd.registry.next_conn_id();
+    {
+        let _pool = schedd.pool_lock.lock().await;
+        schedd.registry.disconnect(&name);
+        let followups = reconcile(&schedd, &hello)?;
+        framed
+            .send(out(Out::Welcome(Welcome {
+                starter_key: starter_key.to_vec(),
+                heartbeat_secs: schedd.config.heartbeat_secs,
+            })))
+            .await?;
+        for m in followups {
+            framed.send(encode(&m)).await?;
+        }
+        schedd.registry.insert(
+            &name,
+            StarterHandle {
+                conn_id,
+                slots: hello.slots,
+                tx,
+            },
+        );
+    }
+    tracing::info!(%peer, node = %name, slots = hello.slots, running = hello.running_jobs.len(), "starter registered");
+    schedd.schedule.notify_one();
+
+    let (mut sink, mut stream) = framed.split();
+    let heartbeat = Duration::from_secs(schedd.config.heartbeat_secs.into());
+    let writer = async {
+        let mut tick = tokio::time::interval(heartbeat);
+        let mut seq = 0;
+        loop {
+            let msg = tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => m,
+                    None => return Ok::<_, anyhow::Error>(()), // replaced by a newer registration
+                },
+                _ = tick.tick() => {
+                    seq += 1;
+                    ScheddMessage { msg: Some(Out::Heartbeat(Heartbeat { seq })) }
+                }
+            };
+            sink.send(encode(&msg)).await?;
+        }
+    };
+    let reader = async {
+        loop {
+            // Three missed heartbeats: the starter or the path to it is dead.
+            let frame = match tokio::time::timeout(heartbeat * 3, stream.next()).await {
+                Err(_) => bail!(
+                    "no heartbeat from the starter for {} s",
+                    heartbeat.as_secs() * 3
+                ),
+                Ok(None) => return Ok(()),
+                Ok(Some(f)) => f?,
+            };
+            match decode::<StarterMessage>(frame)?.msg {
+                Some(In::Exited(exit)) => job_exited(&schedd, &name, exit)?,
+                Some(In::Started(s)) => {
+                    tracing::info!(node = %name, job_id = s.job_id, "job started")
+                }
+                Some(In::Heartbeat(_)) => {}
+                Some(In::Hello(_)) => bail!("second hello on one link"),
+                None => {
+                    tracing::debug!(node = %name, "ignoring a message kind this schedd does not know")
+                }
+            }
+        }
+    };
+    let result = tokio::select! {
+        r = writer => r,
+        r = reader => r,
+    };
+    schedd.registry.remove_if(&name, conn_id);
+    result.map(|()| name)
+}
+
+/// Matches what the starter says it runs against what the queue says runs
+/// there. Returns the messages that put the starter right.
+fn reconcile(schedd: &Schedd, hello: &StarterHello) -> Result<Vec<ScheddMessage>> {
+    let node = &hello.name;
+    let mut msgs = Vec::new();
+    let mut changed = false;
+    let reported: HashSet<u64> = hello.running_jobs.iter().copied().collect();
+    let finished: HashSet<u64> = hello.finished_jobs.iter().map(|e| e.job_id).collect();
+
+    for exit in &hello.finished_jobs {
+        changed |= schedd.queue.finish(node, exit)?;
+        msgs.push(ScheddMessage {
+            msg: Some(Out::ExitAck(ExitAck {
+                job_id: exit.job_id,
+            })),
+        });
+    }
+    let mut expected = HashSet::new();
+    for job in schedd.queue.running_on(node)? {
+        expected.insert(job.id);
+        if !reported.contains(&job.id) && !finished.contains(&job.id) {
+            let reason =
+                format!("node {node} no longer had the job when it registered again; requeued");
+            if schedd.queue.requeue(job.id, node, &reason)? {
+                tracing::warn!(job_id = job.id, node = %node, "job lost by its node; requeued");
+                changed = true;
+            }
+        }
+    }
+    for id in reported.difference(&expected) {
+        // Removed while the node was away, or never ours: it must not run.
+        tracing::info!(job_id = id, node = %node, "telling node to kill a job the queue does not run there");
+        msgs.push(ScheddMessage {
+            msg: Some(Out::KillJob(KillJob { job_id: *id })),
+        });
+    }
+    if changed {
+        schedd.job_changed();
+    }
+    Ok(msgs)
+}
+
+fn job_exited(schedd: &Schedd, node: &str, exit: JobExited) -> Result<()> {
+    let recorded = schedd.queue.finish(node, &exit)?;
+    tracing::info!(node = %node, job_id = exit.job_id, exit_code = ?exit.exit_code, exit_signal = ?exit.exit_signal, error = %exit.error, recorded, "job exited");
+    schedd.registry.send(
+        node,
+        ScheddMessage {
+            msg: Some(Out::ExitAck(ExitAck {
+                job_id: exit.job_id,
+            })),
+        },
+    );
+    schedd.job_changed();
+    schedd.schedule.notify_one();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_name;
+
+    #[test]
+    fn node_names() {
+        assert!(valid_name("node-1.example"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name(&"x".repeat(65)));
+    }
+}

@@ -1,0 +1,91 @@
+//! The starters connected right now, and when the others were last seen.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use stj_proto::starter::ScheddMessage;
+use tokio::sync::mpsc;
+
+pub struct StarterHandle {
+    pub conn_id: u64,
+    pub slots: u32,
+    pub tx: mpsc::Sender<ScheddMessage>,
+}
+
+#[derive(Default)]
+struct Inner {
+    connected: HashMap<String, StarterHandle>,
+    gone_since: HashMap<String, Instant>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    inner: Mutex<Inner>,
+    next_conn: AtomicU64,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Forgets the current connection of `name`, if any: dropping its sender
+    /// ends that connection's writer, so a starter that re-registers replaces
+    /// its stale self.
+    pub fn disconnect(&self, name: &str) {
+        let mut g = self.lock();
+        if g.connected.remove(name).is_some() {
+            g.gone_since.insert(name.to_string(), Instant::now());
+        }
+    }
+
+    pub fn insert(&self, name: &str, handle: StarterHandle) {
+        let mut g = self.lock();
+        g.gone_since.remove(name);
+        g.connected.insert(name.to_string(), handle);
+    }
+
+    /// Removes `name` only if it is still the connection `conn_id`.
+    pub fn remove_if(&self, name: &str, conn_id: u64) {
+        let mut g = self.lock();
+        if g.connected.get(name).map(|h| h.conn_id) == Some(conn_id) {
+            g.connected.remove(name);
+            g.gone_since.insert(name.to_string(), Instant::now());
+        }
+    }
+
+    /// Queues a message for a connected starter. False if it is not connected
+    /// or its queue is full (the link is then too slow to be healthy, and
+    /// reconciliation at its next registration repairs what was missed).
+    pub fn send(&self, name: &str, msg: ScheddMessage) -> bool {
+        let g = self.lock();
+        match g.connected.get(name) {
+            Some(h) => h.tx.try_send(msg).is_ok(),
+            None => false,
+        }
+    }
+
+    pub fn is_connected(&self, name: &str) -> bool {
+        self.lock().connected.contains_key(name)
+    }
+
+    pub fn slots(&self) -> Vec<(String, u32)> {
+        self.lock()
+            .connected
+            .iter()
+            .map(|(n, h)| (n.clone(), h.slots))
+            .collect()
+    }
+
+    /// When `name` was last connected; None if it is connected now or was
+    /// never seen since this schedd started.
+    pub fn gone_since(&self, name: &str) -> Option<Instant> {
+        self.lock().gone_since.get(name).copied()
+    }
+}

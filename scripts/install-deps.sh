@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs the system packages ssh-to-job needs to build, run and test, on
+# Debian/Ubuntu, as root. Idempotent: installs only what is missing.
+set -euo pipefail
+
+PKGS=(
+  protobuf-compiler   # protoc, for the .proto files in proto/
+  gcc libc6-dev       # SQLite (bundled) and ring build C code
+  openssh-server      # sshd, started per session inside the job
+  openssh-client      # ssh, scp, sftp
+  rsync               # rsync over ssh-to-job
+  iproute2 iptables   # network namespaces for the NAT tests
+  busybox-static      # tiny rootfs images for the container tests
+  procps              # ps, used by tests inside jobs
+  passwd              # useradd, for test users
+)
+
+if [ "$(id -u)" != 0 ]; then
+  echo "install-deps: run as root (it uses apt-get)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "install-deps: cargo not found; install a Rust toolchain >= 1.80 (https://rustup.rs) and re-run" >&2
+  exit 1
+fi

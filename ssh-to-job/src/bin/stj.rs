@@ -1,0 +1,241 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use ssh_to_job::jobs_view;
+use ssh_to_job::schedd_client::{connect, socket_path, status_error};
+use stj_proto::user::{
+    EnvVar, JobSpec, JobState, QueryRequest, RemoveRequest, SubmitRequest, WaitRequest,
+};
+
+/// Submit, list, remove and wait for ssh-to-job batch jobs.
+///
+/// Examples:
+///   stj submit --env N=10 -- ./simulate --steps 1000
+///   stj q
+///   stj wait 42 --state running --timeout 60 && ssh-to-job 42
+#[derive(Parser)]
+#[command(version, verbatim_doc_comment)]
+struct Cli {
+    /// The schedd's UNIX socket [env STJ_SCHEDD_SOCKET; default /run/stj/schedd.sock].
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Debug logging.
+    #[arg(long, global = true)]
+    debug: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Submit a job; prints its id alone on stdout.
+    ///
+    /// Examples:
+    ///   stj submit -- sleep 600
+    ///   stj submit --image /srv/images/busybox --cwd / -- sh -c 'echo hi'
+    #[command(verbatim_doc_comment)]
+    Submit {
+        /// Root filesystem directory for the job (on the execute node).
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// Working directory inside the job [default: current directory; / with --image].
+        #[arg(long)]
+        cwd: Option<String>,
+        /// Environment variable for the job (repeatable).
+        #[arg(long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// File for the job's stdout, relative to --cwd [default: stj-ID.out; /dev/null with --image].
+        #[arg(long)]
+        output: Option<String>,
+        /// File for the job's stderr, relative to --cwd [default: stj-ID.err; /dev/null with --image].
+        #[arg(long)]
+        error: Option<String>,
+        /// Refuse ssh-to-job sessions into this job.
+        #[arg(long)]
+        no_ssh: bool,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// List jobs.
+    Q {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Only these jobs.
+        ids: Vec<u64>,
+    },
+    /// Remove jobs (the owner's, or any as root); running ones are killed.
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<u64>,
+    },
+    /// Wait until a job reaches a state; exits 1 on timeout, 2 if it never can.
+    Wait {
+        id: u64,
+        /// idle, running, completed, removed or held.
+        #[arg(long, default_value = "completed")]
+        state: String,
+        /// Give up after this many seconds [default: 3600].
+        #[arg(long)]
+        timeout: Option<u32>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.debug {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter("debug")
+            .init();
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("stj: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("stj: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_env(items: &[String]) -> Result<Vec<EnvVar>> {
+    items
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok(EnvVar {
+                name: k.into(),
+                value: v.into(),
+            }),
+            _ => bail!("--env {kv:?} is not NAME=VALUE"),
+        })
+        .collect()
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let socket = socket_path(cli.socket);
+    match cli.cmd {
+        Cmd::Submit {
+            image,
+            cwd,
+            env,
+            output,
+            error,
+            no_ssh,
+            command,
+        } => {
+            let image = match image {
+                Some(p) => {
+                    let abs = std::path::absolute(&p)
+                        .with_context(|| format!("bad --image {}", p.display()))?;
+                    if !abs.is_dir() {
+                        bail!("--image {} is not a directory: give the path of an unpacked root filesystem", p.display());
+                    }
+                    abs.to_string_lossy().into_owned()
+                }
+                None => String::new(),
+            };
+            let cwd = match cwd {
+                Some(c) => c,
+                None if !image.is_empty() => "/".into(),
+                None => std::env::current_dir()
+                    .context("cannot tell the current directory; pass --cwd")?
+                    .to_string_lossy()
+                    .into_owned(),
+            };
+            let spec = JobSpec {
+                args: command,
+                env: parse_env(&env)?,
+                cwd,
+                image,
+                output: output.unwrap_or_default(),
+                error: error.unwrap_or_default(),
+                ssh_enabled: !no_ssh,
+            };
+            let mut c = connect(&socket).await?;
+            let id = c
+                .submit(SubmitRequest { spec: Some(spec) })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .job_id;
+            println!("{id}");
+        }
+        Cmd::Q { json, ids } => {
+            let mut c = connect(&socket).await?;
+            let jobs = c
+                .query(QueryRequest { job_ids: ids })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .jobs;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs_view::json(&jobs))?);
+            } else {
+                print!("{}", jobs_view::table(&jobs));
+            }
+        }
+        Cmd::Rm { ids } => {
+            let mut c = connect(&socket).await?;
+            let mut failed = false;
+            for id in ids {
+                match c.remove(RemoveRequest { job_id: id }).await {
+                    Ok(_) => println!("job {id} removed"),
+                    Err(s) => {
+                        eprintln!("stj: error: {}", s.message());
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Cmd::Wait { id, state, timeout } => {
+            let want = JobState::from_label(&state).with_context(|| {
+                format!("unknown state {state:?}: use idle, running, completed, removed or held")
+            })?;
+            let mut c = connect(&socket).await?;
+            let reply = match c
+                .wait(WaitRequest {
+                    job_id: id,
+                    state: want as i32,
+                    timeout_secs: timeout.unwrap_or(0),
+                })
+                .await
+            {
+                Ok(r) => r.into_inner(),
+                Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                    eprintln!("stj: {}", s.message());
+                    return Ok(ExitCode::from(2));
+                }
+                Err(s) => return Err(status_error(s)),
+            };
+            if !reply.reached {
+                let now = reply
+                    .job
+                    .map(|j| {
+                        JobState::try_from(j.state)
+                            .unwrap_or(JobState::Unspecified)
+                            .label()
+                    })
+                    .unwrap_or("unknown");
+                eprintln!("stj: timed out: job {id} is {now}, not {}", want.label());
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,54 @@
+//! A gRPC client for the schedd's local UNIX socket. The schedd learns who we
+//! are from the socket itself (SO_PEERCRED); nothing here carries identity.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use hyper_util::rt::TokioIo;
+use stj_proto::user::schedd_client::ScheddClient;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub const DEFAULT_SOCKET: &str = "/run/stj/schedd.sock";
+
+/// The socket named by `--socket`, else `$STJ_SCHEDD_SOCKET`, else the default.
+pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("STJ_SCHEDD_SOCKET").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+pub async fn connect(path: &Path) -> Result<ScheddClient<Channel>> {
+    // Dial once up front so a missing schedd gets a plain answer rather than
+    // a transport error chain.
+    let first = UnixStream::connect(path).await.with_context(|| {
+        format!(
+            "cannot connect to the schedd at {}; is stj-schedd running? (use --socket or STJ_SCHEDD_SOCKET for another socket)",
+            path.display()
+        )
+    })?;
+    let first = Arc::new(Mutex::new(Some(first)));
+    let path = path.to_path_buf();
+    // The URI is required by the API and unused: the connector below dials the socket.
+    let channel = Endpoint::try_from("http://stj-schedd.local")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let first = first.clone();
+            let path = path.clone();
+            async move {
+                let ready = first.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let stream = match ready {
+                    Some(s) => s,
+                    None => UnixStream::connect(&path).await?,
+                };
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
+        }))
+        .await
+        .context("cannot talk to the schedd")?;
+    Ok(ScheddClient::new(channel))
+}
+
+/// Turns a schedd refusal into the message it carries, for the user.
+pub fn status_error(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", s.message())
+}

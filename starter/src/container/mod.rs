@@ -1,0 +1,189 @@
+//! Containers the starter makes itself: new mount, PID, UTS, IPC and cgroup
+//! namespaces, a reaping init as pid 1, private /proc, /tmp and devpts, an
+//! optional root filesystem, and the job as its owner.
+//!
+//! The namespace work happens in a fresh single-threaded process
+//! (`stj-starter container-init SPEC`, see `init.rs`), never in the
+//! multi-threaded daemon, where fork is unsafe.
+
+mod init;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+
+pub use init::main as init_main;
+
+/// Everything the init needs, written as JSON into the job's work dir.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub job_id: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub user_name: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+    pub image: Option<PathBuf>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// How a job ended, as the init (or its monitor) reported it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exit {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Set when the job never started.
+    pub error: String,
+}
+
+/// A running container. Dropping it does not stop the job; the monitor
+/// kills the container when the starter process dies (its stdin closes).
+pub struct Container {
+    /// pidfd of the container's init, safe against pid reuse.
+    pub init: std::sync::Arc<OwnedFd>,
+    child: Child,
+    _lifeline: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+pub enum Launch {
+    Started(Container),
+    /// The container or the job could not start; the job is over.
+    Failed(Exit),
+}
+
+fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this fd and nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Sends `sig` to the process behind a pidfd. ESRCH (already gone) is fine.
+pub fn signal_pidfd(fd: &OwnedFd, sig: libc::c_int) {
+    // SAFETY: plain syscall on a valid fd; a null siginfo means "like kill()".
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        );
+    }
+}
+
+fn parse_exit(line: &str) -> Option<Exit> {
+    let mut it = line.splitn(3, ' ');
+    match (it.next(), it.next(), it.next()) {
+        (Some("exit"), Some("code"), Some(n)) => Some(Exit {
+            code: n.parse().ok(),
+            ..Default::default()
+        }),
+        (Some("exit"), Some("signal"), Some(n)) => Some(Exit {
+            signal: n.parse().ok(),
+            ..Default::default()
+        }),
+        _ => None,
+    }
+}
+
+pub async fn launch(spec: &ContainerSpec, job_dir: &Path) -> Result<Launch> {
+    std::fs::create_dir_all(job_dir)
+        .with_context(|| format!("cannot create {}", job_dir.display()))?;
+    let spec_path = job_dir.join("spec.json");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&spec_path)
+        .with_context(|| format!("cannot write {}", spec_path.display()))?;
+    serde_json::to_writer(&mut f, spec)?;
+    drop(f);
+
+    let mut child = tokio::process::Command::new("/proc/self/exe")
+        .arg("container-init")
+        .arg(&spec_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start the container init")?;
+    let lifeline = child.stdin.take().context("no stdin pipe")?;
+    let mut lines = BufReader::new(child.stdout.take().context("no stdout pipe")?).lines();
+
+    let mut init_pid = None;
+    while let Some(line) = lines.next_line().await? {
+        if let Some(pid) = line.strip_prefix("pid ") {
+            init_pid = Some(
+                pid.parse::<i32>()
+                    .context("bad pid from the container init")?,
+            );
+        } else if line == "started" {
+            let Some(pid) = init_pid else {
+                bail!("container init reported start before its pid")
+            };
+            let init = std::sync::Arc::new(
+                pidfd_open(pid).context("cannot open a pidfd for the container init")?,
+            );
+            return Ok(Launch::Started(Container {
+                init,
+                child,
+                _lifeline: lifeline,
+                lines,
+            }));
+        } else if let Some(msg) = line.strip_prefix("error ") {
+            child.wait().await.ok();
+            return Ok(Launch::Failed(Exit {
+                error: msg.to_string(),
+                ..Default::default()
+            }));
+        }
+    }
+    let status = child.wait().await?;
+    Ok(Launch::Failed(Exit {
+        error: format!("the container init died before the job started ({status})"),
+        ..Default::default()
+    }))
+}
+
+impl Container {
+    /// Waits for the job to end and says how.
+    pub async fn wait(mut self) -> Exit {
+        let mut exit = None;
+        while let Ok(Some(line)) = self.lines.next_line().await {
+            if let Some(e) = parse_exit(&line) {
+                exit = Some(e);
+            }
+        }
+        let status = self.child.wait().await;
+        exit.unwrap_or_else(|| Exit {
+            error: format!("the container ended without reporting an exit status ({status:?})"),
+            ..Default::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_lines() {
+        assert_eq!(parse_exit("exit code 7").unwrap().code, Some(7));
+        assert_eq!(parse_exit("exit signal 9").unwrap().signal, Some(9));
+        assert!(parse_exit("started").is_none());
+    }
+}

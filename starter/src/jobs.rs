@@ -1,0 +1,180 @@
+//! The jobs this starter runs: start, kill, and report their ends.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use stj_proto::starter::{JobExited, RunJob};
+use tokio::sync::mpsc;
+
+use crate::container::{self, ContainerSpec, Exit, Launch};
+
+pub enum JobEvent {
+    Started(u64),
+    Exited(JobExited),
+}
+
+#[derive(Default)]
+struct Entry {
+    init: Option<Arc<std::os::fd::OwnedFd>>,
+    kill_requested: bool,
+}
+
+pub struct Jobs {
+    table: Mutex<HashMap<u64, Entry>>,
+    events: mpsc::UnboundedSender<JobEvent>,
+    work_dir: PathBuf,
+    kill_grace: Duration,
+}
+
+fn to_report(job_id: u64, e: Exit) -> JobExited {
+    JobExited {
+        job_id,
+        exit_code: e.code,
+        exit_signal: e.signal,
+        error: e.error,
+    }
+}
+
+impl Jobs {
+    pub fn new(
+        work_dir: PathBuf,
+        kill_grace: Duration,
+    ) -> (Arc<Jobs>, mpsc::UnboundedReceiver<JobEvent>) {
+        let (events, rx) = mpsc::unbounded_channel();
+        let jobs = Arc::new(Jobs {
+            table: Mutex::new(HashMap::new()),
+            events,
+            work_dir,
+            kill_grace,
+        });
+        (jobs, rx)
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.table().keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Starts a job unless it already runs here (a repeated RunJob after a
+    /// reconnect is harmless).
+    pub fn start(self: &Arc<Self>, run: RunJob) {
+        {
+            let mut t = self.table();
+            if t.contains_key(&run.job_id) {
+                return;
+            }
+            t.insert(run.job_id, Entry::default());
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let id = run.job_id;
+            let exit = this.run(run).await;
+            // Report first, forget second: a hello in between then lists the
+            // job as running *and* finished, never as neither.
+            let _ = this.events.send(JobEvent::Exited(to_report(id, exit)));
+            this.table().remove(&id);
+            std::fs::remove_dir_all(this.work_dir.join("jobs").join(id.to_string())).ok();
+        });
+    }
+
+    async fn run(&self, run: RunJob) -> Exit {
+        let id = run.job_id;
+        let spec = run.spec.unwrap_or_default();
+        let failed = |error: String| Exit {
+            error,
+            ..Default::default()
+        };
+        if run.uid == 0 {
+            return failed("refusing to run a job as root".into());
+        }
+        if spec.args.is_empty() {
+            return failed("the job has no command".into());
+        }
+        let image = (!spec.image.is_empty()).then(|| PathBuf::from(&spec.image));
+        // With an image, the job's files land inside it; a job whose output
+        // nobody named goes to /dev/null there (README, Jobs).
+        let in_image = image.is_some();
+        let default_out = |ext: &str| match in_image {
+            true => "/dev/null".to_string(),
+            false => format!("stj-{id}.{ext}"),
+        };
+        let cspec = ContainerSpec {
+            job_id: id,
+            uid: run.uid,
+            gid: run.gid,
+            user_name: run.owner_name.clone(),
+            args: spec.args.clone(),
+            env: spec
+                .env
+                .iter()
+                .map(|e| (e.name.clone(), e.value.clone()))
+                .collect(),
+            cwd: spec.cwd.clone(),
+            image,
+            stdout: if spec.output.is_empty() {
+                default_out("out")
+            } else {
+                spec.output.clone()
+            },
+            stderr: if spec.error.is_empty() {
+                default_out("err")
+            } else {
+                spec.error.clone()
+            },
+        };
+        let job_dir = self.work_dir.join("jobs").join(id.to_string());
+        let container = match container::launch(&cspec, &job_dir).await {
+            Ok(Launch::Started(c)) => c,
+            Ok(Launch::Failed(exit)) => {
+                tracing::warn!(job_id = id, error = %exit.error, "job failed to start");
+                return exit;
+            }
+            Err(e) => {
+                tracing::error!(job_id = id, error = %format!("{e:#}"), "cannot launch container");
+                return failed(format!("node could not start the container: {e:#}"));
+            }
+        };
+        let init = container.init.clone();
+        let kill_now = {
+            let mut t = self.table();
+            let e = t.entry(id).or_default();
+            e.init = Some(init.clone());
+            e.kill_requested
+        };
+        tracing::info!(job_id = id, owner = %run.owner_name, "job started");
+        let _ = self.events.send(JobEvent::Started(id));
+        if kill_now {
+            self.kill(id);
+        }
+        let exit = container.wait().await;
+        tracing::info!(job_id = id, code = ?exit.code, signal = ?exit.signal, "job exited");
+        exit
+    }
+
+    /// SIGTERM to the job's init (which forwards it to everything in the
+    /// container), then SIGKILL to the init after the grace period, which
+    /// takes the whole PID namespace down.
+    pub fn kill(&self, id: u64) {
+        let init = {
+            let mut t = self.table();
+            let Some(e) = t.get_mut(&id) else { return };
+            e.kill_requested = true;
+            e.init.clone()
+        };
+        let Some(init) = init else { return }; // killed as soon as it has started
+        tracing::info!(job_id = id, "killing job");
+        container::signal_pidfd(&init, libc::SIGTERM);
+        let grace = self.kill_grace;
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            container::signal_pidfd(&init, libc::SIGKILL);
+        });
+    }
+}

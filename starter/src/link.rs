@@ -1,0 +1,233 @@
+//! The starter's only connection: outbound to the schedd, TLS with the CA
+//! pinned by the join token. Reconnects with backoff while jobs keep running,
+//! and tells the schedd on every (re-)registration what runs here.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use stj_proto::framing::{decode, encode, link_codec};
+use stj_proto::starter::{
+    schedd_message::Msg as In, starter_message::Msg as Out, Heartbeat, JobExited, JobStarted,
+    ScheddMessage, StarterHello, StarterMessage,
+};
+use stj_proto::token::JoinToken;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+use tokio_util::codec::Framed;
+
+use crate::jobs::{JobEvent, Jobs};
+
+const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
+const WELCOME_DEADLINE: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub struct LinkParams {
+    pub schedd: String,
+    pub token: JoinToken,
+    pub name: String,
+    pub slots: u32,
+}
+
+/// Why a link attempt ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// Retrying cannot help: the admin must act. The starter exits.
+    #[error("{0}")]
+    Fatal(String),
+    #[error("{0}")]
+    Retry(String),
+}
+
+fn retry(e: impl std::fmt::Display) -> LinkError {
+    LinkError::Retry(e.to_string())
+}
+
+/// What survives reconnects: exits the schedd has not acknowledged.
+struct State {
+    pending_exits: BTreeMap<u64, JobExited>,
+    events: mpsc::UnboundedReceiver<JobEvent>,
+}
+
+impl State {
+    fn absorb(&mut self, ev: JobEvent) -> Option<StarterMessage> {
+        match ev {
+            JobEvent::Started(id) => Some(StarterMessage {
+                msg: Some(Out::Started(JobStarted { job_id: id })),
+            }),
+            JobEvent::Exited(e) => {
+                self.pending_exits.insert(e.job_id, e.clone());
+                Some(StarterMessage {
+                    msg: Some(Out::Exited(e)),
+                })
+            }
+        }
+    }
+}
+
+pub async fn run(
+    params: LinkParams,
+    jobs: Arc<Jobs>,
+    events: mpsc::UnboundedReceiver<JobEvent>,
+) -> anyhow::Result<()> {
+    let (tls, mismatch) = crate::tls::client_config(params.token.ca_sha256);
+    let connector = TlsConnector::from(tls);
+    let mut state = State {
+        pending_exits: BTreeMap::new(),
+        events,
+    };
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let mut registered = false;
+        let result = session(
+            &params,
+            &connector,
+            &mismatch,
+            &jobs,
+            &mut state,
+            &mut registered,
+        )
+        .await;
+        if registered {
+            backoff = Duration::from_secs(1);
+        }
+        match result {
+            Err(LinkError::Fatal(msg)) => anyhow::bail!(msg),
+            Err(LinkError::Retry(msg)) => {
+                tracing::warn!(schedd = %params.schedd, retry_in_secs = backoff.as_secs(), "{msg}")
+            }
+            Ok(()) => {
+                tracing::warn!(schedd = %params.schedd, retry_in_secs = backoff.as_secs(), "schedd closed the link")
+            }
+        }
+        // Jobs keep running and ending meanwhile; remember their exits.
+        let sleep = tokio::time::sleep(backoff);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                Some(ev) = state.events.recv() => { state.absorb(ev); }
+            }
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn session(
+    params: &LinkParams,
+    connector: &TlsConnector,
+    mismatch: &Arc<std::sync::Mutex<Option<String>>>,
+    jobs: &Arc<Jobs>,
+    state: &mut State,
+    registered: &mut bool,
+) -> Result<(), LinkError> {
+    let port_hint = params.schedd.rsplit(':').next().unwrap_or("9618");
+    let tcp = match tokio::time::timeout(CONNECT_DEADLINE, TcpStream::connect(&params.schedd)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return Err(retry(format!(
+                "cannot reach the schedd at {}: {e}; check that stj-schedd runs there and that TCP port {port_hint} is open in every firewall between this node and the schedd",
+                params.schedd
+            )))
+        }
+        Err(_) => {
+            return Err(retry(format!(
+                "connecting to the schedd at {} timed out after {} s; a firewall is probably dropping TCP port {port_hint}",
+                params.schedd,
+                CONNECT_DEADLINE.as_secs()
+            )))
+        }
+    };
+    tcp.set_nodelay(true).ok();
+    let tls = match connector.connect(crate::tls::server_name(), tcp).await {
+        Ok(t) => t,
+        Err(e) => {
+            if let Some(offered) = mismatch.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return Err(LinkError::Fatal(format!(
+                    "the schedd at {} presented a CA with sha256 {offered}, but the join token pins {}: the token belongs to another schedd (or the schedd's state dir was recreated); get the current token with `stj-schedd token` and update the token file",
+                    params.schedd,
+                    hex::encode(params.token.ca_sha256)
+                )));
+            }
+            return Err(retry(format!(
+                "TLS with the schedd at {} failed: {e}",
+                params.schedd
+            )));
+        }
+    };
+    let mut framed = Framed::new(tls, link_codec());
+
+    // Snapshot running jobs before collecting exits: a job ending in between
+    // is then listed in both, which the schedd handles, never in neither.
+    let running_jobs = jobs.running();
+    while let Ok(ev) = state.events.try_recv() {
+        state.absorb(ev);
+    }
+    let hello = StarterMessage {
+        msg: Some(Out::Hello(StarterHello {
+            protocol_version: stj_proto::STARTER_PROTOCOL_VERSION,
+            name: params.name.clone(),
+            slots: params.slots,
+            join_secret: params.token.secret.to_vec(),
+            running_jobs,
+            finished_jobs: state.pending_exits.values().cloned().collect(),
+        })),
+    };
+    framed.send(encode(&hello)).await.map_err(retry)?;
+    let heartbeat_secs = match tokio::time::timeout(WELCOME_DEADLINE, framed.next()).await {
+        Err(_) => return Err(retry("the schedd did not answer our hello in time")),
+        Ok(None) => return Err(retry("the schedd closed the link during registration")),
+        Ok(Some(frame)) => match decode::<ScheddMessage>(frame.map_err(retry)?)
+            .map_err(retry)?
+            .msg
+        {
+            Some(In::Welcome(w)) => w.heartbeat_secs.max(1),
+            Some(In::Refused(r)) => {
+                return Err(LinkError::Fatal(format!(
+                    "the schedd refused this starter: {}",
+                    r.reason
+                )))
+            }
+            _ => return Err(retry("unexpected first message from the schedd")),
+        },
+    };
+    *registered = true;
+    tracing::info!(schedd = %params.schedd, node = %params.name, "registered with the schedd");
+
+    let heartbeat = Duration::from_secs(heartbeat_secs.into());
+    let mut tick = tokio::time::interval(heartbeat);
+    let mut seq = 0;
+    let deadline = heartbeat * 3;
+    loop {
+        tokio::select! {
+            frame = tokio::time::timeout(deadline, framed.next()) => {
+                let frame = match frame {
+                    Err(_) => return Err(retry(format!("no heartbeat from the schedd for {} s", deadline.as_secs()))),
+                    Ok(None) => return Ok(()),
+                    Ok(Some(f)) => f.map_err(retry)?,
+                };
+                match decode::<ScheddMessage>(frame).map_err(retry)?.msg {
+                    Some(In::RunJob(run)) => jobs.start(run),
+                    Some(In::KillJob(k)) => jobs.kill(k.job_id),
+                    Some(In::ExitAck(a)) => { state.pending_exits.remove(&a.job_id); }
+                    Some(In::Heartbeat(_)) => {}
+                    Some(In::Refused(r)) => return Err(LinkError::Fatal(format!("the schedd refused this starter: {}", r.reason))),
+                    Some(In::Welcome(_)) => return Err(retry("second welcome on one link")),
+                    None => tracing::debug!("ignoring a message kind this starter does not know"),
+                }
+            }
+            Some(ev) = state.events.recv() => {
+                if let Some(msg) = state.absorb(ev) {
+                    framed.send(encode(&msg)).await.map_err(retry)?;
+                }
+            }
+            _ = tick.tick() => {
+                seq += 1;
+                let hb = StarterMessage { msg: Some(Out::Heartbeat(Heartbeat { seq })) };
+                framed.send(encode(&hb)).await.map_err(retry)?;
+            }
+        }
+    }
+}

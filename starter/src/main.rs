@@ -1,0 +1,110 @@
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// The ssh-to-job execute-node daemon. It dials out to the schedd and
+/// listens nowhere.
+///
+/// Examples:
+///   stj-starter --schedd schedd.example.org:9618 --token-file /etc/stj/join-token
+///   stj-starter --schedd 127.0.0.1:9618 --token-file ./stj-dev/token --name node1 --work-dir ./stj-dev/node1 --slots 4
+#[derive(Parser)]
+#[command(version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// TOML config file ([starter] section).
+    #[arg(long, env = "STJ_CONFIG")]
+    config: Option<PathBuf>,
+    /// host:port of the schedd [config: schedd; default 127.0.0.1:9618].
+    #[arg(long)]
+    schedd: Option<String>,
+    /// File with the join token [config: token_file; default /etc/stj/join-token].
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Node name [config: name; default the host name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Scratch directory [config: work_dir; default /var/lib/stj/starter].
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Concurrent jobs [config: slots; default number of CPUs].
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Seconds between SIGTERM and SIGKILL on removal [config: kill_grace_secs; default 5].
+    #[arg(long)]
+    kill_grace_secs: Option<u64>,
+    /// Log at debug level (never logs secrets).
+    #[arg(long)]
+    debug: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Internal: the container's monitor and init (started by the starter itself).
+    #[command(hide = true)]
+    ContainerInit { spec: PathBuf },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    // The container init must stay single-threaded: dispatch before any runtime.
+    if let Some(Cmd::ContainerInit { spec }) = &cli.cmd {
+        stj_starter::container::init_main(spec);
+    }
+    if let Err(e) = real_main(cli) {
+        eprintln!("stj-starter: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STJ_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if cli.debug {
+            "debug,rustls=info"
+        } else {
+            "info"
+        })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let mut c = stj_starter::config::load(cli.config.as_deref())?;
+    if let Some(v) = cli.schedd {
+        c.schedd = v;
+    }
+    if let Some(v) = cli.token_file {
+        c.token_file = v;
+    }
+    if let Some(v) = cli.name {
+        c.name = Some(v);
+    }
+    if let Some(v) = cli.work_dir {
+        c.work_dir = v;
+    }
+    if let Some(v) = cli.slots {
+        c.slots = Some(v);
+    }
+    if let Some(v) = cli.kill_grace_secs {
+        c.kill_grace_secs = v;
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(stj_starter::run(c, shutdown_signal()))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

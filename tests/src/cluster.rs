@@ -1,0 +1,283 @@
+//! A whole pool on this machine: one schedd and any number of starters, each
+//! a real process with its own state under a temp dir, logs kept for failures.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::{bin, wait_until, TestUser};
+
+pub struct Starter {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub token_file: PathBuf,
+    /// The schedd's TCP address, fixed after the first start so a restarted
+    /// schedd is where starters expect it.
+    pub addr: Option<String>,
+    schedd: Option<Child>,
+    starters: Vec<Starter>,
+}
+
+fn log_file(path: &Path) -> Stdio {
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open log file")
+        .into()
+}
+
+impl Cluster {
+    /// A fresh pool with its schedd running (no starters yet).
+    pub fn new() -> Cluster {
+        // Not /tmp: jobs get a private /tmp, so their working directories
+        // must live elsewhere.
+        fs::create_dir_all("/var/tmp/stj-tests").expect("create /var/tmp/stj-tests");
+        let dir = tempfile::Builder::new()
+            .prefix("pool-")
+            .tempdir_in("/var/tmp/stj-tests")
+            .expect("temp dir");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let p = dir.path().to_path_buf();
+        let mut c = Cluster {
+            socket: p.join("schedd.sock"),
+            state_dir: p.join("schedd"),
+            token_file: p.join("join-token"),
+            dir,
+            addr: None,
+            schedd: None,
+            starters: Vec::new(),
+        };
+        c.start_schedd();
+        let out = Command::new(bin("stj-schedd"))
+            .args(["token", "--state-dir"])
+            .arg(&c.state_dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "stj-schedd token failed");
+        fs::write(&c.token_file, &out.stdout).unwrap();
+        c
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn schedd_log(&self) -> String {
+        fs::read_to_string(self.path().join("schedd.log")).unwrap_or_default()
+    }
+
+    pub fn start_schedd(&mut self) {
+        assert!(self.schedd.is_none(), "schedd already running");
+        let addr_file = self.state_dir.join("schedd.addr");
+        fs::remove_file(&addr_file).ok();
+        let listen = self.addr.clone().unwrap_or_else(|| "127.0.0.1:0".into());
+        let child = Command::new(bin("stj-schedd"))
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["--listen", &listen])
+            .stdin(Stdio::null())
+            .stdout(log_file(&self.path().join("schedd.log")))
+            .stderr(log_file(&self.path().join("schedd.log")))
+            .spawn()
+            .expect("start stj-schedd");
+        self.schedd = Some(child);
+        let addr = wait_until("the schedd to listen", Duration::from_secs(20), || {
+            fs::read_to_string(&addr_file)
+                .ok()
+                .filter(|s| !s.is_empty())
+        });
+        self.addr = Some(addr);
+    }
+
+    /// `kill -9` of the schedd.
+    pub fn kill_schedd(&mut self) {
+        if let Some(mut c) = self.schedd.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+
+    pub fn schedd_pid(&self) -> Option<u32> {
+        self.schedd.as_ref().map(|c| c.id())
+    }
+
+    /// Starts a starter and waits until the schedd has registered it.
+    pub fn start_starter(&mut self, name: &str, slots: u32) {
+        let child = self.spawn_starter(name, slots, &self.token_file.clone(), &[]);
+        let log = self.path().join(format!("starter-{name}.log"));
+        self.starters.push(Starter {
+            name: name.to_string(),
+            child,
+            log: log.clone(),
+        });
+        wait_until(
+            &format!("starter {name} to register"),
+            Duration::from_secs(20),
+            || {
+                fs::read_to_string(&log)
+                    .ok()
+                    .filter(|l| l.contains("registered with the schedd"))
+            },
+        );
+    }
+
+    /// Spawns a starter without waiting for anything (for tests of refusals).
+    pub fn spawn_starter(
+        &self,
+        name: &str,
+        slots: u32,
+        token_file: &Path,
+        extra: &[&str],
+    ) -> Child {
+        let log = self.path().join(format!("starter-{name}.log"));
+        Command::new(bin("stj-starter"))
+            .args(["--schedd", self.addr.as_deref().expect("schedd address")])
+            .arg("--token-file")
+            .arg(token_file)
+            .args([
+                "--name",
+                name,
+                "--slots",
+                &slots.to_string(),
+                "--kill-grace-secs",
+                "2",
+            ])
+            .arg("--work-dir")
+            .arg(self.path().join(format!("node-{name}")))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log_file(&log))
+            .stderr(log_file(&log))
+            .spawn()
+            .expect("start stj-starter")
+    }
+
+    pub fn starter_log(&self, name: &str) -> String {
+        fs::read_to_string(self.path().join(format!("starter-{name}.log"))).unwrap_or_default()
+    }
+
+    /// A working directory owned by `user`, outside /tmp.
+    pub fn workdir(&self, user: &TestUser) -> PathBuf {
+        let d = self.path().join(format!("work-{}", user.name));
+        fs::create_dir_all(&d).unwrap();
+        nix::unistd::chown(&d, Some(user.uid.into()), Some(user.gid.into())).unwrap();
+        d
+    }
+
+    /// Runs `stj ARGS` as `user` (root when None) in `cwd`.
+    pub fn stj(&self, user: Option<&TestUser>, cwd: &Path, args: &[&str]) -> Output {
+        let mut cmd = Command::new(bin("stj"));
+        cmd.args(args)
+            .current_dir(cwd)
+            .env("STJ_SCHEDD_SOCKET", &self.socket)
+            .stdin(Stdio::null());
+        if let Some(u) = user {
+            cmd.uid(u.uid).gid(u.gid);
+        }
+        cmd.output().expect("run stj")
+    }
+
+    /// `stj submit` as `user` in its work dir; returns the job id.
+    pub fn submit(&self, user: &TestUser, args: &[&str]) -> u64 {
+        let cwd = self.workdir(user);
+        let out = self.stj(Some(user), &cwd, &[&["submit"], args].concat());
+        assert!(
+            out.status.success(),
+            "stj submit {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("stj submit prints the job id alone")
+    }
+
+    pub fn job(&self, id: u64) -> serde_json::Value {
+        let out = self.stj(None, self.path(), &["q", "--json", &id.to_string()]);
+        assert!(
+            out.status.success(),
+            "stj q failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("stj q --json is JSON");
+        v[0].clone()
+    }
+
+    /// Waits (with `stj wait`, which blocks server-side) for a job state.
+    pub fn wait_state(&self, id: u64, state: &str, timeout: Duration) -> serde_json::Value {
+        let out = self.stj(
+            None,
+            self.path(),
+            &[
+                "wait",
+                &id.to_string(),
+                "--state",
+                state,
+                "--timeout",
+                &timeout.as_secs().to_string(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "job {id} did not reach {state}: {} (job now: {})",
+            String::from_utf8_lossy(&out.stderr),
+            self.job(id)
+        );
+        self.job(id)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- schedd log ----\n{}", self.schedd_log());
+            for s in &self.starters {
+                eprintln!(
+                    "---- starter {} log ----\n{}",
+                    s.name,
+                    fs::read_to_string(&s.log).unwrap_or_default()
+                );
+            }
+        }
+        for s in &mut self.starters {
+            s.child.kill().ok();
+            s.child.wait().ok();
+        }
+        self.kill_schedd();
+    }
+}
+
+/// Host pids of processes whose command line contains `needle`.
+pub fn pids_matching(needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let me = std::process::id() as i32;
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        if let Ok(cmd) = fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}

@@ -1,0 +1,36 @@
+//! Test harness: starts the real `stj-schedd` and `stj-starter` binaries with
+//! temporary state, creates real users, and waits on conditions with
+//! deadlines (never on bare sleeps).
+
+pub mod cluster;
+pub mod users;
+pub mod wait;
+
+pub use cluster::Cluster;
+pub use users::TestUser;
+pub use wait::wait_until;
+
+use std::path::PathBuf;
+
+/// Where cargo put the workspace's binaries: the test executable lives in
+/// `target/<profile>/deps/`, the binaries one level up.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
+        .expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace binaries first (`cargo build --workspace --bins`, which scripts/test.sh does)",
+        p.display()
+    );
+    p
+}

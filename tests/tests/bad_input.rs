@@ -1,0 +1,152 @@
+//! Bad input gets a clear error, a non-zero exit, and changes nothing.
+
+use std::fs;
+use std::process::Command;
+use std::time::Duration;
+
+use stj_tests::{bin, wait_until, Cluster, TestUser};
+
+#[test]
+fn starter_refuses_a_wrong_join_secret_and_exits() {
+    let c = Cluster::new();
+    let good = fs::read_to_string(&c.token_file).unwrap();
+    let (head, secret) = good.trim().rsplit_once('.').unwrap();
+    let flipped: String = secret
+        .chars()
+        .enumerate()
+        .map(|(i, ch)| {
+            if i == 0 {
+                if ch == '0' {
+                    '1'
+                } else {
+                    '0'
+                }
+            } else {
+                ch
+            }
+        })
+        .collect();
+    let bad = c.path().join("bad-secret");
+    fs::write(&bad, format!("{head}.{flipped}\n")).unwrap();
+    let mut child = c.spawn_starter("intruder", 1, &bad, &[]);
+    let status = wait_until("the starter to give up", Duration::from_secs(30), || {
+        child.try_wait().unwrap()
+    });
+    assert!(!status.success());
+    let log = c.starter_log("intruder");
+    assert!(
+        log.contains("secret is wrong") && log.contains("stj-schedd token"),
+        "{log}"
+    );
+    assert!(!log.contains(secret), "the secret never reaches a log");
+}
+
+#[test]
+fn starter_refuses_a_schedd_whose_ca_does_not_match_the_pin() {
+    let c = Cluster::new();
+    let good = fs::read_to_string(&c.token_file).unwrap();
+    let parts: Vec<&str> = good.trim().split('.').collect();
+    let bad = c.path().join("bad-pin");
+    fs::write(
+        &bad,
+        format!("{}.{}.{}\n", parts[0], "ab".repeat(32), parts[2]),
+    )
+    .unwrap();
+    let mut child = c.spawn_starter("misled", 1, &bad, &[]);
+    let status = wait_until("the starter to give up", Duration::from_secs(30), || {
+        child.try_wait().unwrap()
+    });
+    assert!(!status.success());
+    let log = c.starter_log("misled");
+    assert!(
+        log.contains("join token pins") && log.contains("stj-schedd token"),
+        "{log}"
+    );
+    assert!(
+        !c.schedd_log().contains("starter registered"),
+        "it never registered"
+    );
+}
+
+#[test]
+fn malformed_token_and_config_are_named() {
+    let c = Cluster::new();
+    let bad = c.path().join("garbage-token");
+    fs::write(&bad, "hello").unwrap();
+    let mut child = c.spawn_starter("x", 1, &bad, &[]);
+    let status = wait_until("the starter to exit", Duration::from_secs(30), || {
+        child.try_wait().unwrap()
+    });
+    assert!(!status.success());
+    assert!(c.starter_log("x").contains("garbage-token"));
+
+    let cfg = c.path().join("broken.toml");
+    fs::write(&cfg, "[schedd]\nlisen = \"0.0.0.0:1\"\n").unwrap();
+    let out = Command::new(bin("stj-schedd"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("broken.toml") && err.contains("lisen"),
+        "{err}"
+    );
+}
+
+#[test]
+fn client_errors_are_clear() {
+    let c = Cluster::new();
+    let alice = TestUser::alice();
+    let wd = c.workdir(&alice);
+
+    let out = c.stj(
+        Some(&alice),
+        &wd,
+        &["submit", "--image", "/no/such/dir", "--", "true"],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a directory"));
+
+    let out = c.stj(None, &wd, &["submit", "--", "true"]);
+    assert!(!out.status.success(), "root cannot submit jobs");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("never run as root"));
+
+    let out = Command::new(bin("stj"))
+        .args(["q"])
+        .env("STJ_SCHEDD_SOCKET", c.path().join("nothing-here.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is stj-schedd running"));
+
+    let out = c.stj(Some(&alice), &wd, &["wait", "424242", "--state", "running"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no job 424242"));
+
+    // Nothing was queued by any of it.
+    let q = c.stj(None, &wd, &["q", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&q.stdout).trim(), "[]");
+}
+
+#[test]
+fn wait_times_out_with_the_current_state_when_no_node_is_free() {
+    let c = Cluster::new();
+    let alice = TestUser::alice();
+    let id = c.submit(&alice, &["--", "true"]);
+    let out = c.stj(
+        None,
+        c.path(),
+        &[
+            "wait",
+            &id.to_string(),
+            "--state",
+            "running",
+            "--timeout",
+            "1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is idle, not running"));
+}
