@@ -145,7 +145,7 @@ impl Jobs {
         let kill_now = {
             let mut t = self.table();
             let e = t.entry(id).or_default();
-            e.init = Some(init.clone());
+            e.init = init.clone();
             e.kill_requested
         };
         tracing::info!(job_id = id, owner = %run.owner_name, "job started");

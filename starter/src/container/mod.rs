@@ -13,7 +13,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
@@ -47,8 +47,9 @@ pub struct Exit {
 /// A running container. Dropping it does not stop the job; the monitor
 /// kills the container when the starter process dies (its stdin closes).
 pub struct Container {
-    /// pidfd of the container's init, safe against pid reuse.
-    pub init: std::sync::Arc<OwnedFd>,
+    /// pidfd of the container's init, safe against pid reuse; None if the
+    /// container ended before we could open it.
+    pub init: Option<std::sync::Arc<OwnedFd>>,
     child: Child,
     _lifeline: ChildStdin,
     lines: Lines<BufReader<ChildStdout>>,
@@ -124,31 +125,35 @@ pub async fn launch(spec: &ContainerSpec, job_dir: &Path) -> Result<Launch> {
     let lifeline = child.stdin.take().context("no stdin pipe")?;
     let mut lines = BufReader::new(child.stdout.take().context("no stdout pipe")?).lines();
 
+    // The monitor's "pid" and the init's "started" race each other: accept
+    // them in either order.
     let mut init_pid = None;
+    let mut started = false;
     while let Some(line) = lines.next_line().await? {
         if let Some(pid) = line.strip_prefix("pid ") {
-            init_pid = Some(
-                pid.parse::<i32>()
-                    .context("bad pid from the container init")?,
-            );
+            init_pid = Some(pid.parse::<i32>().context("bad pid from the container init")?);
         } else if line == "started" {
-            let Some(pid) = init_pid else {
-                bail!("container init reported start before its pid")
-            };
-            let init = std::sync::Arc::new(
-                pidfd_open(pid).context("cannot open a pidfd for the container init")?,
-            );
-            return Ok(Launch::Started(Container {
-                init,
-                child,
-                _lifeline: lifeline,
-                lines,
-            }));
+            started = true;
         } else if let Some(msg) = line.strip_prefix("error ") {
             child.wait().await.ok();
             return Ok(Launch::Failed(Exit {
                 error: msg.to_string(),
                 ..Default::default()
+            }));
+        }
+        if let (Some(pid), true) = (init_pid, started) {
+            // ESRCH: the job was so short that the container is already
+            // gone; its exit status is still on the way.
+            let init = match pidfd_open(pid) {
+                Ok(fd) => Some(std::sync::Arc::new(fd)),
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => None,
+                Err(e) => return Err(e).context("cannot open a pidfd for the container init"),
+            };
+            return Ok(Launch::Started(Container {
+                init,
+                child,
+                _lifeline: lifeline,
+                lines,
             }));
         }
     }
