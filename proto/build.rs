@@ -3,6 +3,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_protos(&["proto/user.proto", "proto/starter.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/user.proto",
+                "proto/starter.proto",
+                "proto/session.proto",
+            ],
+            &["proto"],
+        )?;
     Ok(())
 }

@@ -23,7 +23,7 @@ if [ "${1:-}" = stop ]; then
 fi
 
 scripts/install-deps.sh
-cargo build --workspace --bins --locked
+cargo build --workspace --locked
 BIN="$PWD/target/debug"
 
 stop

@@ -10,5 +10,5 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # One build shared by all tests: the e2e tests run these binaries from target/.
-cargo build --workspace --bins --locked
+cargo build --workspace --locked
 cargo test --workspace --locked -- --test-threads "${STJ_TEST_THREADS:-4}"

@@ -2,7 +2,9 @@
 //! protobuf messages and gRPC services, the join token, and the framing of
 //! the starter link with its size limits.
 
+pub mod capability;
 pub mod framing;
+pub mod handshake;
 pub mod job_state;
 pub mod token;
 
@@ -20,9 +22,15 @@ mod pb {
                 tonic::include_proto!("stj.starter.v1");
             }
         }
+        pub mod session {
+            pub mod v1 {
+                tonic::include_proto!("stj.session.v1");
+            }
+        }
     }
 }
 
+pub use pb::stj::session::v1 as session;
 pub use pb::stj::starter::v1 as starter;
 pub use pb::stj::user::v1 as user;
 

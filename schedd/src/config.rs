@@ -28,6 +28,9 @@ pub struct ScheddConfig {
     /// they go back to idle (the starter may be behind a network cut and
     /// still running them).
     pub job_lease_secs: u64,
+    /// Lifetime of an ssh-to-job capability; the client must finish its
+    /// handshake with the starter within it.
+    pub capability_ttl_secs: u64,
 }
 
 impl Default for ScheddConfig {
@@ -39,6 +42,7 @@ impl Default for ScheddConfig {
             heartbeat_secs: 10,
             enable_ssh_to_job: true,
             job_lease_secs: 1200,
+            capability_ttl_secs: 60,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! stj-schedd: the durable job queue, the starter registry and matchmaking.
 //! `main.rs` parses flags; tests and the benchmark call [`run`] the same way.
 
+mod capability_issuer;
 pub mod config;
 mod link;
 mod listener;

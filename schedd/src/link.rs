@@ -111,6 +111,8 @@ where
                 conn_id,
                 slots: hello.slots,
                 tx,
+                key: starter_key,
+                session_addr: hello.session_addr.clone(),
             },
         );
     }

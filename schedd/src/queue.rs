@@ -48,7 +48,25 @@ CREATE TABLE IF NOT EXISTS jobs (
     spec        BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, node);
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id  TEXT PRIMARY KEY,
+    job_id      INTEGER NOT NULL,
+    uid         INTEGER NOT NULL,
+    node        TEXT NOT NULL,
+    issued_at   INTEGER NOT NULL,
+    outcome     TEXT NOT NULL
+);
 ";
+
+/// One audit record of an ssh-to-job request.
+pub struct SessionRecord<'a> {
+    pub session_id: &'a str,
+    pub job_id: u64,
+    pub uid: u32,
+    pub node: &'a str,
+    /// "granted", or why it was denied.
+    pub outcome: &'a str,
+}
 
 pub fn now() -> i64 {
     SystemTime::now()
@@ -99,6 +117,31 @@ impl Queue {
         // A panic while holding the lock cannot leave SQLite half-written
         // (transactions roll back), so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn record_session(&self, r: &SessionRecord<'_>) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO sessions (session_id, job_id, uid, node, issued_at, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![r.session_id, r.job_id as i64, r.uid, r.node, now(), r.outcome],
+        )?;
+        Ok(())
+    }
+
+    /// Audit records, oldest first, as (session_id, job_id, uid, node, issued_at, outcome).
+    pub fn sessions(&self) -> Result<Vec<(String, u64, u32, String, i64, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT session_id, job_id, uid, node, issued_at, outcome FROM sessions ORDER BY issued_at, rowid")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     pub fn submit(&self, owner: &Owner, spec: &JobSpec) -> Result<u64> {

@@ -12,6 +12,16 @@ pub struct StarterHandle {
     pub conn_id: u64,
     pub slots: u32,
     pub tx: mpsc::Sender<ScheddMessage>,
+    /// Signs this starter's capabilities (rotated per registration).
+    pub key: [u8; 32],
+    /// Where it takes direct sessions; empty if nowhere.
+    pub session_addr: String,
+}
+
+/// What the capability issuer needs about a connected starter.
+pub struct SessionTarget {
+    pub key: [u8; 32],
+    pub session_addr: String,
 }
 
 #[derive(Default)]
@@ -69,6 +79,13 @@ impl Registry {
             Some(h) => h.tx.try_send(msg).is_ok(),
             None => false,
         }
+    }
+
+    pub fn session_target(&self, name: &str) -> Option<SessionTarget> {
+        self.lock().connected.get(name).map(|h| SessionTarget {
+            key: h.key,
+            session_addr: h.session_addr.clone(),
+        })
     }
 
     pub fn is_connected(&self, name: &str) -> bool {

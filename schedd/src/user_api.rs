@@ -7,8 +7,8 @@ use std::time::Duration;
 use stj_proto::starter::{schedd_message::Msg as Out, KillJob, ScheddMessage};
 use stj_proto::user::schedd_server::Schedd as ScheddApi;
 use stj_proto::user::{
-    Job, JobSpec, JobState, QueryReply, QueryRequest, RemoveReply, RemoveRequest, SubmitReply,
-    SubmitRequest, WaitReply, WaitRequest,
+    Job, JobSpec, JobState, QueryReply, QueryRequest, RemoveReply, RemoveRequest,
+    RequestSessionReply, RequestSessionRequest, SubmitReply, SubmitRequest, WaitReply, WaitRequest,
 };
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
@@ -172,6 +172,14 @@ impl ScheddApi for UserApi {
         self.schedd.schedule.notify_one();
         let job = self.schedd.queue.get(id).map_err(internal)?;
         Ok(Response::new(RemoveReply { job }))
+    }
+
+    async fn request_session(
+        &self,
+        req: Request<RequestSessionRequest>,
+    ) -> Result<Response<RequestSessionReply>, Status> {
+        let who = caller(&req)?;
+        crate::capability_issuer::issue(&self.schedd, who.uid, req.into_inner()).map(Response::new)
     }
 
     async fn wait(&self, req: Request<WaitRequest>) -> Result<Response<WaitReply>, Status> {

@@ -1,5 +1,10 @@
-//! The user's side of ssh-to-job: talking to the local schedd, and showing
-//! jobs the way people read them.
+//! The user's side of ssh-to-job: talking to the local schedd, opening the
+//! data connection with its handshake, and running OpenSSH's own tools over it.
 
+pub mod attach;
+pub mod fd_pass;
 pub mod jobs_view;
+pub mod runtime_dir;
 pub mod schedd_client;
+pub mod ssh_command;
+pub mod user_key;

@@ -23,6 +23,21 @@ pub struct StarterConfig {
     pub slots: Option<u32>,
     /// Seconds between SIGTERM and SIGKILL when a job is removed.
     pub kill_grace_secs: u64,
+    /// Where to accept direct session connections (e.g. "0.0.0.0:0");
+    /// unset = listen nowhere (sessions then need reverse or relay).
+    pub session_listen: Option<std::net::SocketAddr>,
+    /// host:port clients should dial for direct sessions; default: the
+    /// listen address, or this node's address towards the schedd when
+    /// listening on all interfaces.
+    pub session_advertise: Option<String>,
+    /// The OpenSSH server run (as the job user) for each session.
+    pub sshd_path: PathBuf,
+    /// sftp-server for the session's `Subsystem sftp`.
+    pub sftp_server_path: PathBuf,
+    /// libstj_preload.so; default: next to stj-starter, else /usr/lib/stj.
+    pub preload_path: Option<PathBuf>,
+    /// Extra sshd_config lines appended to every session's config.
+    pub sshd_extra_config: Vec<String>,
 }
 
 impl Default for StarterConfig {
@@ -34,6 +49,12 @@ impl Default for StarterConfig {
             work_dir: PathBuf::from("/var/lib/stj/starter"),
             slots: None,
             kill_grace_secs: 5,
+            session_listen: None,
+            session_advertise: None,
+            sshd_path: PathBuf::from("/usr/sbin/sshd"),
+            sftp_server_path: PathBuf::from("/usr/lib/openssh/sftp-server"),
+            preload_path: None,
+            sshd_extra_config: Vec::new(),
         }
     }
 }

@@ -18,7 +18,14 @@ pub enum JobEvent {
 #[derive(Default)]
 struct Entry {
     init: Option<Arc<std::os::fd::OwnedFd>>,
+    spec: Option<Arc<ContainerSpec>>,
     kill_requested: bool,
+}
+
+/// What a session needs to enter a running job.
+pub struct JobTarget {
+    pub init: Arc<std::os::fd::OwnedFd>,
+    pub spec: Arc<ContainerSpec>,
 }
 
 pub struct Jobs {
@@ -54,6 +61,23 @@ impl Jobs {
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The job if it runs here now (started, not yet ended).
+    pub fn target(&self, id: u64) -> Option<JobTarget> {
+        let t = self.table();
+        let e = t.get(&id)?;
+        Some(JobTarget {
+            init: e.init.clone()?,
+            spec: e.spec.clone()?,
+        })
+    }
+
+    /// True while the job is still being set up here (sessions must retry).
+    pub fn is_starting(&self, id: u64) -> bool {
+        self.table()
+            .get(&id)
+            .is_some_and(|e| e.init.is_none() && !e.kill_requested)
     }
 
     pub fn running(&self) -> Vec<u64> {
@@ -146,6 +170,7 @@ impl Jobs {
             let mut t = self.table();
             let e = t.entry(id).or_default();
             e.init = init.clone();
+            e.spec = Some(Arc::new(cspec.clone()));
             e.kill_requested
         };
         tracing::info!(job_id = id, owner = %run.owner_name, "job started");

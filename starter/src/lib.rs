@@ -5,9 +5,12 @@ pub mod config;
 pub mod container;
 mod jobs;
 mod link;
+mod session;
 mod tls;
 
 use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -24,7 +27,39 @@ pub fn node_name(config: &StarterConfig) -> String {
     })
 }
 
+/// libstj_preload.so: configured, else beside our own binary (a cargo
+/// build or a package install), else /usr/lib/stj.
+fn preload_path(config: &StarterConfig) -> PathBuf {
+    if let Some(p) = &config.preload_path {
+        return p.clone();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("libstj_preload.so")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/stj/libstj_preload.so"))
+}
+
+/// Jobs run without sshd, but sessions cannot: say so at start-up, where the
+/// admin looks.
+fn check_sshd(config: &StarterConfig) {
+    if !config.sshd_path.exists() {
+        tracing::warn!(
+            path = %config.sshd_path.display(),
+            "sshd not found: ssh-to-job sessions on this node will fail (install openssh-server or set sshd_path)"
+        );
+    }
+}
+
 pub async fn run(config: StarterConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    run_with(config, false, shutdown).await
+}
+
+pub async fn run_with(
+    config: StarterConfig,
+    debug: bool,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!(
             "stj-starter must run as root: it creates namespaces and runs jobs as their owners"
@@ -51,14 +86,49 @@ pub async fn run(config: StarterConfig, shutdown: impl Future<Output = ()>) -> R
         Duration::from_secs(config.kill_grace_secs),
     );
     tracing::info!(node = %name, slots, schedd = %config.schedd, "starter starting");
+    check_sshd(&config);
+    let key = Arc::new(session::StarterKey::default());
+    let sessions = session::Sessions::new(
+        name.clone(),
+        key.clone(),
+        jobs.clone(),
+        session::SshdConfig {
+            sshd: config.sshd_path.clone(),
+            sftp_server: config.sftp_server_path.clone(),
+            preload: preload_path(&config),
+            extra: config.sshd_extra_config.clone(),
+            work_dir: config.work_dir.clone(),
+            debug,
+        },
+    );
+    let listener = match config.session_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen for sessions on {addr} (session_listen / --session-listen)")
+        })?),
+        None => None,
+    };
+    let session_listen = listener.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(a) = session_listen {
+        tracing::info!(listen = %a, "accepting direct session connections");
+    }
     let params = link::LinkParams {
         schedd: config.schedd.clone(),
         token,
         name,
         slots,
+        session_listen,
+        session_advertise: config.session_advertise.clone(),
+        key,
+    };
+    let direct = async {
+        match listener {
+            Some(l) => session::listen(sessions, l).await,
+            None => std::future::pending().await,
+        }
     };
     tokio::select! {
         r = link::run(params, jobs, events) => r,
+        _ = direct => Ok(()),
         _ = shutdown => {
             // Jobs die with us: each container's monitor sees our end of its
             // lifeline pipe close and kills the container.

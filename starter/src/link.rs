@@ -29,6 +29,26 @@ pub struct LinkParams {
     pub token: JoinToken,
     pub name: String,
     pub slots: u32,
+    /// Where this starter takes direct sessions, if anywhere.
+    pub session_listen: Option<std::net::SocketAddr>,
+    pub session_advertise: Option<String>,
+    pub key: Arc<crate::session::StarterKey>,
+}
+
+/// The address clients should dial for direct sessions: the configured one,
+/// else the listen address, with an unspecified IP replaced by the address
+/// this node uses towards the schedd.
+fn advertised(params: &LinkParams, local: Option<std::net::SocketAddr>) -> String {
+    if let Some(a) = &params.session_advertise {
+        return a.clone();
+    }
+    match (params.session_listen, local) {
+        (Some(l), Some(local)) if l.ip().is_unspecified() => {
+            std::net::SocketAddr::new(local.ip(), l.port()).to_string()
+        }
+        (Some(l), _) => l.to_string(),
+        (None, _) => String::new(),
+    }
 }
 
 /// Why a link attempt ended.
@@ -141,6 +161,7 @@ async fn session(
         }
     };
     tcp.set_nodelay(true).ok();
+    let session_addr = advertised(params, tcp.local_addr().ok());
     let tls = match connector.connect(crate::tls::server_name(), tcp).await {
         Ok(t) => t,
         Err(e) => {
@@ -173,6 +194,7 @@ async fn session(
             join_secret: params.token.secret.to_vec(),
             running_jobs,
             finished_jobs: state.pending_exits.values().cloned().collect(),
+            session_addr,
         })),
     };
     framed.send(encode(&hello)).await.map_err(retry)?;
@@ -183,7 +205,15 @@ async fn session(
             .map_err(retry)?
             .msg
         {
-            Some(In::Welcome(w)) => w.heartbeat_secs.max(1),
+            Some(In::Welcome(w)) => {
+                let key: [u8; 32] = w
+                    .starter_key
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| retry("the schedd sent a starter key of the wrong length"))?;
+                params.key.set(key);
+                w.heartbeat_secs.max(1)
+            }
             Some(In::Refused(r)) => {
                 return Err(LinkError::Fatal(format!(
                     "the schedd refused this starter: {}",

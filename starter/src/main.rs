@@ -35,6 +35,12 @@ struct Cli {
     /// Seconds between SIGTERM and SIGKILL on removal [config: kill_grace_secs; default 5].
     #[arg(long)]
     kill_grace_secs: Option<u64>,
+    /// Accept direct session connections here, e.g. 0.0.0.0:0 [config: session_listen; default: nowhere].
+    #[arg(long)]
+    session_listen: Option<std::net::SocketAddr>,
+    /// host:port clients dial for direct sessions [config: session_advertise].
+    #[arg(long)]
+    session_advertise: Option<String>,
     /// Log at debug level (never logs secrets).
     #[arg(long)]
     debug: bool,
@@ -45,13 +51,18 @@ enum Cmd {
     /// Internal: the container's monitor and init (started by the starter itself).
     #[command(hide = true)]
     ContainerInit { spec: PathBuf },
+    /// Internal: puts a session's sshd into a running job.
+    #[command(hide = true)]
+    SessionEnter { spec: PathBuf },
 }
 
 fn main() {
     let cli = Cli::parse();
     // The container init must stay single-threaded: dispatch before any runtime.
-    if let Some(Cmd::ContainerInit { spec }) = &cli.cmd {
-        stj_starter::container::init_main(spec);
+    match &cli.cmd {
+        Some(Cmd::ContainerInit { spec }) => stj_starter::container::init_main(spec),
+        Some(Cmd::SessionEnter { spec }) => stj_starter::container::enter::main(spec),
+        None => {}
     }
     if let Err(e) = real_main(cli) {
         eprintln!("stj-starter: error: {e:#}");
@@ -91,8 +102,14 @@ fn real_main(cli: Cli) -> Result<()> {
     if let Some(v) = cli.kill_grace_secs {
         c.kill_grace_secs = v;
     }
+    if let Some(v) = cli.session_listen {
+        c.session_listen = Some(v);
+    }
+    if let Some(v) = cli.session_advertise {
+        c.session_advertise = Some(v);
+    }
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(stj_starter::run(c, shutdown_signal()))
+    rt.block_on(stj_starter::run_with(c, cli.debug, shutdown_signal()))
 }
 
 async fn shutdown_signal() {

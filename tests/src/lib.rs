@@ -29,7 +29,7 @@ pub fn bin(name: &str) -> PathBuf {
     let p = dir.join(name);
     assert!(
         p.exists(),
-        "{} is missing: build the workspace binaries first (`cargo build --workspace --bins`, which scripts/test.sh does)",
+        "{} is missing: build the workspace first (`cargo build --workspace`, which scripts/test.sh does)",
         p.display()
     );
     p

@@ -6,6 +6,7 @@
 //! (`stj-starter container-init SPEC`, see `init.rs`), never in the
 //! multi-threaded daemon, where fork is unsafe.
 
+pub mod enter;
 mod init;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -131,7 +132,10 @@ pub async fn launch(spec: &ContainerSpec, job_dir: &Path) -> Result<Launch> {
     let mut started = false;
     while let Some(line) = lines.next_line().await? {
         if let Some(pid) = line.strip_prefix("pid ") {
-            init_pid = Some(pid.parse::<i32>().context("bad pid from the container init")?);
+            init_pid = Some(
+                pid.parse::<i32>()
+                    .context("bad pid from the container init")?,
+            );
         } else if line == "started" {
             started = true;
         } else if let Some(msg) = line.strip_prefix("error ") {

@@ -1,0 +1,377 @@
+//! The data-connection handshake (DESIGN §3) as a sans-IO core plus two small
+//! frame helpers. The client proves it holds `k` (so it got the capability
+//! from the schedd), the starter proves it holds `k` too (so it knows the
+//! starter key: a genuine starter) and binds its one-time host key to this
+//! session. Neither `k` nor any private key crosses the network.
+//!
+//! transcript = SHA-256("stj-handshake-v1" | len(hello) u32 | hello frame
+//!                      | starter_nonce | host_pubkey)
+//! starter proof = HMAC(k, "starter" | transcript)
+//! client proof  = HMAC(k, "client" | transcript)
+
+use std::time::Duration;
+
+use prost::Message;
+use ring::{digest, hmac};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::capability::{derive_k, Capability};
+use crate::session::{
+    handshake_message::Msg, Challenge, ErrorCode, HandshakeMessage, Hello, Proof, Ready,
+};
+
+pub const VERSION: u32 = 1;
+/// Largest handshake message; anything bigger is an attack or a bug.
+pub const MAX_MESSAGE: usize = 4096;
+/// The whole handshake must finish within this.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+pub const NONCE_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("connection failed during the handshake: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("handshake message of {0} bytes exceeds the {MAX_MESSAGE}-byte limit")]
+    TooLarge(usize),
+    #[error("undecodable handshake message")]
+    Decode,
+    #[error("unexpected handshake message: expected {0}")]
+    Unexpected(&'static str),
+    #[error("handshake protocol version {0} is not supported (this side speaks {VERSION})")]
+    Version(u32),
+    #[error("the capability is malformed")]
+    Capability,
+    #[error("the peer failed to prove it holds this session's key")]
+    BadProof,
+    #[error("{message}")]
+    Remote { code: ErrorCode, message: String },
+}
+
+fn msg(m: Msg) -> HandshakeMessage {
+    HandshakeMessage { msg: Some(m) }
+}
+
+pub fn error_message(code: ErrorCode, message: impl Into<String>) -> HandshakeMessage {
+    msg(Msg::Error(crate::session::Error {
+        code: code as i32,
+        message: message.into(),
+    }))
+}
+
+/// Writes one length-prefixed message; returns the body bytes sent.
+pub async fn write_message<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    m: &HandshakeMessage,
+) -> Result<Vec<u8>, HandshakeError> {
+    let body = m.encode_to_vec();
+    if body.len() > MAX_MESSAGE {
+        return Err(HandshakeError::TooLarge(body.len()));
+    }
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    w.write_all(&frame).await?;
+    w.flush().await?;
+    Ok(body)
+}
+
+/// Reads one length-prefixed message, never more bytes than it holds (the
+/// SSH stream follows on the same socket). Returns the body too.
+pub async fn read_message<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<(HandshakeMessage, Vec<u8>), HandshakeError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_MESSAGE {
+        return Err(HandshakeError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    let m = decode_message(&body)?;
+    Ok((m, body))
+}
+
+pub fn decode_message(body: &[u8]) -> Result<HandshakeMessage, HandshakeError> {
+    if body.len() > MAX_MESSAGE {
+        return Err(HandshakeError::TooLarge(body.len()));
+    }
+    HandshakeMessage::decode(body).map_err(|_| HandshakeError::Decode)
+}
+
+fn transcript(hello: &[u8], starter_nonce: &[u8], host_pubkey: &[u8]) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(b"stj-handshake-v1");
+    ctx.update(&(hello.len() as u32).to_be_bytes());
+    ctx.update(hello);
+    ctx.update(starter_nonce);
+    ctx.update(host_pubkey);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+fn proof_input(role: &[u8], t: &[u8; 32]) -> Vec<u8> {
+    [role, t.as_slice()].concat()
+}
+
+fn remote_error(m: HandshakeMessage, expected: &'static str) -> HandshakeError {
+    match m.msg {
+        Some(Msg::Error(e)) => HandshakeError::Remote {
+            code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+            message: e.message,
+        },
+        _ => HandshakeError::Unexpected(expected),
+    }
+}
+
+/// The client's side.
+pub struct ClientHandshake {
+    k: hmac::Key,
+    hello: Vec<u8>,
+}
+
+impl ClientHandshake {
+    /// Returns the state and the Hello to send.
+    pub fn start(
+        capability: Vec<u8>,
+        k: &[u8; 32],
+        client_nonce: [u8; NONCE_LEN],
+    ) -> (Self, HandshakeMessage) {
+        let hello = msg(Msg::Hello(Hello {
+            version: VERSION,
+            capability,
+            client_nonce: client_nonce.to_vec(),
+        }));
+        let state = ClientHandshake {
+            k: hmac::Key::new(hmac::HMAC_SHA256, k),
+            hello: hello.encode_to_vec(),
+        };
+        (state, hello)
+    }
+
+    /// Checks the starter's proof. On success returns the Proof to send and
+    /// the session's host key, now known to be the genuine starter's.
+    pub fn on_challenge(
+        &self,
+        m: HandshakeMessage,
+    ) -> Result<(HandshakeMessage, [u8; 32]), HandshakeError> {
+        let Some(Msg::Challenge(c)) = m.msg else {
+            return Err(remote_error(m, "challenge"));
+        };
+        let host: [u8; 32] = c
+            .host_pubkey
+            .as_slice()
+            .try_into()
+            .map_err(|_| HandshakeError::Decode)?;
+        if c.starter_nonce.len() != NONCE_LEN {
+            return Err(HandshakeError::Decode);
+        }
+        let t = transcript(&self.hello, &c.starter_nonce, &host);
+        hmac::verify(&self.k, &proof_input(b"starter", &t), &c.proof)
+            .map_err(|_| HandshakeError::BadProof)?;
+        let proof = hmac::sign(&self.k, &proof_input(b"client", &t));
+        Ok((
+            msg(Msg::Proof(Proof {
+                proof: proof.as_ref().to_vec(),
+            })),
+            host,
+        ))
+    }
+
+    pub fn on_ready(&self, m: HandshakeMessage) -> Result<(), HandshakeError> {
+        match m.msg {
+            Some(Msg::Ready(_)) => Ok(()),
+            _ => Err(remote_error(m, "ready")),
+        }
+    }
+}
+
+/// The starter's side.
+pub struct StarterHandshake {
+    pub capability: Capability,
+    k: hmac::Key,
+    hello: Vec<u8>,
+    transcript: Option<[u8; 32]>,
+}
+
+impl StarterHandshake {
+    /// Decodes the Hello (given as received bytes) and derives `k` with this
+    /// starter's key. The caller then checks policy (expiry, node, job,
+    /// replay) on `capability` before calling `challenge`.
+    pub fn on_hello(hello_body: &[u8], starter_key: &[u8]) -> Result<Self, HandshakeError> {
+        let m = decode_message(hello_body)?;
+        let Some(Msg::Hello(h)) = m.msg else {
+            return Err(HandshakeError::Unexpected("hello"));
+        };
+        if h.version != VERSION {
+            return Err(HandshakeError::Version(h.version));
+        }
+        if h.client_nonce.len() != NONCE_LEN {
+            return Err(HandshakeError::Decode);
+        }
+        let capability =
+            Capability::decode(&h.capability).map_err(|_| HandshakeError::Capability)?;
+        let k = derive_k(starter_key, &h.capability);
+        Ok(StarterHandshake {
+            capability,
+            k: hmac::Key::new(hmac::HMAC_SHA256, &k),
+            hello: hello_body.to_vec(),
+            transcript: None,
+        })
+    }
+
+    pub fn challenge(
+        &mut self,
+        starter_nonce: [u8; NONCE_LEN],
+        host_pubkey: [u8; 32],
+    ) -> HandshakeMessage {
+        let t = transcript(&self.hello, &starter_nonce, &host_pubkey);
+        self.transcript = Some(t);
+        let proof = hmac::sign(&self.k, &proof_input(b"starter", &t));
+        msg(Msg::Challenge(Challenge {
+            starter_nonce: starter_nonce.to_vec(),
+            host_pubkey: host_pubkey.to_vec(),
+            proof: proof.as_ref().to_vec(),
+        }))
+    }
+
+    /// Checks the client's proof (constant time).
+    pub fn on_proof(&self, m: HandshakeMessage) -> Result<(), HandshakeError> {
+        let Some(t) = self.transcript else {
+            return Err(HandshakeError::Unexpected("challenge first"));
+        };
+        let Some(Msg::Proof(p)) = m.msg else {
+            return Err(HandshakeError::Unexpected("proof"));
+        };
+        hmac::verify(&self.k, &proof_input(b"client", &t), &p.proof)
+            .map_err(|_| HandshakeError::BadProof)
+    }
+
+    pub fn ready() -> HandshakeMessage {
+        msg(Msg::Ready(Ready {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cap() -> Capability {
+        Capability {
+            session_id: [3; 16],
+            job_id: 7,
+            owner_uid: 1000,
+            expiry: u64::MAX,
+            client_pubkey: [4; 32],
+            starter_id: "n".into(),
+        }
+    }
+
+    const KEY: [u8; 32] = [5; 32];
+
+    fn run(client_k: [u8; 32], starter_key: [u8; 32]) -> Result<[u8; 32], HandshakeError> {
+        let enc = cap().encode().unwrap();
+        let (client, hello) = ClientHandshake::start(enc, &client_k, [1; 32]);
+        let mut starter = StarterHandshake::on_hello(&hello.encode_to_vec(), &starter_key)?;
+        assert_eq!(starter.capability, cap());
+        let ch = starter.challenge([2; 32], [8; 32]);
+        let (proof, host) = client.on_challenge(ch)?;
+        starter.on_proof(proof)?;
+        client.on_ready(StarterHandshake::ready())?;
+        Ok(host)
+    }
+
+    #[test]
+    fn genuine_parties_agree_on_the_host_key() {
+        let k = derive_k(&KEY, &cap().encode().unwrap());
+        assert_eq!(run(k, KEY).unwrap(), [8; 32]);
+    }
+
+    #[test]
+    fn a_fake_starter_without_the_key_is_caught_by_the_client() {
+        let k = derive_k(&KEY, &cap().encode().unwrap());
+        assert!(matches!(run(k, [6; 32]), Err(HandshakeError::BadProof)));
+    }
+
+    #[test]
+    fn a_client_without_k_is_caught_by_the_starter() {
+        let enc = cap().encode().unwrap();
+        let (_, hello) = ClientHandshake::start(enc, &[0; 32], [1; 32]);
+        let mut starter = StarterHandshake::on_hello(&hello.encode_to_vec(), &KEY).unwrap();
+        let _ = starter.challenge([2; 32], [8; 32]);
+        let forged = msg(Msg::Proof(Proof { proof: vec![0; 32] }));
+        assert!(matches!(
+            starter.on_proof(forged),
+            Err(HandshakeError::BadProof)
+        ));
+    }
+
+    #[test]
+    fn proof_before_challenge_is_refused() {
+        let k = derive_k(&KEY, &cap().encode().unwrap());
+        let (_, hello) = ClientHandshake::start(cap().encode().unwrap(), &k, [1; 32]);
+        let starter = StarterHandshake::on_hello(&hello.encode_to_vec(), &KEY).unwrap();
+        assert!(starter
+            .on_proof(msg(Msg::Proof(Proof { proof: vec![] })))
+            .is_err());
+    }
+
+    #[test]
+    fn remote_errors_reach_the_client() {
+        let (client, _) = ClientHandshake::start(vec![], &[0; 32], [1; 32]);
+        match client.on_challenge(error_message(ErrorCode::Expired, "capability expired")) {
+            Err(HandshakeError::Remote { code, message }) => {
+                assert_eq!(code, ErrorCode::Expired);
+                assert_eq!(message, "capability expired");
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
+
+    #[tokio::test]
+    async fn oversize_frames_are_refused_before_reading_them() {
+        let mut input: &[u8] = &((MAX_MESSAGE as u32 + 1).to_be_bytes());
+        assert!(matches!(
+            read_message(&mut input).await,
+            Err(HandshakeError::TooLarge(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_and_leave_following_bytes_unread() {
+        let mut buf = Vec::new();
+        write_message(&mut buf, &StarterHandshake::ready())
+            .await
+            .unwrap();
+        buf.extend_from_slice(b"SSH-2.0-");
+        let mut r: &[u8] = &buf;
+        let (m, _) = read_message(&mut r).await.unwrap();
+        assert!(matches!(m.msg, Some(Msg::Ready(_))));
+        assert_eq!(r, b"SSH-2.0-");
+    }
+
+    proptest! {
+        /// Flipping any bit of the Hello the starter receives makes the
+        /// handshake fail (or the message undecodable), never succeed.
+        #[test]
+        fn tampered_hello_never_completes(bit in 0usize..(120 * 8)) {
+            let enc = cap().encode().unwrap();
+            let k = derive_k(&KEY, &enc);
+            let (client, hello) = ClientHandshake::start(enc, &k, [1; 32]);
+            let mut body = hello.encode_to_vec();
+            prop_assume!(bit / 8 < body.len());
+            body[bit / 8] ^= 1 << (bit % 8);
+            if let Ok(mut starter) = StarterHandshake::on_hello(&body, &KEY) {
+                let ch = starter.challenge([2; 32], [8; 32]);
+                prop_assert!(client.on_challenge(ch).is_err());
+            }
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = StarterHandshake::on_hello(&bytes, &KEY);
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! RequestSession: grants a one-session capability to a running job's owner
+//! (or root), signed for the node that runs the job. Every request, granted
+//! or denied, leaves an audit record.
+
+use ring::rand::{SecureRandom, SystemRandom};
+use stj_proto::capability::{derive_k, Capability};
+use stj_proto::user::{JobState, RequestSessionReply, RequestSessionRequest};
+use tonic::Status;
+
+use crate::queue::{now, SessionRecord};
+use crate::Schedd;
+
+pub fn issue(
+    schedd: &Schedd,
+    uid: u32,
+    req: RequestSessionRequest,
+) -> Result<RequestSessionReply, Status> {
+    let internal = |e: &dyn std::fmt::Display| Status::internal(format!("schedd error: {e}"));
+    let job = schedd
+        .queue
+        .get(req.job_id)
+        .map_err(|e| internal(&e))?
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "there is no job {} (stj q lists the queue)",
+                req.job_id
+            ))
+        })?;
+    let deny = |status: Status| {
+        let r = SessionRecord {
+            session_id: "-",
+            job_id: job.id,
+            uid,
+            node: &job.node,
+            outcome: status.message(),
+        };
+        if let Err(e) = schedd.queue.record_session(&r) {
+            tracing::error!(error = %e, "cannot write audit record");
+        }
+        tracing::warn!(job_id = job.id, uid, reason = %status.message(), "session denied");
+        Err(status)
+    };
+    if uid != 0 && uid != job.owner_uid {
+        return deny(Status::permission_denied(format!(
+            "job {} belongs to {} (uid {}); only its owner or root can open a session in it",
+            job.id, job.owner_name, job.owner_uid
+        )));
+    }
+    if !schedd.config.enable_ssh_to_job {
+        return deny(Status::failed_precondition(
+            "ssh-to-job is disabled in this pool (the admin set enable_ssh_to_job = false in [schedd])",
+        ));
+    }
+    let spec = job.spec.clone().unwrap_or_default();
+    if !spec.ssh_enabled {
+        return deny(Status::failed_precondition(format!(
+            "job {} was submitted with --no-ssh",
+            job.id
+        )));
+    }
+    let state = JobState::try_from(job.state).unwrap_or(JobState::Unspecified);
+    if state != JobState::Running {
+        let hint = if state == JobState::Idle {
+            format!("; wait for it with `stj wait {} --state running`", job.id)
+        } else {
+            String::new()
+        };
+        return deny(Status::failed_precondition(format!(
+            "job {} is {}, not running{hint}",
+            job.id,
+            state.label()
+        )));
+    }
+    let Some(target) = schedd.registry.session_target(&job.node) else {
+        return deny(Status::unavailable(format!(
+            "node {} that runs job {} is not connected to the schedd right now; retry in a few seconds",
+            job.node, job.id
+        )));
+    };
+    let client_pubkey: [u8; 32] = req
+        .client_pubkey
+        .as_slice()
+        .try_into()
+        .map_err(|_| Status::invalid_argument("client_pubkey must be 32 bytes (ed25519)"))?;
+    let mut session_id = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut session_id)
+        .map_err(|_| Status::internal("random generator failed"))?;
+    let cap = Capability {
+        session_id,
+        job_id: job.id,
+        owner_uid: job.owner_uid,
+        expiry: now() as u64 + schedd.config.capability_ttl_secs,
+        client_pubkey,
+        starter_id: job.node.clone(),
+    };
+    let encoded = cap.encode().map_err(|e| internal(&e))?;
+    let k = derive_k(&target.key, &encoded);
+    let sid = cap.session_hex();
+    schedd
+        .queue
+        .record_session(&SessionRecord {
+            session_id: &sid,
+            job_id: job.id,
+            uid,
+            node: &job.node,
+            outcome: "granted",
+        })
+        .map_err(|e| internal(&e))?;
+    tracing::info!(session_id = %sid, job_id = job.id, uid, node = %job.node, "session granted");
+    Ok(RequestSessionReply {
+        capability: encoded,
+        k: k.to_vec(),
+        direct_addr: target.session_addr,
+        node: job.node,
+        user: job.owner_name,
+        job_cwd: spec.cwd,
+    })
+}

@@ -1,0 +1,140 @@
+//! `stj-starter session-enter SPEC`: the single-threaded helper that puts a
+//! session into a running job. fd 0/1 are the session socket, fd 3 is a
+//! pidfd of the job's init. It joins all of the init's namespaces at once
+//! (setns on the pidfd), forks so the PID namespace applies, becomes the
+//! job's user and execs sshd; it exits with sshd's status.
+
+use std::ffi::CString;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use nix::sched::{setns, CloneFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult, Gid, Uid};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EnterSpec {
+    pub uid: u32,
+    pub gid: u32,
+    pub user: String,
+    pub cwd: String,
+    pub job_id: u64,
+    pub preload: PathBuf,
+    pub argv: Vec<String>,
+}
+
+pub fn main(spec_path: &Path) -> ! {
+    match enter(spec_path) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("cannot enter the job: {e:#}");
+            std::process::exit(1)
+        }
+    }
+}
+
+/// A shell that works inside the job: the user's own unless it is missing
+/// or a nologin/false placeholder, else bash, else sh.
+fn usable_shell(user_shell: Option<PathBuf>) -> String {
+    let ok = |p: &Path| {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        !matches!(name.as_str(), "nologin" | "false") && p.exists()
+    };
+    user_shell
+        .into_iter()
+        .chain([PathBuf::from("/bin/bash"), PathBuf::from("/bin/sh")])
+        .find(|p| ok(p))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "/bin/sh".into())
+}
+
+fn enter(spec_path: &Path) -> Result<i32> {
+    let spec: EnterSpec =
+        serde_json::from_slice(&std::fs::read(spec_path)?).context("bad session spec")?;
+    // Looked up on the node, before we switch to the job's mount namespace.
+    let host_user = nix::unistd::User::from_uid(Uid::from_raw(spec.uid))
+        .ok()
+        .flatten();
+    let groups = match (&host_user, CString::new(spec.user.clone())) {
+        (Some(u), Ok(name)) if u.name == spec.user => {
+            nix::unistd::getgrouplist(&name, Gid::from_raw(spec.gid)).unwrap_or_default()
+        }
+        _ => vec![],
+    };
+    // SAFETY: fd 3 was placed here by the starter and is ours alone.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(3) };
+    setns(
+        &pidfd,
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWCGROUP,
+    )
+    .context("setns into the job (has it ended?)")?;
+    drop(pidfd);
+    let shell = usable_shell(host_user.as_ref().map(|u| u.shell.clone()));
+    let passwd = format!(
+        "{}:x:{}:{}:stj job {}:{}:{}",
+        spec.user, spec.uid, spec.gid, spec.job_id, spec.cwd, shell
+    );
+
+    // SAFETY: single-threaded process.
+    match unsafe { fork() }? {
+        ForkResult::Child => {
+            let e = exec_sshd(&spec, &groups, &passwd);
+            eprintln!("cannot start sshd in the job: {e:#}");
+            // SAFETY: leave without running atexit handlers.
+            unsafe { libc::_exit(1) }
+        }
+        ForkResult::Parent { child } => {
+            // Only sshd holds the socket now, so the connection closes the
+            // moment sshd exits.
+            let null = std::fs::File::open("/dev/null")?;
+            nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0)?;
+            nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1)?;
+            loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, c)) => return Ok(c),
+                    Ok(WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => bail!("waitpid: {e}"),
+                }
+            }
+        }
+    }
+}
+
+fn exec_sshd(spec: &EnterSpec, groups: &[Gid], passwd: &str) -> anyhow::Error {
+    let r = (|| -> Result<std::convert::Infallible> {
+        if spec.uid == 0 {
+            bail!("refusing to run a session as root");
+        }
+        nix::unistd::setgroups(groups).context("setgroups")?;
+        nix::unistd::setgid(Gid::from_raw(spec.gid)).context("setgid")?;
+        nix::unistd::setuid(Uid::from_raw(spec.uid)).context("setuid")?;
+        if nix::unistd::geteuid().is_root() {
+            bail!("could not drop root");
+        }
+        let _ = nix::unistd::chdir(spec.cwd.as_str());
+        let c = |s: &str| CString::new(s).context("NUL byte");
+        let argv = spec.argv.iter().map(|a| c(a)).collect::<Result<Vec<_>>>()?;
+        let env = [
+            format!("LD_PRELOAD={}", spec.preload.display()),
+            format!("STJ_PASSWD={passwd}"),
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        ];
+        let envp = env.iter().map(|e| c(e)).collect::<Result<Vec<_>>>()?;
+        nix::unistd::execve(&argv[0], &argv, &envp)
+            .with_context(|| format!("cannot execute {}", spec.argv[0]))
+    })();
+    match r {
+        Err(e) => e,
+        Ok(never) => match never {},
+    }
+}

@@ -1,0 +1,151 @@
+//! The starter's side of the handshake, with the policy checks: signature
+//! (through the proofs), expiry, node, job running here, and single use.
+
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ring::rand::{SecureRandom, SystemRandom};
+use stj_proto::capability::Capability;
+use stj_proto::handshake::{
+    error_message, read_message, write_message, HandshakeError, StarterHandshake, DEADLINE,
+    NONCE_LEN,
+};
+use stj_proto::session::ErrorCode;
+use tokio::net::TcpStream;
+
+use super::Sessions;
+use crate::jobs::JobTarget;
+
+pub struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub capability: Capability,
+    pub target: JobTarget,
+    /// Seed of the one-time ed25519 host key.
+    pub host_seed: [u8; 32],
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+struct Refusal(ErrorCode, String);
+
+pub async fn run(s: &Sessions, mut stream: TcpStream, peer: SocketAddr) -> Option<Accepted> {
+    match tokio::time::timeout(DEADLINE, exchange(s, &mut stream)).await {
+        Ok(Ok((capability, target, host_seed))) => {
+            tracing::info!(%peer, session_id = %capability.session_hex(), job_id = capability.job_id, uid = capability.owner_uid, "session accepted");
+            Some(Accepted {
+                stream,
+                peer,
+                capability,
+                target,
+                host_seed,
+            })
+        }
+        Ok(Err(Ok(Refusal(code, message)))) => {
+            tracing::warn!(%peer, ?code, %message, "session refused");
+            let _ = write_message(&mut stream, &error_message(code, message)).await;
+            None
+        }
+        Ok(Err(Err(e))) => {
+            tracing::warn!(%peer, error = %e, "handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "handshake deadline passed; dropping connection");
+            None
+        }
+    }
+}
+
+type Outcome = Result<(Capability, JobTarget, [u8; 32]), Result<Refusal, HandshakeError>>;
+
+async fn exchange(s: &Sessions, stream: &mut TcpStream) -> Outcome {
+    let refuse = |code, msg: String| Err(Ok(Refusal(code, msg)));
+    let (_, hello) = read_message(stream).await.map_err(Err)?;
+    let Some(key) = s.key.get() else {
+        return refuse(
+            ErrorCode::Unavailable,
+            format!(
+                "node {} is not registered with the schedd right now; retry shortly",
+                s.node
+            ),
+        );
+    };
+    let mut hs = match StarterHandshake::on_hello(&hello, &key) {
+        Ok(h) => h,
+        Err(e) => return refuse(ErrorCode::BadMessage, format!("bad hello: {e}")),
+    };
+    let cap = hs.capability.clone();
+    if now() > cap.expiry {
+        return refuse(
+            ErrorCode::Expired,
+            "the capability has expired; run ssh-to-job again for a fresh one".into(),
+        );
+    }
+    if cap.starter_id != s.node {
+        return refuse(
+            ErrorCode::WrongStarter,
+            format!("this is node {}, not {}", s.node, cap.starter_id),
+        );
+    }
+    if s.replay.contains(&cap.session_id) {
+        return refuse(
+            ErrorCode::Replayed,
+            "this session id was already used; every ssh-to-job run needs a fresh capability"
+                .into(),
+        );
+    }
+    let Some(target) = s.jobs.target(cap.job_id) else {
+        if s.jobs.is_starting(cap.job_id) {
+            return refuse(
+                ErrorCode::NotReady,
+                format!(
+                    "job {} is still starting on node {}; retry in a moment",
+                    cap.job_id, s.node
+                ),
+            );
+        }
+        return refuse(
+            ErrorCode::JobNotHere,
+            format!("job {} is not running on node {}", cap.job_id, s.node),
+        );
+    };
+
+    let rng = SystemRandom::new();
+    let mut nonce = [0u8; NONCE_LEN];
+    let mut seed = [0u8; 32];
+    if rng.fill(&mut nonce).is_err() || rng.fill(&mut seed).is_err() {
+        return refuse(
+            ErrorCode::Unavailable,
+            "random generator failed on the node".into(),
+        );
+    }
+    let host = ssh_key::private::Ed25519Keypair::from_seed(&seed);
+    let challenge = hs.challenge(nonce, host.public.0);
+    write_message(stream, &challenge).await.map_err(Err)?;
+
+    let (proof, _) = read_message(stream).await.map_err(Err)?;
+    if hs.on_proof(proof).is_err() {
+        return refuse(
+            ErrorCode::BadProof,
+            "the client could not prove it holds this capability's key".into(),
+        );
+    }
+    // Checked again atomically: of two connections racing with one
+    // capability, exactly one gets here.
+    if !s.replay.first_use(cap.session_id, cap.expiry, now()) {
+        return refuse(
+            ErrorCode::Replayed,
+            "this session id was already used".into(),
+        );
+    }
+    write_message(stream, &StarterHandshake::ready())
+        .await
+        .map_err(Err)?;
+    Ok((cap, target, seed))
+}

@@ -1,0 +1,100 @@
+//! Sessions: a data connection arrives, the handshake of DESIGN §3 checks
+//! its capability, and sshd runs on that very socket inside the job.
+
+mod handshake;
+mod replay;
+mod sshd;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::jobs::Jobs;
+
+/// The key the schedd gave this starter at its latest registration; it
+/// signs (HMAC) every capability for this node.
+#[derive(Default)]
+pub struct StarterKey(RwLock<Option<[u8; 32]>>);
+
+impl StarterKey {
+    pub fn set(&self, key: [u8; 32]) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(key);
+    }
+    pub fn get(&self) -> Option<[u8; 32]> {
+        *self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub struct SshdConfig {
+    pub sshd: PathBuf,
+    pub sftp_server: PathBuf,
+    pub preload: PathBuf,
+    pub extra: Vec<String>,
+    pub work_dir: PathBuf,
+    pub debug: bool,
+}
+
+pub struct Sessions {
+    pub node: String,
+    pub key: Arc<StarterKey>,
+    pub jobs: Arc<Jobs>,
+    pub sshd: SshdConfig,
+    replay: replay::ReplayCache,
+    /// Bounds handshakes in flight so a flood of idle connections cannot
+    /// exhaust memory or fds.
+    pending: Semaphore,
+}
+
+const MAX_PENDING_HANDSHAKES: usize = 256;
+
+impl Sessions {
+    pub fn new(
+        node: String,
+        key: Arc<StarterKey>,
+        jobs: Arc<Jobs>,
+        sshd: SshdConfig,
+    ) -> Arc<Sessions> {
+        Arc::new(Sessions {
+            node,
+            key,
+            jobs,
+            sshd,
+            replay: replay::ReplayCache::default(),
+            pending: Semaphore::new(MAX_PENDING_HANDSHAKES),
+        })
+    }
+
+    /// Runs the handshake on a fresh data connection and, if it succeeds,
+    /// sshd inside the job on the same socket.
+    pub async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let Ok(permit) = self.pending.try_acquire() else {
+            tracing::warn!(%peer, "too many handshakes in flight; dropping connection");
+            return;
+        };
+        let accepted = handshake::run(&self, stream, peer).await;
+        drop(permit);
+        let Some(accepted) = accepted else { return };
+        if let Err(e) = sshd::run(&self, accepted).await {
+            tracing::error!(%peer, error = %format!("{e:#}"), "session failed");
+        }
+    }
+}
+
+/// Direct mode: accept data connections on `listener`.
+pub async fn listen(sessions: Arc<Sessions>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                stream.set_nodelay(true).ok();
+                tokio::spawn(sessions.clone().serve(stream, peer));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "session accept failed; backing off");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

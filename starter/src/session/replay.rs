@@ -1,0 +1,45 @@
+//! Each session id is accepted once. Entries live until their capability
+//! expires; after that the expiry check refuses the capability anyway.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct ReplayCache {
+    seen: Mutex<HashMap<[u8; 16], u64>>,
+}
+
+impl ReplayCache {
+    /// Records `id`; false if it was already used.
+    pub fn first_use(&self, id: [u8; 16], expiry: u64, now: u64) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.retain(|_, exp| *exp >= now);
+        if seen.contains_key(&id) {
+            return false;
+        }
+        seen.insert(id, expiry);
+        true
+    }
+
+    pub fn contains(&self, id: &[u8; 16]) -> bool {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_use_is_refused_until_expiry_pruning() {
+        let c = ReplayCache::default();
+        assert!(c.first_use([1; 16], 100, 50));
+        assert!(!c.first_use([1; 16], 100, 60));
+        assert!(c.first_use([2; 16], 100, 60));
+        // Pruned once expired (the expiry check refuses it by then anyway).
+        assert!(c.first_use([1; 16], 300, 200));
+    }
+}

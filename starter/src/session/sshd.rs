@@ -1,0 +1,256 @@
+//! Per-session sshd: a one-time host key, an authorized_keys holding only the
+//! capability's client key, a config that allows nothing else, and `sshd -i`
+//! exec'd as the job's user inside the job on the accepted socket. No sshd
+//! ever listens on a port.
+
+use std::fs;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{Context, Result};
+use ssh_key::private::{Ed25519Keypair, KeypairData};
+use ssh_key::public::{Ed25519PublicKey, KeyData};
+use ssh_key::{LineEnding, PrivateKey, PublicKey};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::handshake::Accepted;
+use super::Sessions;
+use crate::container::enter::EnterSpec;
+
+fn write_owned(path: &Path, data: &[u8], uid: u32, gid: u32) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(data)?;
+    std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+    Ok(())
+}
+
+/// An sshd_config value in double quotes, as sshd's tokenizer reads them.
+fn quoted(v: &str) -> String {
+    format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+pub fn config_text(
+    dir: &Path,
+    sftp_server: &str,
+    user: &str,
+    env: &[(String, String)],
+    extra: &[String],
+    debug: bool,
+) -> String {
+    let mut c = String::new();
+    let mut line = |s: String| {
+        c.push_str(&s);
+        c.push('\n');
+    };
+    line(format!(
+        "AuthorizedKeysFile {}",
+        quoted(&dir.join("authorized_keys").to_string_lossy())
+    ));
+    line("PubkeyAuthentication yes".into());
+    line("PasswordAuthentication no".into());
+    line("KbdInteractiveAuthentication no".into());
+    line("HostbasedAuthentication no".into());
+    line("UsePAM no".into());
+    // Session files live under the starter's work dir, not in a home dir.
+    line("StrictModes no".into());
+    line("PidFile none".into());
+    line("PermitRootLogin no".into());
+    line(format!("AllowUsers {user}"));
+    line("PermitUserEnvironment no".into());
+    line("PrintMotd no".into());
+    line("PrintLastLog no".into());
+    line("AcceptEnv LANG LC_* TERM COLORTERM".into());
+    line(format!("LogLevel {}", if debug { "DEBUG" } else { "INFO" }));
+    line(format!("Subsystem sftp {sftp_server}"));
+    for (k, v) in env {
+        // sshd_config has no way to write a newline; such a value cannot
+        // reach the session intact, so it is left out (and logged).
+        if v.contains('\n')
+            || v.contains('\r')
+            || k.is_empty()
+            || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            tracing::warn!(var = %k, "job environment variable cannot be passed to sessions; skipped");
+            continue;
+        }
+        line(format!("SetEnv {}", quoted(&format!("{k}={v}"))));
+    }
+    for e in extra {
+        line(e.clone());
+    }
+    c
+}
+
+pub async fn run(s: &Sessions, a: Accepted) -> Result<()> {
+    let spec = &a.target.spec;
+    let sid = a.capability.session_hex();
+    let job_dir = s.sshd.work_dir.join("jobs").join(spec.job_id.to_string());
+    let sessions_dir = job_dir.join("sessions");
+    // Job users must traverse (not list) these to reach their session dir.
+    for d in [
+        &s.sshd.work_dir,
+        &s.sshd.work_dir.join("jobs"),
+        &job_dir,
+        &sessions_dir,
+    ] {
+        fs::create_dir_all(d)?;
+        fs::set_permissions(d, fs::Permissions::from_mode(0o711))?;
+    }
+    let dir = sessions_dir.join(&sid);
+    fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let _cleanup = Cleanup(vec![dir.clone(), sessions_dir.join(format!("{sid}.json"))]);
+    std::os::unix::fs::chown(&dir, Some(spec.uid), Some(spec.gid))?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+
+    let host = PrivateKey::new(
+        KeypairData::Ed25519(Ed25519Keypair::from_seed(&a.host_seed)),
+        format!("stj-session-{sid}"),
+    )?;
+    let host_text = host.to_openssh(LineEnding::LF)?;
+    let client = PublicKey::new(
+        KeyData::Ed25519(Ed25519PublicKey(a.capability.client_pubkey)),
+        "ssh-to-job",
+    );
+    write_owned(
+        &dir.join("host_key"),
+        host_text.as_bytes(),
+        spec.uid,
+        spec.gid,
+    )?;
+    write_owned(
+        &dir.join("authorized_keys"),
+        format!("{}\n", client.to_openssh()?).as_bytes(),
+        spec.uid,
+        spec.gid,
+    )?;
+
+    let mut env = spec.env.clone();
+    env.retain(|(k, _)| k != "STJ_JOB_ID" && k != "STJ_SESSION_ID");
+    env.push(("STJ_JOB_ID".into(), spec.job_id.to_string()));
+    env.push(("STJ_SESSION_ID".into(), sid.clone()));
+    let config = config_text(
+        &dir,
+        &s.sshd.sftp_server.to_string_lossy(),
+        &spec.user_name,
+        &env,
+        &s.sshd.extra,
+        s.sshd.debug,
+    );
+    write_owned(
+        &dir.join("sshd_config"),
+        config.as_bytes(),
+        spec.uid,
+        spec.gid,
+    )?;
+
+    let enter = EnterSpec {
+        uid: spec.uid,
+        gid: spec.gid,
+        user: spec.user_name.clone(),
+        cwd: spec.cwd.clone(),
+        job_id: spec.job_id,
+        preload: s.sshd.preload.clone(),
+        argv: vec![
+            s.sshd.sshd.to_string_lossy().into_owned(),
+            "-i".into(),
+            "-e".into(),
+            "-f".into(),
+            dir.join("sshd_config").to_string_lossy().into_owned(),
+            "-h".into(),
+            dir.join("host_key").to_string_lossy().into_owned(),
+        ],
+    };
+    let enter_path = sessions_dir.join(format!("{sid}.json"));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&enter_path)?;
+    serde_json::to_writer(&mut f, &enter)?;
+    drop(f);
+
+    let socket: OwnedFd = a.stream.into_std()?.into();
+    let socket_out = socket.try_clone()?;
+    let pidfd = a.target.init.clone();
+    let mut cmd = tokio::process::Command::new("/proc/self/exe");
+    cmd.arg("session-enter")
+        .arg(&enter_path)
+        .stdin(Stdio::from(socket))
+        .stdout(Stdio::from(socket_out))
+        .stderr(Stdio::piped());
+    let raw = pidfd.as_raw_fd();
+    // SAFETY: only async-signal-safe calls (dup2/fcntl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if raw == 3 {
+                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("cannot start the session helper")?;
+    // The helper holds the socket now; our copies went with `cmd`.
+    drop(cmd);
+    if let Some(err) = child.stderr.take() {
+        let mut lines = BufReader::new(err).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            tracing::info!(session_id = %sid, job_id = spec.job_id, "sshd: {l}");
+        }
+    }
+    let status = child.wait().await?;
+    // sshd -i exits 255 after every normal disconnect.
+    tracing::info!(session_id = %sid, job_id = spec.job_id, peer = %a.peer, %status, "session ended");
+    Ok(())
+}
+
+/// Removes the session's files on every exit path.
+struct Cleanup(Vec<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            if p.is_dir() {
+                fs::remove_dir_all(p).ok();
+            } else {
+                fs::remove_file(p).ok();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_quotes_env_and_skips_unrepresentable_values() {
+        let env = vec![
+            ("A".to_string(), "x \"y\" \\z".to_string()),
+            ("BAD".to_string(), "two\nlines".to_string()),
+        ];
+        let c = config_text(
+            Path::new("/s"),
+            "/sftp",
+            "alice",
+            &env,
+            &["X11Forwarding no".into()],
+            false,
+        );
+        assert!(c.contains(r#"SetEnv "A=x \"y\" \\z""#), "{c}");
+        assert!(!c.contains("BAD"));
+        assert!(c.contains("AllowUsers alice\n"));
+        assert!(c.ends_with("X11Forwarding no\n"));
+    }
+}
