@@ -19,9 +19,9 @@ impl RuntimeDir {
             .map(PathBuf::from)
             .filter(|p| p.is_dir() && p.as_os_str().len() <= MAX_BASE)
             .unwrap_or_else(|| PathBuf::from("/tmp"));
-        // tempfile creates the directory with mode 0700.
         let dir = tempfile::Builder::new()
             .prefix("stj-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir_in(&base)
             .with_context(|| {
                 format!("cannot create a private runtime dir in {}", base.display())

@@ -40,6 +40,11 @@ fn log_file(path: &Path) -> Stdio {
 impl Cluster {
     /// A fresh pool with its schedd running (no starters yet).
     pub fn new() -> Cluster {
+        Cluster::with_schedd_config("")
+    }
+
+    /// Like `new`, with extra `[schedd]` config lines (TOML).
+    pub fn with_schedd_config(schedd_toml: &str) -> Cluster {
         // Not /tmp: jobs get a private /tmp, so their working directories
         // must live elsewhere.
         fs::create_dir_all("/var/tmp/stj-tests").expect("create /var/tmp/stj-tests");
@@ -58,6 +63,11 @@ impl Cluster {
             schedd: None,
             starters: Vec::new(),
         };
+        fs::write(
+            c.path().join("stj.toml"),
+            format!("[schedd]\n{schedd_toml}\n"),
+        )
+        .unwrap();
         c.start_schedd();
         let out = Command::new(bin("stj-schedd"))
             .args(["token", "--state-dir"])
@@ -83,6 +93,8 @@ impl Cluster {
         fs::remove_file(&addr_file).ok();
         let listen = self.addr.clone().unwrap_or_else(|| "127.0.0.1:0".into());
         let child = Command::new(bin("stj-schedd"))
+            .arg("--config")
+            .arg(self.path().join("stj.toml"))
             .arg("--state-dir")
             .arg(&self.state_dir)
             .arg("--socket")
@@ -114,9 +126,14 @@ impl Cluster {
         self.schedd.as_ref().map(|c| c.id())
     }
 
-    /// Starts a starter and waits until the schedd has registered it.
+    /// Starts a starter that takes direct sessions on loopback, and waits
+    /// until the schedd has registered it.
     pub fn start_starter(&mut self, name: &str, slots: u32) {
-        let child = self.spawn_starter(name, slots, &self.token_file.clone(), &[]);
+        self.start_starter_with(name, slots, &["--session-listen", "127.0.0.1:0"]);
+    }
+
+    pub fn start_starter_with(&mut self, name: &str, slots: u32, extra: &[&str]) {
+        let child = self.spawn_starter(name, slots, &self.token_file.clone(), extra);
         let log = self.path().join(format!("starter-{name}.log"));
         self.starters.push(Starter {
             name: name.to_string(),
@@ -190,6 +207,41 @@ impl Cluster {
         cmd.output().expect("run stj")
     }
 
+    /// Runs `ssh-to-job ARGS` as `user` in its work dir, with `stdin` as input.
+    pub fn ssh_to_job(&self, user: &TestUser, args: &[&str], stdin: Option<&Path>) -> Output {
+        self.ssh_to_job_cmd(user, args, stdin)
+            .output()
+            .expect("run ssh-to-job")
+    }
+
+    pub fn ssh_to_job_cmd(&self, user: &TestUser, args: &[&str], stdin: Option<&Path>) -> Command {
+        let mut cmd = Command::new(bin("ssh-to-job"));
+        cmd.args(args)
+            .current_dir(self.workdir(user))
+            .env("STJ_SCHEDD_SOCKET", &self.socket)
+            .env("HOME", user.home())
+            .env("XDG_RUNTIME_DIR", self.runtime_dir(user))
+            .uid(user.uid)
+            .gid(user.gid);
+        match stdin {
+            Some(p) => cmd.stdin(fs::File::open(p).expect("stdin file")),
+            None => cmd.stdin(Stdio::null()),
+        };
+        cmd
+    }
+
+    /// A private runtime dir for `user`'s ssh-to-job runs, so tests can see
+    /// that nothing is left in it.
+    pub fn runtime_dir(&self, user: &TestUser) -> PathBuf {
+        let d = self.path().join(format!("run-{}", user.uid));
+        if !d.exists() {
+            fs::create_dir_all(&d).unwrap();
+            nix::unistd::chown(&d, Some(user.uid.into()), Some(user.gid.into())).unwrap();
+            fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        d
+    }
+
     /// `stj submit` as `user` in its work dir; returns the job id.
     pub fn submit(&self, user: &TestUser, args: &[&str]) -> u64 {
         let cwd = self.workdir(user);
@@ -261,23 +313,38 @@ impl Drop for Cluster {
     }
 }
 
-/// Host pids of processes whose command line contains `needle`.
-pub fn pids_matching(needle: &str) -> Vec<i32> {
-    let mut pids = Vec::new();
+/// Host pids of processes whose command line starts with `prefix` (so the
+/// ssh-to-job or ssh that merely carries it as an argument does not count).
+pub fn pids_matching(prefix: &str) -> Vec<i32> {
+    procs(|pid| {
+        let cmd = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        Some(
+            String::from_utf8_lossy(&cmd)
+                .replace('\0', " ")
+                .starts_with(prefix),
+        )
+    })
+}
+
+/// Host pids of processes whose name (`comm`) is `name`.
+pub fn pids_named(name: &str) -> Vec<i32> {
+    procs(|pid| {
+        Some(
+            fs::read_to_string(format!("/proc/{pid}/comm"))
+                .ok()?
+                .trim_end()
+                == name,
+        )
+    })
+}
+
+fn procs(mut matches: impl FnMut(i32) -> Option<bool>) -> Vec<i32> {
     let me = std::process::id() as i32;
-    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        if let Ok(cmd) = fs::read(e.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(needle) {
-                pids.push(pid);
-            }
-        }
-    }
-    pids
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|&pid| pid != me && matches(pid) == Some(true))
+        .collect()
 }

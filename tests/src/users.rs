@@ -39,6 +39,14 @@ impl TestUser {
         }
     }
 
+    pub fn home(&self) -> std::path::PathBuf {
+        nix::unistd::User::from_uid(self.uid.into())
+            .ok()
+            .flatten()
+            .map(|u| u.dir)
+            .unwrap_or_else(|| "/".into())
+    }
+
     pub fn alice() -> TestUser {
         TestUser::get("stjtest-alice")
     }

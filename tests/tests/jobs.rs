@@ -4,7 +4,7 @@
 use std::fs;
 use std::time::Duration;
 
-use stj_tests::cluster::pids_matching;
+use stj_tests::cluster::{pids_matching, pids_named};
 use stj_tests::{wait_until, Cluster, TestUser};
 
 const T: Duration = Duration::from_secs(30);
@@ -76,10 +76,15 @@ fn rm_kills_the_job_and_everything_it_spawned() {
         String::from_utf8_lossy(&out.stderr)
     );
     wait_until("every process of the job to be gone", T, || {
-        ["sleep 7771", "sleep 7772", "sleep 7773", "stj-init"]
+        let inits = pids_named("stj-init")
+            .into_iter()
+            .filter(|p| is_in_pool(*p, &c))
+            .count();
+        let sleeps: usize = ["sleep 7771", "sleep 7772", "sleep 7773"]
             .iter()
-            .all(|m| pids_matching(m).iter().all(|p| !is_in_pool(*p, &c)))
-            .then_some(())
+            .map(|m| pids_matching(m).len())
+            .sum();
+        (inits == 0 && sleeps == 0).then_some(())
     });
     let job = c.job(id);
     assert_eq!(job["state"], "removed");
@@ -89,7 +94,7 @@ fn rm_kills_the_job_and_everything_it_spawned() {
 }
 
 /// True if the process belongs to this test's pool (its container spec path
-/// or cwd lies under the pool's dir), so parallel tests do not confuse us.
+/// lies under the pool's dir), so parallel tests do not confuse us.
 fn is_in_pool(pid: i32, c: &Cluster) -> bool {
     let pool = c.path().to_string_lossy().to_string();
     let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();

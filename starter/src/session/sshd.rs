@@ -70,6 +70,8 @@ pub fn config_text(
     line("AcceptEnv LANG LC_* TERM COLORTERM".into());
     line(format!("LogLevel {}", if debug { "DEBUG" } else { "INFO" }));
     line(format!("Subsystem sftp {sftp_server}"));
+    // sshd keeps only the first SetEnv line, so every variable goes on one.
+    let mut setenv = Vec::new();
     for (k, v) in env {
         // sshd_config has no way to write a newline; such a value cannot
         // reach the session intact, so it is left out (and logged).
@@ -81,7 +83,10 @@ pub fn config_text(
             tracing::warn!(var = %k, "job environment variable cannot be passed to sessions; skipped");
             continue;
         }
-        line(format!("SetEnv {}", quoted(&format!("{k}={v}"))));
+        setenv.push(quoted(&format!("{k}={v}")));
+    }
+    if !setenv.is_empty() {
+        line(format!("SetEnv {}", setenv.join(" ")));
     }
     for e in extra {
         line(e.clone());
@@ -239,6 +244,7 @@ mod tests {
         let env = vec![
             ("A".to_string(), "x \"y\" \\z".to_string()),
             ("BAD".to_string(), "two\nlines".to_string()),
+            ("C".to_string(), "3".to_string()),
         ];
         let c = config_text(
             Path::new("/s"),
@@ -248,7 +254,7 @@ mod tests {
             &["X11Forwarding no".into()],
             false,
         );
-        assert!(c.contains(r#"SetEnv "A=x \"y\" \\z""#), "{c}");
+        assert!(c.contains(r#"SetEnv "A=x \"y\" \\z" "C=3""#), "{c}");
         assert!(!c.contains("BAD"));
         assert!(c.contains("AllowUsers alice\n"));
         assert!(c.ends_with("X11Forwarding no\n"));

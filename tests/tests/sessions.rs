@@ -1,0 +1,313 @@
+//! `ssh-to-job JOBID`: a real OpenSSH session inside the job's own container.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::Output;
+use std::time::Duration;
+
+use stj_tests::{wait_until, Cluster, TestUser};
+
+const T: Duration = Duration::from_secs(30);
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed ({:?}): stdout {} stderr {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    text(&o)
+}
+
+/// A pool with one starter and a long-running job of alice's.
+fn running_job(env: &[&str]) -> (Cluster, TestUser, u64) {
+    let mut c = Cluster::new();
+    c.start_starter("node1", 2);
+    let alice = TestUser::alice();
+    let mut args: Vec<&str> = Vec::new();
+    for e in env {
+        args.extend(["--env", e]);
+    }
+    args.extend(["--", "sleep", "86401"]);
+    let id = c.submit(&alice, &args);
+    c.wait_state(id, "running", T);
+    (c, alice, id)
+}
+
+#[test]
+fn the_session_is_inside_the_job() {
+    let (c, alice, id) = running_job(&["STJ_TEST_VAR=from submit"]);
+    let jid = id.to_string();
+    let out = ok(c.ssh_to_job(
+        &alice,
+        &[
+            &jid,
+            "ps -eo comm; echo \"VAR=$STJ_TEST_VAR\"; echo JOB=$STJ_JOB_ID; pwd; id -u",
+        ],
+        None,
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines.contains(&"sleep"),
+        "same PID namespace: the job's own command is listed: {out}"
+    );
+    assert!(lines.contains(&"stj-init"), "{out}");
+    assert!(
+        !out.contains("stj-starter") && !out.contains("stj-schedd"),
+        "no host processes: {out}"
+    );
+    assert!(lines.contains(&"VAR=from submit"), "{out}");
+    assert!(lines.contains(&format!("JOB={id}").as_str()), "{out}");
+    assert!(
+        lines.contains(&c.workdir(&alice).to_str().unwrap()),
+        "starts in the job's cwd: {out}"
+    );
+    assert_eq!(lines.last().copied(), Some(alice.uid.to_string().as_str()));
+
+    let o = c.ssh_to_job(&alice, &[&jid, "exit 7"], None);
+    assert_eq!(o.status.code(), Some(7), "the remote command's exit status");
+}
+
+#[test]
+fn bulk_data_and_ptys() {
+    let (c, alice, id) = running_job(&[]);
+    let jid = id.to_string();
+    let data = c.path().join("ten-mib");
+    let mut f = fs::File::create(&data).unwrap();
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..10 {
+        for b in buf.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        f.write_all(&buf).unwrap();
+    }
+    drop(f);
+    fs::set_permissions(&data, fs::Permissions::from_mode(0o644)).unwrap();
+    let local = std::process::Command::new("sha256sum")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let want = text(&local).split_whitespace().next().unwrap().to_string();
+    for copy in [false, true] {
+        let mut args = vec![];
+        if copy {
+            args.push("--copy");
+        }
+        args.extend([jid.as_str(), "sha256sum"]);
+        let got = ok(c.ssh_to_job(&alice, &args, Some(&data)));
+        assert_eq!(
+            got.split_whitespace().next(),
+            Some(want.as_str()),
+            "copy={copy}"
+        );
+    }
+    let tty = ok(c.ssh_to_job(&alice, &["-t", &jid, "tty"], None));
+    assert!(tty.trim().starts_with("/dev/pts/"), "{tty}");
+}
+
+#[test]
+fn scp_sftp_and_rsync_land_in_the_jobs_filesystem_view() {
+    let (c, alice, id) = running_job(&[]);
+    let jid = id.to_string();
+    let wd = c.workdir(&alice);
+    let src = wd.join("local.txt");
+    fs::write(&src, "payload\n").unwrap();
+    nix::unistd::chown(&src, Some(alice.uid.into()), Some(alice.gid.into())).unwrap();
+
+    // The job's /tmp is private: a file scp'd there exists for the job only.
+    ok(c.ssh_to_job(
+        &alice,
+        &[
+            "--ssh",
+            "scp",
+            &jid,
+            "--",
+            src.to_str().unwrap(),
+            "remote:/tmp/up.txt",
+        ],
+        None,
+    ));
+    assert!(
+        !std::path::Path::new("/tmp/up.txt").exists(),
+        "not on the host's /tmp"
+    );
+    assert_eq!(
+        ok(c.ssh_to_job(&alice, &[&jid, "cat /tmp/up.txt"], None)),
+        "payload\n"
+    );
+    let back = wd.join("back.txt");
+    ok(c.ssh_to_job(
+        &alice,
+        &[
+            "--ssh",
+            "scp",
+            &jid,
+            "--",
+            "remote:/tmp/up.txt",
+            back.to_str().unwrap(),
+        ],
+        None,
+    ));
+    assert_eq!(fs::read_to_string(&back).unwrap(), "payload\n");
+
+    let batch = wd.join("batch");
+    fs::write(
+        &batch,
+        format!("put {} /tmp/sftp.txt\nls /tmp\n", src.display()),
+    )
+    .unwrap();
+    let listing = ok(c.ssh_to_job(
+        &alice,
+        &["--ssh", "sftp", &jid, "-b", batch.to_str().unwrap()],
+        None,
+    ));
+    assert!(listing.contains("sftp.txt"), "{listing}");
+    assert_eq!(
+        ok(c.ssh_to_job(&alice, &[&jid, "cat /tmp/sftp.txt"], None)),
+        "payload\n"
+    );
+
+    let tree = wd.join("tree");
+    fs::create_dir_all(tree.join("sub")).unwrap();
+    fs::write(tree.join("sub/a"), "A").unwrap();
+    fs::write(tree.join("b"), "B").unwrap();
+    std::process::Command::new("chown")
+        .args(["-R", &format!("{}:{}", alice.uid, alice.gid)])
+        .arg(&tree)
+        .status()
+        .unwrap();
+    let rsh = format!("{} --rsh", stj_tests::bin("ssh-to-job").display());
+    let mut r = std::process::Command::new("rsync");
+    r.args(["-a", "-e", &rsh, "tree/", &format!("{id}:/tmp/synced/")])
+        .current_dir(&wd)
+        .env("STJ_SCHEDD_SOCKET", &c.socket)
+        .env("HOME", alice.home())
+        .env("XDG_RUNTIME_DIR", c.runtime_dir(&alice))
+        .uid(alice.uid)
+        .gid(alice.gid);
+    ok(r.output().unwrap());
+    assert_eq!(
+        ok(c.ssh_to_job(&alice, &[&jid, "cat /tmp/synced/sub/a /tmp/synced/b"], None)),
+        "AB"
+    );
+}
+
+#[test]
+fn removing_the_job_ends_an_open_session_and_nothing_is_left_behind() {
+    let (c, alice, id) = running_job(&[]);
+    let jid = id.to_string();
+    let rt = c.runtime_dir(&alice);
+    let mut session = c
+        .ssh_to_job_cmd(&alice, &[&jid, "echo started; sleep 86402"], None)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While the session is open its private dir holds the key, 0600 in 0700.
+    let dir = wait_until("the runtime dir", T, || {
+        fs::read_dir(&rt)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.join("id_ed25519").exists())
+    });
+    assert_eq!(
+        fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(
+        fs::metadata(dir.join("id_ed25519"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    wait_until("the remote command to run", T, || {
+        (!stj_tests::cluster::pids_matching("sleep 86402").is_empty()).then_some(())
+    });
+
+    assert!(c
+        .stj(Some(&alice), c.path(), &["rm", &jid])
+        .status
+        .success());
+    let status = wait_until("the session to end with the job", T, || {
+        session.try_wait().unwrap()
+    });
+    assert!(!status.success());
+    assert_eq!(
+        fs::read_dir(&rt).unwrap().count(),
+        0,
+        "runtime dir removed after the session"
+    );
+}
+
+#[test]
+fn sigterm_to_the_client_removes_its_key() {
+    let (c, alice, id) = running_job(&[]);
+    let jid = id.to_string();
+    let rt = c.runtime_dir(&alice);
+    let mut session = c
+        .ssh_to_job_cmd(&alice, &[&jid, "sleep 86403"], None)
+        .spawn()
+        .unwrap();
+    wait_until("the remote command to run", T, || {
+        (!stj_tests::cluster::pids_matching("sleep 86403").is_empty()).then_some(())
+    });
+    assert_eq!(fs::read_dir(&rt).unwrap().count(), 1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(session.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = wait_until("ssh-to-job to exit", T, || session.try_wait().unwrap());
+    assert_eq!(status.code(), Some(128 + 15));
+    assert_eq!(
+        fs::read_dir(&rt).unwrap().count(),
+        0,
+        "key and runtime dir removed on SIGTERM"
+    );
+}
+
+#[test]
+fn a_users_ssh_config_cannot_break_the_session() {
+    let (c, alice, id) = running_job(&[]);
+    let jid = id.to_string();
+    let ssh_dir = alice.home().join(".ssh");
+    fs::create_dir_all(&ssh_dir).unwrap();
+    let cfg = ssh_dir.join("config");
+    fs::write(&cfg, "Host *\n  IdentityFile ~/.ssh/does-not-exist\n  User nobody\n  Port 2222\n  ControlMaster auto\n  ControlPath ~/.ssh/cm-%r@%h:%p\n  ControlPersist yes\n").unwrap();
+    std::process::Command::new("chown")
+        .args(["-R", &format!("{}:{}", alice.uid, alice.gid)])
+        .arg(&ssh_dir)
+        .status()
+        .unwrap();
+    let guard = RemoveOnDrop(cfg);
+    assert_eq!(
+        ok(c.ssh_to_job(&alice, &[&jid, "id -u"], None)).trim(),
+        alice.uid.to_string()
+    );
+    // Even when asked to read it, User and ControlMaster stay ours.
+    assert_eq!(
+        ok(c.ssh_to_job(&alice, &["--ssh-config", &jid, "id -u"], None)).trim(),
+        alice.uid.to_string()
+    );
+    drop(guard);
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        fs::remove_file(&self.0).ok();
+    }
+}
