@@ -38,7 +38,7 @@ for _ in $(seq 100); do [ -S "$STJ_SCHEDD_SOCKET" ] && break; sleep 0.1; done
 chmod 600 "$DEV/join-token"
 
 "$BIN/stj-starter" --schedd 127.0.0.1:9618 --token-file "$DEV/join-token" --name demo-node \
-  --work-dir "$DEV/node" >"$DEV/starter.log" 2>&1 &
+  --work-dir "$DEV/node" --session-listen 127.0.0.1:0 >"$DEV/starter.log" 2>&1 &
 echo $! >"$DEV/starter.pid"
 
 id stjdemo >/dev/null 2>&1 || useradd --create-home --shell /bin/bash stjdemo
@@ -46,11 +46,16 @@ JOB=$(cd /home/stjdemo && su stjdemo -c "STJ_SCHEDD_SOCKET=$STJ_SCHEDD_SOCKET $B
 su stjdemo -c "STJ_SCHEDD_SOCKET=$STJ_SCHEDD_SOCKET $BIN/stj wait $JOB --state running --timeout 30"
 "$BIN/stj" q
 
+echo
+echo "+ ssh-to-job $JOB 'hostname; ps; pwd'   (as stjdemo)"
+(cd /home/stjdemo && su stjdemo -c "STJ_SCHEDD_SOCKET=$STJ_SCHEDD_SOCKET $BIN/ssh-to-job $JOB 'hostname; ps; pwd'")
+
 cat <<EOT
 
 Job $JOB is running as stjdemo. Try:
   export STJ_SCHEDD_SOCKET=$STJ_SCHEDD_SOCKET
   $BIN/stj q
+  su stjdemo -c "STJ_SCHEDD_SOCKET=$STJ_SCHEDD_SOCKET $BIN/ssh-to-job $JOB"      # a shell inside the job
   su stjdemo -c "STJ_SCHEDD_SOCKET=$STJ_SCHEDD_SOCKET $BIN/stj rm $JOB"
 Logs: $DEV/schedd.log $DEV/starter.log     Stop: scripts/demo.sh stop
 EOT

@@ -17,7 +17,12 @@ impl RuntimeDir {
     pub fn create() -> Result<RuntimeDir> {
         let base = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
-            .filter(|p| p.is_dir() && p.as_os_str().len() <= MAX_BASE)
+            // `su` keeps the caller's XDG_RUNTIME_DIR: use it only if it is ours to write.
+            .filter(|p| {
+                p.is_dir()
+                    && p.as_os_str().len() <= MAX_BASE
+                    && nix::unistd::access(p.as_path(), nix::unistd::AccessFlags::W_OK).is_ok()
+            })
             .unwrap_or_else(|| PathBuf::from("/tmp"));
         let dir = tempfile::Builder::new()
             .prefix("stj-")
