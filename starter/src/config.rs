@@ -38,6 +38,9 @@ pub struct StarterConfig {
     pub preload_path: Option<PathBuf>,
     /// Extra sshd_config lines appended to every session's config.
     pub sshd_extra_config: Vec<String>,
+    /// Run jobs as node-local uids from this range ("5000-5099") instead of
+    /// as their owners (HTCondor's slot users); the uids need no passwd entry.
+    pub slot_users: Option<String>,
 }
 
 impl Default for StarterConfig {
@@ -55,6 +58,7 @@ impl Default for StarterConfig {
             sftp_server_path: PathBuf::from("/usr/lib/openssh/sftp-server"),
             preload_path: None,
             sshd_extra_config: Vec::new(),
+            slot_users: None,
         }
     }
 }

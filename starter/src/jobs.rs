@@ -20,6 +20,8 @@ struct Entry {
     init: Option<Arc<std::os::fd::OwnedFd>>,
     spec: Option<Arc<ContainerSpec>>,
     kill_requested: bool,
+    /// The slot-user uid this job runs as, if the node uses slot users.
+    slot_uid: Option<u32>,
 }
 
 /// What a session needs to enter a running job.
@@ -33,6 +35,35 @@ pub struct Jobs {
     events: mpsc::UnboundedSender<JobEvent>,
     work_dir: PathBuf,
     kill_grace: Duration,
+    /// The sshd kit on the node, for image jobs; None if it could not be built.
+    kit: Option<PathBuf>,
+    /// Run jobs as uids from this range instead of their owners'.
+    slot_users: Option<(u32, u32)>,
+}
+
+pub struct JobsConfig {
+    pub work_dir: PathBuf,
+    pub kill_grace: Duration,
+    pub kit: Option<PathBuf>,
+    pub slot_users: Option<(u32, u32)>,
+}
+
+/// Creates `dir` and its parents under `work_dir` with mode 0711: job users
+/// must reach their own session files without listing anyone else's.
+fn make_traversable(work_dir: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    let mut d = dir;
+    loop {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))?;
+        if d == work_dir {
+            return Ok(());
+        }
+        match d.parent() {
+            Some(p) if p.starts_with(work_dir) => d = p,
+            _ => return Ok(()),
+        }
+    }
 }
 
 fn to_report(job_id: u64, e: Exit) -> JobExited {
@@ -45,18 +76,26 @@ fn to_report(job_id: u64, e: Exit) -> JobExited {
 }
 
 impl Jobs {
-    pub fn new(
-        work_dir: PathBuf,
-        kill_grace: Duration,
-    ) -> (Arc<Jobs>, mpsc::UnboundedReceiver<JobEvent>) {
+    pub fn new(c: JobsConfig) -> (Arc<Jobs>, mpsc::UnboundedReceiver<JobEvent>) {
         let (events, rx) = mpsc::unbounded_channel();
         let jobs = Arc::new(Jobs {
             table: Mutex::new(HashMap::new()),
             events,
-            work_dir,
-            kill_grace,
+            work_dir: c.work_dir,
+            kill_grace: c.kill_grace,
+            kit: c.kit,
+            slot_users: c.slot_users,
         });
         (jobs, rx)
+    }
+
+    /// Reserves the lowest slot-user uid no other job here uses.
+    fn claim_slot(&self, id: u64, (first, last): (u32, u32)) -> Option<u32> {
+        let mut t = self.table();
+        let used: std::collections::HashSet<u32> = t.values().filter_map(|e| e.slot_uid).collect();
+        let uid = (first..=last).find(|u| !used.contains(u))?;
+        t.entry(id).or_default().slot_uid = Some(uid);
+        Some(uid)
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
@@ -129,11 +168,24 @@ impl Jobs {
             true => "/dev/null".to_string(),
             false => format!("stj-{id}.{ext}"),
         };
+        // Slot users (HTCondor's term): the job runs as a node-local uid that
+        // has no passwd entry; the shim gives sessions an account for it.
+        let (uid, gid, user_name) = match self.slot_users {
+            Some(range) => match self.claim_slot(id, range) {
+                Some(uid) => (uid, uid, format!("stj-slot{uid}")),
+                None => return failed(format!("all slot users {}-{} are busy on this node", range.0, range.1)),
+            },
+            None => (run.uid, run.gid, run.owner_name.clone()),
+        };
+        let sessions = self.work_dir.join("jobs").join(id.to_string()).join("sessions");
+        if let Err(e) = make_traversable(&self.work_dir, &sessions) {
+            return failed(format!("node could not prepare the job's session dir: {e:#}"));
+        }
         let cspec = ContainerSpec {
             job_id: id,
-            uid: run.uid,
-            gid: run.gid,
-            user_name: run.owner_name.clone(),
+            uid,
+            gid,
+            user_name,
             args: spec.args.clone(),
             env: spec
                 .env
@@ -152,6 +204,8 @@ impl Jobs {
             } else {
                 spec.error.clone()
             },
+            kit: if in_image { self.kit.clone() } else { None },
+            sessions,
         };
         let job_dir = self.work_dir.join("jobs").join(id.to_string());
         let container = match container::launch(&cspec, &job_dir).await {

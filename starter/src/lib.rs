@@ -4,6 +4,7 @@
 pub mod config;
 pub mod container;
 mod jobs;
+pub mod kit;
 mod link;
 mod session;
 mod tls;
@@ -40,15 +41,31 @@ fn preload_path(config: &StarterConfig) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/lib/stj/libstj_preload.so"))
 }
 
-/// Jobs run without sshd, but sessions cannot: say so at start-up, where the
-/// admin looks.
-fn check_sshd(config: &StarterConfig) {
-    if !config.sshd_path.exists() {
-        tracing::warn!(
-            path = %config.sshd_path.display(),
-            "sshd not found: ssh-to-job sessions on this node will fail (install openssh-server or set sshd_path)"
-        );
+/// Builds the sshd kit. Jobs run without it, but sessions cannot: a failure
+/// is said at start-up, where the admin looks, and to every client.
+fn build_kit(config: &StarterConfig) -> Result<kit::Kit, String> {
+    let preload = preload_path(config);
+    match kit::build(&config.work_dir, &config.sshd_path, &config.sftp_server_path, &preload) {
+        Ok(k) => {
+            tracing::info!(kit = %k.dir.display(), "sshd kit ready");
+            Ok(k)
+        }
+        Err(e) => {
+            let why = format!("{e:#}");
+            tracing::warn!(reason = %why, "ssh-to-job sessions are unavailable on this node");
+            Err(why)
+        }
     }
+}
+
+/// `slot_users = "5000-5099"` → (5000, 5099).
+fn parse_slot_users(s: &str) -> Result<(u32, u32)> {
+    let (a, b) = s
+        .split_once('-')
+        .with_context(|| format!("slot_users {s:?} must be a uid range like \"5000-5099\""))?;
+    let (a, b): (u32, u32) = (a.trim().parse()?, b.trim().parse()?);
+    anyhow::ensure!(a > 0 && a <= b, "slot_users {s:?}: need 0 < first <= last (root never runs jobs)");
+    Ok((a, b))
 }
 
 pub async fn run(config: StarterConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
@@ -81,25 +98,30 @@ pub async fn run_with(
             .unwrap_or(1)
     });
     let name = node_name(&config);
-    let (jobs, events) = jobs::Jobs::new(
-        config.work_dir.clone(),
-        Duration::from_secs(config.kill_grace_secs),
-    );
+    let slot_users = config
+        .slot_users
+        .as_deref()
+        .map(parse_slot_users)
+        .transpose()
+        .context("bad slot_users in the [starter] config (or --slot-users)")?;
     tracing::info!(node = %name, slots, schedd = %config.schedd, "starter starting");
-    check_sshd(&config);
+    let kit = build_kit(&config);
+    let (jobs, events) = jobs::Jobs::new(jobs::JobsConfig {
+        work_dir: config.work_dir.clone(),
+        kill_grace: Duration::from_secs(config.kill_grace_secs),
+        kit: kit.as_ref().ok().map(|k| k.dir.clone()),
+        slot_users,
+    });
     let key = Arc::new(session::StarterKey::default());
     let sessions = session::Sessions::new(
         name.clone(),
         key.clone(),
         jobs.clone(),
         session::SshdConfig {
-            sshd: config.sshd_path.clone(),
-            sftp_server: config.sftp_server_path.clone(),
-            preload: preload_path(&config),
             extra: config.sshd_extra_config.clone(),
-            work_dir: config.work_dir.clone(),
             debug,
         },
+        kit,
     );
     let listener = match config.session_listen {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {

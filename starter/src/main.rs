@@ -41,6 +41,12 @@ struct Cli {
     /// host:port clients dial for direct sessions [config: session_advertise].
     #[arg(long)]
     session_advertise: Option<String>,
+    /// sshd to put in the sshd kit [config: sshd_path; default /usr/sbin/sshd].
+    #[arg(long)]
+    sshd_path: Option<PathBuf>,
+    /// Run jobs as uids from this range, e.g. 5000-5099 [config: slot_users].
+    #[arg(long)]
+    slot_users: Option<String>,
     /// Log at debug level (never logs secrets).
     #[arg(long)]
     debug: bool,
@@ -107,6 +113,12 @@ fn real_main(cli: Cli) -> Result<()> {
     }
     if let Some(v) = cli.session_advertise {
         c.session_advertise = Some(v);
+    }
+    if let Some(v) = cli.sshd_path {
+        c.sshd_path = v;
+    }
+    if let Some(v) = cli.slot_users {
+        c.slot_users = Some(v);
     }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(stj_starter::run_with(c, cli.debug, shutdown_signal()))

@@ -52,7 +52,7 @@ fn remote_code(r: Result<[u8; 32], HandshakeError>) -> ErrorCode {
 
 #[test]
 fn another_user_gets_no_session() {
-    let (c, _alice, id) = pool("");
+    let (c, alice, id) = pool("");
     let bob = TestUser::bob();
     let out = c.ssh_to_job(&bob, &[&id.to_string(), "id"], None);
     assert_eq!(out.status.code(), Some(255));
@@ -63,6 +63,19 @@ fn another_user_gets_no_session() {
         fs::read_dir(c.runtime_dir(&bob)).unwrap().count(),
         0,
         "nothing left behind on refusal"
+    );
+
+    // The refusal and a granted session are both in the audit records.
+    assert!(c.ssh_to_job(&alice, &[&id.to_string(), "true"], None).status.success());
+    let q = stj_schedd::queue::Queue::open(&c.state_dir.join("queue.sqlite")).unwrap();
+    let records = q.sessions().unwrap();
+    assert!(
+        records.iter().any(|r| r.1 == id && r.2 == bob.uid && r.5.contains("only its owner or root")),
+        "{records:?}"
+    );
+    assert!(
+        records.iter().any(|r| r.1 == id && r.2 == alice.uid && r.3 == "node1" && r.5 == "granted"),
+        "{records:?}"
     );
 }
 

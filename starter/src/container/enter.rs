@@ -21,7 +21,7 @@ pub struct EnterSpec {
     pub user: String,
     pub cwd: String,
     pub job_id: u64,
-    pub preload: PathBuf,
+    /// sshd's command line as the job sees it (through the kit's loader).
     pub argv: Vec<String>,
 }
 
@@ -124,8 +124,9 @@ fn exec_sshd(spec: &EnterSpec, groups: &[Gid], passwd: &str) -> anyhow::Error {
         let _ = nix::unistd::chdir(spec.cwd.as_str());
         let c = |s: &str| CString::new(s).context("NUL byte");
         let argv = spec.argv.iter().map(|a| c(a)).collect::<Result<Vec<_>>>()?;
+        // The shim comes from the loader's --preload, not LD_PRELOAD, so the
+        // user's session processes do not inherit it.
         let env = [
-            format!("LD_PRELOAD={}", spec.preload.display()),
             format!("STJ_PASSWD={passwd}"),
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
         ];

@@ -316,6 +316,9 @@ fn setup_filesystem(spec: &ContainerSpec) -> Result<()> {
             ] {
                 symlink(target, root(&format!("dev/{name}")))?;
             }
+            if let Some(kit) = &spec.kit {
+                mount_kit(image, kit, &spec.sessions)?;
+            }
             nix::unistd::chdir(image.as_path())?;
             // pivot_root(".", ".") stacks the old root on the new one; the
             // lazy unmount then drops it without needing a spare directory.
@@ -357,6 +360,25 @@ fn setup_filesystem(spec: &ContainerSpec) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// The sshd kit, read-only at /.stj, with the job's session files writable
+/// at /.stj/sessions: sessions then need nothing from the image.
+fn mount_kit(image: &Path, kit: &Path, sessions: &Path) -> Result<()> {
+    let target = image.join(crate::kit::IN_IMAGE.trim_start_matches('/'));
+    fs::create_dir_all(&target)
+        .with_context(|| format!("cannot create {} for the sshd kit", target.display()))?;
+    mnt(&kit.to_string_lossy(), &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+    mount(
+        None::<&str>,
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .context("cannot make the sshd kit read-only")?;
+    mnt(&sessions.to_string_lossy(), &target.join("sessions"), None, MsFlags::MS_BIND, None)?;
     Ok(())
 }
 

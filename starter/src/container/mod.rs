@@ -34,6 +34,10 @@ pub struct ContainerSpec {
     pub image: Option<PathBuf>,
     pub stdout: String,
     pub stderr: String,
+    /// The sshd kit on the node, mounted read-only at /.stj in image jobs.
+    pub kit: Option<PathBuf>,
+    /// This job's session files on the node (at /.stj/sessions in images).
+    pub sessions: PathBuf,
 }
 
 /// How a job ended, as the init (or its monitor) reported it.
@@ -54,6 +58,8 @@ pub struct Container {
     child: Child,
     _lifeline: ChildStdin,
     lines: Lines<BufReader<ChildStdout>>,
+    /// An exit reported before the monitor's pid line (a very short job).
+    early_exit: Option<Exit>,
 }
 
 pub enum Launch {
@@ -130,6 +136,7 @@ pub async fn launch(spec: &ContainerSpec, job_dir: &Path) -> Result<Launch> {
     // them in either order.
     let mut init_pid = None;
     let mut started = false;
+    let mut early_exit = None;
     while let Some(line) = lines.next_line().await? {
         if let Some(pid) = line.strip_prefix("pid ") {
             init_pid = Some(
@@ -138,6 +145,8 @@ pub async fn launch(spec: &ContainerSpec, job_dir: &Path) -> Result<Launch> {
             );
         } else if line == "started" {
             started = true;
+        } else if let Some(e) = parse_exit(&line) {
+            early_exit = Some(e);
         } else if let Some(msg) = line.strip_prefix("error ") {
             child.wait().await.ok();
             return Ok(Launch::Failed(Exit {
@@ -158,6 +167,7 @@ pub async fn launch(spec: &ContainerSpec, job_dir: &Path) -> Result<Launch> {
                 child,
                 _lifeline: lifeline,
                 lines,
+                early_exit,
             }));
         }
     }
@@ -171,7 +181,7 @@ pub async fn launch(spec: &ContainerSpec, job_dir: &Path) -> Result<Launch> {
 impl Container {
     /// Waits for the job to end and says how.
     pub async fn wait(mut self) -> Exit {
-        let mut exit = None;
+        let mut exit = self.early_exit.take();
         while let Ok(Some(line)) = self.lines.next_line().await {
             if let Some(e) = parse_exit(&line) {
                 exit = Some(e);

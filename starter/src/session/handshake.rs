@@ -93,6 +93,9 @@ async fn exchange(s: &Sessions, stream: &mut TcpStream) -> Outcome {
             format!("this is node {}, not {}", s.node, cap.starter_id),
         );
     }
+    if let Err(why) = &s.kit {
+        return refuse(ErrorCode::Unavailable, format!("ssh-to-job is unavailable on node {}: {why}", s.node));
+    }
     if s.replay.contains(&cap.session_id) {
         return refuse(
             ErrorCode::Replayed,

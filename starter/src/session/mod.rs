@@ -6,7 +6,6 @@ mod replay;
 mod sshd;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -29,11 +28,7 @@ impl StarterKey {
 }
 
 pub struct SshdConfig {
-    pub sshd: PathBuf,
-    pub sftp_server: PathBuf,
-    pub preload: PathBuf,
     pub extra: Vec<String>,
-    pub work_dir: PathBuf,
     pub debug: bool,
 }
 
@@ -42,6 +37,8 @@ pub struct Sessions {
     pub key: Arc<StarterKey>,
     pub jobs: Arc<Jobs>,
     pub sshd: SshdConfig,
+    /// The sshd kit, or why this node cannot serve sessions.
+    pub kit: Result<crate::kit::Kit, String>,
     replay: replay::ReplayCache,
     /// Bounds handshakes in flight so a flood of idle connections cannot
     /// exhaust memory or fds.
@@ -56,12 +53,14 @@ impl Sessions {
         key: Arc<StarterKey>,
         jobs: Arc<Jobs>,
         sshd: SshdConfig,
+        kit: Result<crate::kit::Kit, String>,
     ) -> Arc<Sessions> {
         Arc::new(Sessions {
             node,
             key,
             jobs,
             sshd,
+            kit,
             replay: replay::ReplayCache::default(),
             pending: Semaphore::new(MAX_PENDING_HANDSHAKES),
         })

@@ -96,89 +96,47 @@ pub fn config_text(
 
 pub async fn run(s: &Sessions, a: Accepted) -> Result<()> {
     let spec = &a.target.spec;
+    let kit = s.kit.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
     let sid = a.capability.session_hex();
-    let job_dir = s.sshd.work_dir.join("jobs").join(spec.job_id.to_string());
-    let sessions_dir = job_dir.join("sessions");
-    // Job users must traverse (not list) these to reach their session dir.
-    for d in [
-        &s.sshd.work_dir,
-        &s.sshd.work_dir.join("jobs"),
-        &job_dir,
-        &sessions_dir,
-    ] {
-        fs::create_dir_all(d)?;
-        fs::set_permissions(d, fs::Permissions::from_mode(0o711))?;
-    }
-    let dir = sessions_dir.join(&sid);
+    // Files are written at their node paths and named in sshd's config by
+    // the paths the job sees (/.stj/... in an image).
+    let view = kit.view(spec.image.is_some(), &spec.sessions);
+    let dir = spec.sessions.join(&sid);
+    let dir_in_job = view.sessions.join(&sid);
     fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let _cleanup = Cleanup(vec![dir.clone(), sessions_dir.join(format!("{sid}.json"))]);
+    let enter_path = spec.sessions.with_file_name(format!("session-{sid}.json"));
+    let _cleanup = Cleanup(vec![dir.clone(), enter_path.clone()]);
     std::os::unix::fs::chown(&dir, Some(spec.uid), Some(spec.gid))?;
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
 
-    let host = PrivateKey::new(
-        KeypairData::Ed25519(Ed25519Keypair::from_seed(&a.host_seed)),
-        format!("stj-session-{sid}"),
-    )?;
+    let host = PrivateKey::new(KeypairData::Ed25519(Ed25519Keypair::from_seed(&a.host_seed)), format!("stj-session-{sid}"))?;
     let host_text = host.to_openssh(LineEnding::LF)?;
-    let client = PublicKey::new(
-        KeyData::Ed25519(Ed25519PublicKey(a.capability.client_pubkey)),
-        "ssh-to-job",
-    );
-    write_owned(
-        &dir.join("host_key"),
-        host_text.as_bytes(),
-        spec.uid,
-        spec.gid,
-    )?;
-    write_owned(
-        &dir.join("authorized_keys"),
-        format!("{}\n", client.to_openssh()?).as_bytes(),
-        spec.uid,
-        spec.gid,
-    )?;
+    let client = PublicKey::new(KeyData::Ed25519(Ed25519PublicKey(a.capability.client_pubkey)), "ssh-to-job");
+    write_owned(&dir.join("host_key"), host_text.as_bytes(), spec.uid, spec.gid)?;
+    write_owned(&dir.join("authorized_keys"), format!("{}\n", client.to_openssh()?).as_bytes(), spec.uid, spec.gid)?;
 
     let mut env = spec.env.clone();
     env.retain(|(k, _)| k != "STJ_JOB_ID" && k != "STJ_SESSION_ID");
     env.push(("STJ_JOB_ID".into(), spec.job_id.to_string()));
     env.push(("STJ_SESSION_ID".into(), sid.clone()));
-    let config = config_text(
-        &dir,
-        &s.sshd.sftp_server.to_string_lossy(),
-        &spec.user_name,
-        &env,
-        &s.sshd.extra,
-        s.sshd.debug,
-    );
-    write_owned(
-        &dir.join("sshd_config"),
-        config.as_bytes(),
-        spec.uid,
-        spec.gid,
-    )?;
+    let sftp = kit.command(&view.kit, "sftp-server", false).join(" ");
+    let config = config_text(&dir_in_job, &sftp, &spec.user_name, &env, &s.sshd.extra, s.sshd.debug);
+    write_owned(&dir.join("sshd_config"), config.as_bytes(), spec.uid, spec.gid)?;
 
+    let mut argv = kit.command(&view.kit, "sshd", true);
+    argv.extend(["-i".into(), "-e".into(), "-f".into()]);
+    argv.push(dir_in_job.join("sshd_config").to_string_lossy().into_owned());
+    argv.push("-h".into());
+    argv.push(dir_in_job.join("host_key").to_string_lossy().into_owned());
     let enter = EnterSpec {
         uid: spec.uid,
         gid: spec.gid,
         user: spec.user_name.clone(),
         cwd: spec.cwd.clone(),
         job_id: spec.job_id,
-        preload: s.sshd.preload.clone(),
-        argv: vec![
-            s.sshd.sshd.to_string_lossy().into_owned(),
-            "-i".into(),
-            "-e".into(),
-            "-f".into(),
-            dir.join("sshd_config").to_string_lossy().into_owned(),
-            "-h".into(),
-            dir.join("host_key").to_string_lossy().into_owned(),
-        ],
+        argv,
     };
-    let enter_path = sessions_dir.join(format!("{sid}.json"));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&enter_path)?;
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&enter_path)?;
     serde_json::to_writer(&mut f, &enter)?;
     drop(f);
 

@@ -1,0 +1,144 @@
+//! The sshd kit: the node's `sshd` and `sftp-server`, every shared library
+//! they need, the dynamic loader and `libstj_preload.so`, assembled once at
+//! start-up into a read-only directory. Every image job gets it at `/.stj`,
+//! and sessions run sshd through the kit's own loader, so the image needs
+//! neither sshd nor OpenSSL nor a matching libc.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// Where image jobs see the kit.
+pub const IN_IMAGE: &str = "/.stj";
+pub const PRELOAD_NAME: &str = "libstj_preload.so";
+
+#[derive(Debug, Clone)]
+pub struct Kit {
+    /// The kit on the node.
+    pub dir: PathBuf,
+    /// File name of the dynamic loader inside `lib/`.
+    pub loader: String,
+}
+
+/// Paths of one job's view of the kit and of its session files.
+pub struct JobView {
+    pub kit: PathBuf,
+    pub sessions: PathBuf,
+}
+
+impl Kit {
+    /// How a job sees the kit: at `/.stj` in an image, at its node path when
+    /// the job sees the node's filesystem.
+    pub fn view(&self, in_image: bool, host_sessions: &Path) -> JobView {
+        if in_image {
+            JobView {
+                kit: PathBuf::from(IN_IMAGE),
+                sessions: Path::new(IN_IMAGE).join("sessions"),
+            }
+        } else {
+            JobView {
+                kit: self.dir.clone(),
+                sessions: host_sessions.to_path_buf(),
+            }
+        }
+    }
+
+    /// The command line that runs `program` from the kit with the kit's
+    /// loader and libraries only (plus the shim when `preload`).
+    pub fn command(&self, kit_in_job: &Path, program: &str, preload: bool) -> Vec<String> {
+        let lib = kit_in_job.join("lib");
+        let mut v = vec![lib.join(&self.loader).to_string_lossy().into_owned()];
+        if preload {
+            v.push("--preload".into());
+            v.push(lib.join(PRELOAD_NAME).to_string_lossy().into_owned());
+        }
+        v.push("--library-path".into());
+        v.push(lib.to_string_lossy().into_owned());
+        v.push(kit_in_job.join("bin").join(program).to_string_lossy().into_owned());
+        v
+    }
+}
+
+/// The libraries `ldd` lists for `binary`, and its loader.
+fn dependencies(binary: &Path) -> Result<(Vec<(String, PathBuf)>, PathBuf)> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .context("cannot run ldd (Debian package libc-bin)")?;
+    if !out.status.success() {
+        bail!("ldd {} failed: {}", binary.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let mut libs = Vec::new();
+    let mut loader = None;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let line = line.trim();
+        if let Some((name, rest)) = line.split_once(" => ") {
+            let path = rest.split(" (").next().unwrap_or("").trim();
+            if path == "not found" {
+                bail!("{} needs {name}, which is not installed", binary.display());
+            }
+            if path.starts_with('/') {
+                libs.push((name.trim().to_string(), PathBuf::from(path)));
+            }
+        } else if line.starts_with('/') {
+            loader = Some(PathBuf::from(line.split(" (").next().unwrap_or(line)));
+        }
+    }
+    let loader = loader.with_context(|| format!("ldd found no dynamic loader for {}", binary.display()))?;
+    Ok((libs, loader))
+}
+
+fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
+    fs::copy(from, to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    fs::set_permissions(to, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Builds the kit in `work_dir/kit`, replacing an older one. Fails with an
+/// admin-facing message when sshd or sftp-server is missing.
+pub fn build(work_dir: &Path, sshd: &Path, sftp_server: &Path, preload: &Path) -> Result<Kit> {
+    for (what, path, knob) in [("sshd", sshd, "sshd_path"), ("sftp-server", sftp_server, "sftp_server_path")] {
+        if !path.is_file() {
+            bail!("{what} not found at {} (install openssh-server or set {knob})", path.display());
+        }
+    }
+    if !preload.is_file() {
+        bail!("{PRELOAD_NAME} not found at {} (build it with `cargo build --workspace`, or set preload_path)", preload.display());
+    }
+    let staging = work_dir.join("kit.new");
+    let dir = work_dir.join("kit");
+    if staging.exists() {
+        fs::remove_dir_all(&staging)?;
+    }
+    for d in ["bin", "lib", "sessions"] {
+        fs::create_dir_all(staging.join(d))?;
+    }
+    let mut loader_name = None;
+    for (binary, name) in [(sshd, "sshd"), (sftp_server, "sftp-server")] {
+        copy(binary, &staging.join("bin").join(name), 0o755)?;
+    }
+    for binary in [sshd, sftp_server, preload] {
+        let (libs, loader) = dependencies(binary)?;
+        for (name, path) in libs {
+            copy(&path, &staging.join("lib").join(&name), 0o755)?;
+        }
+        let lname = loader.file_name().context("loader path")?.to_string_lossy().into_owned();
+        copy(&loader, &staging.join("lib").join(&lname), 0o755)?;
+        loader_name = Some(lname);
+    }
+    copy(preload, &staging.join("lib").join(PRELOAD_NAME), 0o755)?;
+    for d in [&staging, &staging.join("bin"), &staging.join("lib"), &staging.join("sessions")] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755))?;
+    }
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("cannot replace the old kit {}", dir.display()))?;
+    }
+    fs::rename(&staging, &dir)?;
+    Ok(Kit {
+        dir,
+        loader: loader_name.context("no loader")?,
+    })
+}
