@@ -7,9 +7,9 @@
 //! Why: sshd refuses a user it cannot look up ("Invalid user"), and an image
 //! or a node often has no passwd entry for the job's uid (slot users,
 //! minimal images). The starter also sets the entry's home to the job's
-//! working directory (so sessions start where the job runs) and replaces a
-//! `nologin`/`false` shell with a usable one. Both choices are documented in
-//! README.
+//! working directory (so sessions start where the job runs), and the shim
+//! replaces a `nologin`/`false` (or missing) shell with a usable one. Both
+//! choices are documented in README.
 
 use std::cell::RefCell;
 use std::ffi::{CStr, CString};
@@ -49,6 +49,29 @@ pub fn parse(line: &str) -> Option<Entry> {
     })
 }
 
+/// The shell sessions get: the entry's own, unless it is a placeholder that
+/// refuses logins (`nologin`, `false`) or is missing from this filesystem
+/// (an image); then /bin/bash, else /bin/sh.
+pub fn usable_shell(shell: &CStr) -> CString {
+    let exists = |p: &CStr| {
+        // SAFETY: access() on a NUL-terminated path.
+        unsafe { libc::access(p.as_ptr(), libc::X_OK) == 0 }
+    };
+    let name = shell
+        .to_bytes()
+        .rsplit(|&b| b == b'/')
+        .next()
+        .unwrap_or(b"");
+    if !matches!(name, b"nologin" | b"false") && !shell.is_empty() && exists(shell) {
+        return shell.to_owned();
+    }
+    if exists(c"/bin/bash") {
+        c"/bin/bash".to_owned()
+    } else {
+        c"/bin/sh".to_owned()
+    }
+}
+
 fn entry() -> Option<Entry> {
     // getenv, not std::env: no locks, no allocation before we know we need it.
     // SAFETY: getenv returns null or a NUL-terminated string owned by libc.
@@ -58,7 +81,9 @@ fn entry() -> Option<Entry> {
     }
     // SAFETY: checked non-null above.
     let s = unsafe { CStr::from_ptr(v) }.to_str().ok()?;
-    parse(s)
+    let mut e = parse(s)?;
+    e.shell = usable_shell(&e.shell);
+    Some(e)
 }
 
 /// Copies `e` into the caller's buffer, as the `_r` functions must.

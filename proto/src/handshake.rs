@@ -179,9 +179,10 @@ impl ClientHandshake {
         ))
     }
 
-    pub fn on_ready(&self, m: HandshakeMessage) -> Result<(), HandshakeError> {
+    /// Returns the account to log in as.
+    pub fn on_ready(&self, m: HandshakeMessage) -> Result<String, HandshakeError> {
         match m.msg {
-            Some(Msg::Ready(_)) => Ok(()),
+            Some(Msg::Ready(r)) => Ok(r.user),
             _ => Err(remote_error(m, "ready")),
         }
     }
@@ -248,8 +249,10 @@ impl StarterHandshake {
             .map_err(|_| HandshakeError::BadProof)
     }
 
-    pub fn ready() -> HandshakeMessage {
-        msg(Msg::Ready(Ready {}))
+    pub fn ready(user: &str) -> HandshakeMessage {
+        msg(Msg::Ready(Ready {
+            user: user.to_string(),
+        }))
     }
 }
 
@@ -279,7 +282,7 @@ mod tests {
         let ch = starter.challenge([2; 32], [8; 32]);
         let (proof, host) = client.on_challenge(ch)?;
         starter.on_proof(proof)?;
-        client.on_ready(StarterHandshake::ready())?;
+        assert_eq!(client.on_ready(StarterHandshake::ready("alice"))?, "alice");
         Ok(host)
     }
 
@@ -342,7 +345,7 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip_and_leave_following_bytes_unread() {
         let mut buf = Vec::new();
-        write_message(&mut buf, &StarterHandshake::ready())
+        write_message(&mut buf, &StarterHandshake::ready("u"))
             .await
             .unwrap();
         buf.extend_from_slice(b"SSH-2.0-");

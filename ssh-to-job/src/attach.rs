@@ -40,12 +40,19 @@ pub async fn request(
     Ok(reply.into_inner())
 }
 
+/// What a completed handshake established.
+pub struct Session {
+    pub host_pubkey: [u8; 32],
+    /// The account to log in as.
+    pub user: String,
+}
+
 /// Runs the client side of the handshake on `stream`. On success the stream
 /// carries SSH bytes from a starter that proved it holds this session's key.
 pub async fn handshake(
     stream: &mut TcpStream,
     grant: &RequestSessionReply,
-) -> Result<[u8; 32], HandshakeError> {
+) -> Result<Session, HandshakeError> {
     let k: [u8; 32] = grant
         .k
         .as_slice()
@@ -61,8 +68,15 @@ pub async fn handshake(
     let (proof, host) = hs.on_challenge(challenge)?;
     write_message(stream, &proof).await?;
     let (ready, _) = read_message(stream).await?;
-    hs.on_ready(ready)?;
-    Ok(host)
+    let user = hs.on_ready(ready)?;
+    Ok(Session {
+        host_pubkey: host,
+        user: if user.is_empty() {
+            grant.user.clone()
+        } else {
+            user
+        },
+    })
 }
 
 pub fn explain(e: HandshakeError, job_id: u64, node: &str) -> anyhow::Error {
@@ -76,7 +90,7 @@ pub fn explain(e: HandshakeError, job_id: u64, node: &str) -> anyhow::Error {
 }
 
 /// Direct mode: dial the address the starter advertises.
-pub async fn direct(grant: &RequestSessionReply, job_id: u64) -> Result<(StdTcpStream, [u8; 32])> {
+pub async fn direct(grant: &RequestSessionReply, job_id: u64) -> Result<(StdTcpStream, Session)> {
     if grant.direct_addr.is_empty() {
         bail!(
             "node {} accepts no direct connections (its admin did not set session_listen); this ssh-to-job supports only --mode direct",
@@ -98,11 +112,11 @@ pub async fn direct(grant: &RequestSessionReply, job_id: u64) -> Result<(StdTcpS
             )
         })?;
     stream.set_nodelay(true).ok();
-    let host = tokio::time::timeout(DEADLINE, handshake(&mut stream, grant))
+    let session = tokio::time::timeout(DEADLINE, handshake(&mut stream, grant))
         .await
         .map_err(|_| anyhow::anyhow!("handshake with node {} timed out", grant.node))?
         .map_err(|e| explain(e, job_id, &grant.node))?;
     let std = stream.into_std()?;
     std.set_nonblocking(false)?;
-    Ok((std, host))
+    Ok((std, session))
 }

@@ -173,13 +173,24 @@ impl Jobs {
         let (uid, gid, user_name) = match self.slot_users {
             Some(range) => match self.claim_slot(id, range) {
                 Some(uid) => (uid, uid, format!("stj-slot{uid}")),
-                None => return failed(format!("all slot users {}-{} are busy on this node", range.0, range.1)),
+                None => {
+                    return failed(format!(
+                        "all slot users {}-{} are busy on this node",
+                        range.0, range.1
+                    ))
+                }
             },
             None => (run.uid, run.gid, run.owner_name.clone()),
         };
-        let sessions = self.work_dir.join("jobs").join(id.to_string()).join("sessions");
+        let sessions = self
+            .work_dir
+            .join("jobs")
+            .join(id.to_string())
+            .join("sessions");
         if let Err(e) = make_traversable(&self.work_dir, &sessions) {
-            return failed(format!("node could not prepare the job's session dir: {e:#}"));
+            return failed(format!(
+                "node could not prepare the job's session dir: {e:#}"
+            ));
         }
         let cspec = ContainerSpec {
             job_id: id,

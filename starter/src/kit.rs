@@ -57,7 +57,13 @@ impl Kit {
         }
         v.push("--library-path".into());
         v.push(lib.to_string_lossy().into_owned());
-        v.push(kit_in_job.join("bin").join(program).to_string_lossy().into_owned());
+        v.push(
+            kit_in_job
+                .join("bin")
+                .join(program)
+                .to_string_lossy()
+                .into_owned(),
+        );
         v
     }
 }
@@ -69,7 +75,11 @@ fn dependencies(binary: &Path) -> Result<(Vec<(String, PathBuf)>, PathBuf)> {
         .output()
         .context("cannot run ldd (Debian package libc-bin)")?;
     if !out.status.success() {
-        bail!("ldd {} failed: {}", binary.display(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ldd {} failed: {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     let mut libs = Vec::new();
     let mut loader = None;
@@ -87,12 +97,14 @@ fn dependencies(binary: &Path) -> Result<(Vec<(String, PathBuf)>, PathBuf)> {
             loader = Some(PathBuf::from(line.split(" (").next().unwrap_or(line)));
         }
     }
-    let loader = loader.with_context(|| format!("ldd found no dynamic loader for {}", binary.display()))?;
+    let loader =
+        loader.with_context(|| format!("ldd found no dynamic loader for {}", binary.display()))?;
     Ok((libs, loader))
 }
 
 fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
-    fs::copy(from, to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    fs::copy(from, to)
+        .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
     fs::set_permissions(to, fs::Permissions::from_mode(mode))?;
     Ok(())
 }
@@ -100,9 +112,15 @@ fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
 /// Builds the kit in `work_dir/kit`, replacing an older one. Fails with an
 /// admin-facing message when sshd or sftp-server is missing.
 pub fn build(work_dir: &Path, sshd: &Path, sftp_server: &Path, preload: &Path) -> Result<Kit> {
-    for (what, path, knob) in [("sshd", sshd, "sshd_path"), ("sftp-server", sftp_server, "sftp_server_path")] {
+    for (what, path, knob) in [
+        ("sshd", sshd, "sshd_path"),
+        ("sftp-server", sftp_server, "sftp_server_path"),
+    ] {
         if !path.is_file() {
-            bail!("{what} not found at {} (install openssh-server or set {knob})", path.display());
+            bail!(
+                "{what} not found at {} (install openssh-server or set {knob})",
+                path.display()
+            );
         }
     }
     if !preload.is_file() {
@@ -125,16 +143,26 @@ pub fn build(work_dir: &Path, sshd: &Path, sftp_server: &Path, preload: &Path) -
         for (name, path) in libs {
             copy(&path, &staging.join("lib").join(&name), 0o755)?;
         }
-        let lname = loader.file_name().context("loader path")?.to_string_lossy().into_owned();
+        let lname = loader
+            .file_name()
+            .context("loader path")?
+            .to_string_lossy()
+            .into_owned();
         copy(&loader, &staging.join("lib").join(&lname), 0o755)?;
         loader_name = Some(lname);
     }
     copy(preload, &staging.join("lib").join(PRELOAD_NAME), 0o755)?;
-    for d in [&staging, &staging.join("bin"), &staging.join("lib"), &staging.join("sessions")] {
+    for d in [
+        &staging,
+        &staging.join("bin"),
+        &staging.join("lib"),
+        &staging.join("sessions"),
+    ] {
         fs::set_permissions(d, fs::Permissions::from_mode(0o755))?;
     }
     if dir.exists() {
-        fs::remove_dir_all(&dir).with_context(|| format!("cannot replace the old kit {}", dir.display()))?;
+        fs::remove_dir_all(&dir)
+            .with_context(|| format!("cannot replace the old kit {}", dir.display()))?;
     }
     fs::rename(&staging, &dir)?;
     Ok(Kit {

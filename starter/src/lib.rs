@@ -45,7 +45,12 @@ fn preload_path(config: &StarterConfig) -> PathBuf {
 /// is said at start-up, where the admin looks, and to every client.
 fn build_kit(config: &StarterConfig) -> Result<kit::Kit, String> {
     let preload = preload_path(config);
-    match kit::build(&config.work_dir, &config.sshd_path, &config.sftp_server_path, &preload) {
+    match kit::build(
+        &config.work_dir,
+        &config.sshd_path,
+        &config.sftp_server_path,
+        &preload,
+    ) {
         Ok(k) => {
             tracing::info!(kit = %k.dir.display(), "sshd kit ready");
             Ok(k)
@@ -64,7 +69,10 @@ fn parse_slot_users(s: &str) -> Result<(u32, u32)> {
         .split_once('-')
         .with_context(|| format!("slot_users {s:?} must be a uid range like \"5000-5099\""))?;
     let (a, b): (u32, u32) = (a.trim().parse()?, b.trim().parse()?);
-    anyhow::ensure!(a > 0 && a <= b, "slot_users {s:?}: need 0 < first <= last (root never runs jobs)");
+    anyhow::ensure!(
+        a > 0 && a <= b,
+        "slot_users {s:?}: need 0 < first <= last (root never runs jobs)"
+    );
     Ok((a, b))
 }
 

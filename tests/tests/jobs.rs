@@ -239,20 +239,8 @@ fn image_jobs_run_inside_the_rootfs_via_pivot_root() {
     let mut c = Cluster::new();
     c.start_starter("node1", 1);
     let alice = TestUser::alice();
-    let root = c.path().join("rootfs");
-    fs::create_dir_all(root.join("bin")).unwrap();
-    fs::create_dir_all(root.join("work")).unwrap();
-    fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is installed");
-    for applet in ["sh", "ls", "ps", "cat", "echo", "id"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
+    let root = stj_tests::rootfs::busybox(&c.path().join("rootfs"));
     fs::write(root.join("marker-inside-image"), "").unwrap();
-    nix::unistd::chown(
-        &root.join("work"),
-        Some(alice.uid.into()),
-        Some(alice.gid.into()),
-    )
-    .unwrap();
     let id = c.submit(
         &alice,
         &[

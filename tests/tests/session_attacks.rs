@@ -35,12 +35,12 @@ fn pool(schedd_toml: &str) -> (Cluster, TestUser, u64) {
 /// The client side of a handshake, as the tests drive it by hand.
 async fn try_handshake(
     grant: &stj_proto::user::RequestSessionReply,
-) -> Result<[u8; 32], HandshakeError> {
+) -> Result<attach::Session, HandshakeError> {
     let mut s = tokio::net::TcpStream::connect(&grant.direct_addr).await?;
     attach::handshake(&mut s, grant).await
 }
 
-fn remote_code(r: Result<[u8; 32], HandshakeError>) -> ErrorCode {
+fn remote_code(r: Result<attach::Session, HandshakeError>) -> ErrorCode {
     match r {
         Err(HandshakeError::Remote { code, .. }) => code,
         other => panic!(
@@ -66,15 +66,22 @@ fn another_user_gets_no_session() {
     );
 
     // The refusal and a granted session are both in the audit records.
-    assert!(c.ssh_to_job(&alice, &[&id.to_string(), "true"], None).status.success());
+    assert!(c
+        .ssh_to_job(&alice, &[&id.to_string(), "true"], None)
+        .status
+        .success());
     let q = stj_schedd::queue::Queue::open(&c.state_dir.join("queue.sqlite")).unwrap();
     let records = q.sessions().unwrap();
     assert!(
-        records.iter().any(|r| r.1 == id && r.2 == bob.uid && r.5.contains("only its owner or root")),
+        records
+            .iter()
+            .any(|r| r.1 == id && r.2 == bob.uid && r.5.contains("only its owner or root")),
         "{records:?}"
     );
     assert!(
-        records.iter().any(|r| r.1 == id && r.2 == alice.uid && r.3 == "node1" && r.5 == "granted"),
+        records
+            .iter()
+            .any(|r| r.1 == id && r.2 == alice.uid && r.3 == "node1" && r.5 == "granted"),
         "{records:?}"
     );
 }

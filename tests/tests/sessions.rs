@@ -73,7 +73,11 @@ fn the_session_is_inside_the_job() {
 
     let o = c.ssh_to_job(&alice, &[&jid, "exit 7"], None);
     assert_eq!(o.status.code(), Some(7), "the remote command's exit status");
-    assert_eq!(fs::read_dir(c.runtime_dir(&alice)).unwrap().count(), 0, "key and runtime dir gone after normal exit");
+    assert_eq!(
+        fs::read_dir(c.runtime_dir(&alice)).unwrap().count(),
+        0,
+        "key and runtime dir gone after normal exit"
+    );
 }
 
 #[test]

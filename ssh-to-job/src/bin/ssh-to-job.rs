@@ -172,9 +172,9 @@ async fn run(cli: Cli, extra_options: Vec<String>) -> Result<u8> {
     let key = user_key::generate(rt.path())?;
     let grant = attach::request(&socket, cli.job, key.public).await?;
     tracing::debug!(job_id = cli.job, node = %grant.node, direct = %grant.direct_addr, "capability granted");
-    let (stream, host) = attach::direct(&grant, cli.job).await?;
+    let (stream, session) = attach::direct(&grant, cli.job).await?;
     tracing::debug!(job_id = cli.job, path = "direct", "handshake complete");
-    let known_hosts = user_key::write_known_hosts(rt.path(), &alias(cli.job), host)?;
+    let known_hosts = user_key::write_known_hosts(rt.path(), &alias(cli.job), session.host_pubkey)?;
     let sock_path = rt.path().join("p");
     let listener = fd_pass::bind(&sock_path)?;
 
@@ -183,7 +183,7 @@ async fn run(cli: Cli, extra_options: Vec<String>) -> Result<u8> {
         program,
         binary: cli.ssh.clone(),
         job_id: cli.job,
-        user: &grant.user,
+        user: &session.user,
         key: &key.path,
         known_hosts: &known_hosts,
         proxy: &proxy,

@@ -6,7 +6,7 @@
 
 use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use nix::sched::{setns, CloneFlags};
@@ -23,6 +23,8 @@ pub struct EnterSpec {
     pub job_id: u64,
     /// sshd's command line as the job sees it (through the kit's loader).
     pub argv: Vec<String>,
+    /// The passwd line the shim answers with (`STJ_PASSWD`).
+    pub passwd: String,
 }
 
 pub fn main(spec_path: &Path) -> ! {
@@ -33,24 +35,6 @@ pub fn main(spec_path: &Path) -> ! {
             std::process::exit(1)
         }
     }
-}
-
-/// A shell that works inside the job: the user's own unless it is missing
-/// or a nologin/false placeholder, else bash, else sh.
-fn usable_shell(user_shell: Option<PathBuf>) -> String {
-    let ok = |p: &Path| {
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        !matches!(name.as_str(), "nologin" | "false") && p.exists()
-    };
-    user_shell
-        .into_iter()
-        .chain([PathBuf::from("/bin/bash"), PathBuf::from("/bin/sh")])
-        .find(|p| ok(p))
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "/bin/sh".into())
 }
 
 fn enter(spec_path: &Path) -> Result<i32> {
@@ -78,11 +62,7 @@ fn enter(spec_path: &Path) -> Result<i32> {
     )
     .context("setns into the job (has it ended?)")?;
     drop(pidfd);
-    let shell = usable_shell(host_user.as_ref().map(|u| u.shell.clone()));
-    let passwd = format!(
-        "{}:x:{}:{}:stj job {}:{}:{}",
-        spec.user, spec.uid, spec.gid, spec.job_id, spec.cwd, shell
-    );
+    let passwd = spec.passwd.clone();
 
     // SAFETY: single-threaded process.
     match unsafe { fork() }? {

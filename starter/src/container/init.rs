@@ -369,16 +369,32 @@ fn mount_kit(image: &Path, kit: &Path, sessions: &Path) -> Result<()> {
     let target = image.join(crate::kit::IN_IMAGE.trim_start_matches('/'));
     fs::create_dir_all(&target)
         .with_context(|| format!("cannot create {} for the sshd kit", target.display()))?;
-    mnt(&kit.to_string_lossy(), &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+    mnt(
+        &kit.to_string_lossy(),
+        &target,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
     mount(
         None::<&str>,
         &target,
         None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV,
         None::<&str>,
     )
     .context("cannot make the sshd kit read-only")?;
-    mnt(&sessions.to_string_lossy(), &target.join("sessions"), None, MsFlags::MS_BIND, None)?;
+    mnt(
+        &sessions.to_string_lossy(),
+        &target.join("sessions"),
+        None,
+        MsFlags::MS_BIND,
+        None,
+    )?;
     Ok(())
 }
 

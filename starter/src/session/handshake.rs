@@ -94,7 +94,10 @@ async fn exchange(s: &Sessions, stream: &mut TcpStream) -> Outcome {
         );
     }
     if let Err(why) = &s.kit {
-        return refuse(ErrorCode::Unavailable, format!("ssh-to-job is unavailable on node {}: {why}", s.node));
+        return refuse(
+            ErrorCode::Unavailable,
+            format!("ssh-to-job is unavailable on node {}: {why}", s.node),
+        );
     }
     if s.replay.contains(&cap.session_id) {
         return refuse(
@@ -147,7 +150,7 @@ async fn exchange(s: &Sessions, stream: &mut TcpStream) -> Outcome {
             "this session id was already used".into(),
         );
     }
-    write_message(stream, &StarterHandshake::ready())
+    write_message(stream, &StarterHandshake::ready(&target.spec.user_name))
         .await
         .map_err(Err)?;
     Ok((cap, target, seed))

@@ -109,23 +109,60 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<()> {
     std::os::unix::fs::chown(&dir, Some(spec.uid), Some(spec.gid))?;
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
 
-    let host = PrivateKey::new(KeypairData::Ed25519(Ed25519Keypair::from_seed(&a.host_seed)), format!("stj-session-{sid}"))?;
+    let host = PrivateKey::new(
+        KeypairData::Ed25519(Ed25519Keypair::from_seed(&a.host_seed)),
+        format!("stj-session-{sid}"),
+    )?;
     let host_text = host.to_openssh(LineEnding::LF)?;
-    let client = PublicKey::new(KeyData::Ed25519(Ed25519PublicKey(a.capability.client_pubkey)), "ssh-to-job");
-    write_owned(&dir.join("host_key"), host_text.as_bytes(), spec.uid, spec.gid)?;
-    write_owned(&dir.join("authorized_keys"), format!("{}\n", client.to_openssh()?).as_bytes(), spec.uid, spec.gid)?;
+    let client = PublicKey::new(
+        KeyData::Ed25519(Ed25519PublicKey(a.capability.client_pubkey)),
+        "ssh-to-job",
+    );
+    write_owned(
+        &dir.join("host_key"),
+        host_text.as_bytes(),
+        spec.uid,
+        spec.gid,
+    )?;
+    write_owned(
+        &dir.join("authorized_keys"),
+        format!("{}\n", client.to_openssh()?).as_bytes(),
+        spec.uid,
+        spec.gid,
+    )?;
 
+    let passwd = passwd_line(spec);
     let mut env = spec.env.clone();
-    env.retain(|(k, _)| k != "STJ_JOB_ID" && k != "STJ_SESSION_ID");
+    env.retain(|(k, _)| !matches!(k.as_str(), "STJ_JOB_ID" | "STJ_SESSION_ID" | "STJ_PASSWD"));
     env.push(("STJ_JOB_ID".into(), spec.job_id.to_string()));
     env.push(("STJ_SESSION_ID".into(), sid.clone()));
-    let sftp = kit.command(&view.kit, "sftp-server", false).join(" ");
-    let config = config_text(&dir_in_job, &sftp, &spec.user_name, &env, &s.sshd.extra, s.sshd.debug);
-    write_owned(&dir.join("sshd_config"), config.as_bytes(), spec.uid, spec.gid)?;
+    // sftp-server looks its user up too; it runs with the shim (--preload)
+    // and finds the entry here. Nothing else in the session loads the shim.
+    env.push(("STJ_PASSWD".into(), passwd.clone()));
+    let sftp = kit.command(&view.kit, "sftp-server", true).join(" ");
+    let config = config_text(
+        &dir_in_job,
+        &sftp,
+        &spec.user_name,
+        &env,
+        &s.sshd.extra,
+        s.sshd.debug,
+    );
+    write_owned(
+        &dir.join("sshd_config"),
+        config.as_bytes(),
+        spec.uid,
+        spec.gid,
+    )?;
 
     let mut argv = kit.command(&view.kit, "sshd", true);
     argv.extend(["-i".into(), "-e".into(), "-f".into()]);
-    argv.push(dir_in_job.join("sshd_config").to_string_lossy().into_owned());
+    argv.push(
+        dir_in_job
+            .join("sshd_config")
+            .to_string_lossy()
+            .into_owned(),
+    );
     argv.push("-h".into());
     argv.push(dir_in_job.join("host_key").to_string_lossy().into_owned());
     let enter = EnterSpec {
@@ -135,8 +172,13 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<()> {
         cwd: spec.cwd.clone(),
         job_id: spec.job_id,
         argv,
+        passwd,
     };
-    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&enter_path)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&enter_path)?;
     serde_json::to_writer(&mut f, &enter)?;
     drop(f);
 
@@ -176,6 +218,22 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<()> {
     // sshd -i exits 255 after every normal disconnect.
     tracing::info!(session_id = %sid, job_id = spec.job_id, peer = %a.peer, %status, "session ended");
     Ok(())
+}
+
+/// The account sessions log in as, for the shim: the job's user, home = the
+/// job's cwd, and the user's shell from the node's passwd (the shim swaps a
+/// nologin/false/missing one for a usable shell).
+fn passwd_line(spec: &crate::container::ContainerSpec) -> String {
+    let shell = nix::unistd::User::from_uid(spec.uid.into())
+        .ok()
+        .flatten()
+        .filter(|u| u.name == spec.user_name)
+        .map(|u| u.shell.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "/bin/sh".into());
+    format!(
+        "{}:x:{}:{}:stj job {}:{}:{}",
+        spec.user_name, spec.uid, spec.gid, spec.job_id, spec.cwd, shell
+    )
 }
 
 /// Removes the session's files on every exit path.
