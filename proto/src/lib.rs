@@ -6,6 +6,7 @@ pub mod capability;
 pub mod framing;
 pub mod handshake;
 pub mod job_state;
+pub mod preamble;
 pub mod token;
 
 /// Generated code, nested as the protobuf packages are so that cross-package
