@@ -24,8 +24,14 @@ pub enum Role {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Preamble {
-    Route { name: String },
-    Relay { role: Role, session_id: [u8; 16], token: [u8; TOKEN_LEN] },
+    Route {
+        name: String,
+    },
+    Relay {
+        role: Role,
+        session_id: [u8; 16],
+        token: [u8; TOKEN_LEN],
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -46,7 +52,9 @@ pub fn valid_name(name: &str) -> bool {
     (1..=MAX_NAME).contains(&name.len())
         && name != "."
         && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 impl Preamble {
@@ -59,7 +67,11 @@ impl Preamble {
                 v.extend_from_slice(name.as_bytes());
                 v
             }
-            Preamble::Relay { role, session_id, token } => {
+            Preamble::Relay {
+                role,
+                session_id,
+                token,
+            } => {
                 let mut v = RELAY_MAGIC.to_vec();
                 v.push(VERSION);
                 v.push(*role as u8);
@@ -93,7 +105,10 @@ impl Preamble {
     }
 
     pub fn decode(b: &[u8]) -> Result<Preamble, PreambleError> {
-        let head: &[u8; 6] = b.get(..6).and_then(|h| h.try_into().ok()).ok_or(PreambleError::BadMagic)?;
+        let head: &[u8; 6] = b
+            .get(..6)
+            .and_then(|h| h.try_into().ok())
+            .ok_or(PreambleError::BadMagic)?;
         let len = Preamble::total_len(head)?;
         if b.len() != len {
             return Err(PreambleError::BadMagic);
@@ -103,7 +118,9 @@ impl Preamble {
             if !valid_name(name) {
                 return Err(PreambleError::BadName);
             }
-            return Ok(Preamble::Route { name: name.to_string() });
+            return Ok(Preamble::Route {
+                name: name.to_string(),
+            });
         }
         let role = match b[5] {
             1 => Role::Client,
@@ -114,7 +131,11 @@ impl Preamble {
         session_id.copy_from_slice(&b[6..22]);
         let mut token = [0u8; TOKEN_LEN];
         token.copy_from_slice(&b[22..]);
-        Ok(Preamble::Relay { role, session_id, token })
+        Ok(Preamble::Relay {
+            role,
+            session_id,
+            token,
+        })
     }
 }
 
@@ -128,7 +149,17 @@ mod tests {
         for good in ["stj-abc", "a", "A.b_c-1", &"x".repeat(64)] {
             assert!(valid_name(good), "{good}");
         }
-        for bad in ["", ".", "..", "../x", "a/b", "a b", "é", &"x".repeat(65), "a\0b"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "a b",
+            "é",
+            &"x".repeat(65),
+            "a\0b",
+        ] {
             assert!(!valid_name(bad), "{bad:?}");
         }
     }
@@ -138,11 +169,19 @@ mod tests {
         let mut r = Preamble::Route { name: "ok".into() }.encode();
         r[6] = b'/';
         assert_eq!(Preamble::decode(&r), Err(PreambleError::BadName));
-        assert_eq!(Preamble::decode(b"GET / HTTP/1.1"), Err(PreambleError::BadMagic));
+        assert_eq!(
+            Preamble::decode(b"GET / HTTP/1.1"),
+            Err(PreambleError::BadMagic)
+        );
         let mut v = Preamble::Route { name: "ok".into() }.encode();
         v[4] = 9;
         assert_eq!(Preamble::decode(&v), Err(PreambleError::Version(9)));
-        let mut l = Preamble::Relay { role: Role::Client, session_id: [0; 16], token: [0; 32] }.encode();
+        let mut l = Preamble::Relay {
+            role: Role::Client,
+            session_id: [0; 16],
+            token: [0; 32],
+        }
+        .encode();
         l[5] = 7;
         assert_eq!(Preamble::decode(&l), Err(PreambleError::BadRole(7)));
     }

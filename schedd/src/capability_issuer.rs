@@ -10,6 +10,65 @@ use tonic::Status;
 use crate::queue::{now, SessionRecord};
 use crate::Schedd;
 
+/// ConnectBack: the client of a granted session asks its starter to dial
+/// back through the shared port to the client's socket `route_name`.
+pub fn connect_back(
+    schedd: &Schedd,
+    uid: u32,
+    req: stj_proto::user::ConnectBackRequest,
+) -> Result<(), Status> {
+    let sid: [u8; 16] = req
+        .session_id
+        .as_slice()
+        .try_into()
+        .map_err(|_| Status::invalid_argument("session_id must be 16 bytes"))?;
+    let (node, owner) = schedd.rendezvous.lookup(&sid).ok_or_else(|| {
+        Status::not_found("no pending session with this id (expired? run ssh-to-job again)")
+    })?;
+    if uid != owner {
+        return Err(Status::permission_denied(
+            "this session was granted to another user",
+        ));
+    }
+    let dir = &schedd.config.daemon_sock_dir;
+    if !dir.is_dir() {
+        return Err(Status::failed_precondition(format!(
+            "the daemon_sock dir {} does not exist: create it with `stj-schedd init-daemon-sock` or set daemon_sock_dir",
+            dir.display()
+        )));
+    }
+    // Checked now for a clear error, and again on the very inode when routed.
+    crate::broker::shared_port::open_socket(dir, &req.route_name, owner)
+        .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+    let expiry = crate::broker::now() + schedd.config.relay_pairing_secs.max(10);
+    schedd.rendezvous.add_route(
+        &req.route_name,
+        crate::broker::rendezvous::Route {
+            session_id: sid,
+            uid: owner,
+            expiry,
+        },
+    );
+    let sent = schedd.registry.send(
+        &node,
+        stj_proto::starter::ScheddMessage {
+            msg: Some(stj_proto::starter::schedd_message::Msg::DialRoute(
+                stj_proto::starter::DialRoute {
+                    session_id: sid.to_vec(),
+                    name: req.route_name.clone(),
+                },
+            )),
+        },
+    );
+    if !sent {
+        return Err(Status::unavailable(format!(
+            "node {node} is not connected to the schedd right now; retry shortly"
+        )));
+    }
+    tracing::info!(session_id = %hex::encode(sid), node = %node, "reverse connection requested");
+    Ok(())
+}
+
 pub fn issue(
     schedd: &Schedd,
     uid: u32,
@@ -97,6 +156,9 @@ pub fn issue(
     let encoded = cap.encode().map_err(|e| internal(&e))?;
     let k = derive_k(&target.key, &encoded);
     let sid = cap.session_hex();
+    let relay_token = schedd
+        .rendezvous
+        .grant(session_id, &job.node, uid, cap.expiry);
     schedd
         .queue
         .record_session(&SessionRecord {
@@ -115,5 +177,7 @@ pub fn issue(
         node: job.node,
         user: job.owner_name,
         job_cwd: spec.cwd,
+        relay_token: relay_token.to_vec(),
+        broker_addr: schedd.broker_addr.clone(),
     })
 }

@@ -31,6 +31,14 @@ pub struct ScheddConfig {
     /// Lifetime of an ssh-to-job capability; the client must finish its
     /// handshake with the starter within it.
     pub capability_ttl_secs: u64,
+    /// Where clients on this host make the UNIX sockets that reverse
+    /// connections are handed to (create with `stj-schedd init-daemon-sock`).
+    pub daemon_sock_dir: PathBuf,
+    /// How long a relay half waits for its partner.
+    pub relay_pairing_secs: u64,
+    /// The schedd's port as clients on this host dial it (relay); default:
+    /// the listen address, with 127.0.0.1 for an unspecified IP.
+    pub broker_addr: Option<String>,
 }
 
 impl Default for ScheddConfig {
@@ -43,6 +51,9 @@ impl Default for ScheddConfig {
             enable_ssh_to_job: true,
             job_lease_secs: 1200,
             capability_ttl_secs: 60,
+            daemon_sock_dir: PathBuf::from("/var/lock/stj/daemon_sock"),
+            relay_pairing_secs: 10,
+            broker_addr: None,
         }
     }
 }

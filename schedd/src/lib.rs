@@ -1,6 +1,7 @@
 //! stj-schedd: the durable job queue, the starter registry and matchmaking.
 //! `main.rs` parses flags; tests and the benchmark call [`run`] the same way.
 
+mod broker;
 mod capability_issuer;
 pub mod config;
 mod link;
@@ -37,6 +38,9 @@ pub struct Schedd {
     /// Serialises matchmaking with starter registration.
     pool_lock: tokio::sync::Mutex<()>,
     started: Instant,
+    rendezvous: broker::rendezvous::Rendezvous,
+    /// The port as clients on this host dial it.
+    broker_addr: String,
 }
 
 impl Schedd {
@@ -75,6 +79,15 @@ pub async fn run(config: ScheddConfig, shutdown: impl Future<Output = ()>) -> Re
         schedule: Notify::new(),
         pool_lock: tokio::sync::Mutex::new(()),
         started: Instant::now(),
+        rendezvous: broker::rendezvous::Rendezvous::default(),
+        broker_addr: config.broker_addr.clone().unwrap_or_else(|| {
+            let ip = if local.ip().is_unspecified() {
+                "127.0.0.1".parse().expect("literal")
+            } else {
+                local.ip()
+            };
+            std::net::SocketAddr::new(ip, local.port()).to_string()
+        }),
         config,
     });
     tracing::info!(listen = %local, socket = %schedd.config.socket.display(), "schedd ready");
@@ -93,6 +106,32 @@ pub async fn run(config: ScheddConfig, shutdown: impl Future<Output = ()>) -> Re
         _ = shutdown => tracing::info!("schedd shutting down"),
     }
     std::fs::remove_file(&schedd.config.socket).ok();
+    Ok(())
+}
+
+/// `stj-schedd init-daemon-sock`: the directory clients make their
+/// reverse-connection sockets in. Root-owned, mode 1733: anyone may create
+/// a socket, nobody may list or remove another user's. Idempotent.
+pub fn init_daemon_sock(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(m) = std::fs::symlink_metadata(dir) {
+        if m.file_type().is_symlink() || !m.is_dir() {
+            anyhow::bail!(
+                "{} exists and is not a directory; remove it first",
+                dir.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    nix::unistd::chown(dir, Some(0.into()), Some(0.into()))
+        .with_context(|| format!("cannot chown {} to root (run as root)", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1733))?;
+    let m = std::fs::metadata(dir)?;
+    anyhow::ensure!(
+        m.uid() == 0 && m.mode() & 0o7777 == 0o1733,
+        "{} did not take mode 1733",
+        dir.display()
+    );
     Ok(())
 }
 

@@ -1,11 +1,17 @@
-//! The schedd's TCP port: accepts starters' TLS links. Bounded: a semaphore
-//! caps concurrent connections, accept errors back off, and one bad
-//! connection never takes the listener down.
+//! The schedd's one TCP port. Every inbound connection (starter links over
+//! TLS, shared-port routing, relay halves) arrives here and is told apart by
+//! its first bytes, so an admin opens exactly one port. Bounded: a semaphore
+//! caps concurrent connections, accept errors back off, a peer that says
+//! nothing is dropped after a deadline, and one bad connection never takes
+//! the listener down.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use stj_proto::preamble::{Preamble, MAX_LEN};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
@@ -13,6 +19,9 @@ use crate::Schedd;
 
 const MAX_CONNECTIONS: usize = 20_000;
 const TLS_DEADLINE: Duration = Duration::from_secs(10);
+/// A connection must say what it is this quickly.
+const PREAMBLE_DEADLINE: Duration = Duration::from_secs(5);
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 pub async fn run(schedd: Arc<Schedd>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
     let acceptor = TlsAcceptor::from(tls);
@@ -41,11 +50,83 @@ pub async fn run(schedd: Arc<Schedd>, listener: TcpListener, tls: Arc<rustls::Se
         let schedd = schedd.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match tokio::time::timeout(TLS_DEADLINE, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => crate::link::serve(schedd, tls, peer).await,
-                Ok(Err(e)) => tracing::warn!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
-            }
+            dispatch(schedd, acceptor, tcp, peer).await;
         });
+    }
+}
+
+async fn dispatch(
+    schedd: Arc<Schedd>,
+    acceptor: TlsAcceptor,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+) {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(PREAMBLE_DEADLINE, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        Ok(_) => return,
+        Err(_) => {
+            tracing::debug!(%peer, "connection said nothing; dropped");
+            return;
+        }
+    }
+    if first[0] == TLS_HANDSHAKE_RECORD {
+        match tokio::time::timeout(TLS_DEADLINE, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => crate::link::serve(schedd, tls, peer).await,
+            Ok(Err(e)) => tracing::warn!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
+        }
+        return;
+    }
+    let preamble = match tokio::time::timeout(PREAMBLE_DEADLINE, read_preamble(&mut tcp)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, error = %e, "bad preamble; dropped");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "preamble deadline passed; dropped");
+            return;
+        }
+    };
+    match preamble {
+        Preamble::Route { name } => route(&schedd, tcp, peer, &name),
+        Preamble::Relay {
+            role,
+            session_id,
+            token,
+        } => crate::broker::relay::serve(schedd, tcp, role, session_id, token).await,
+    }
+}
+
+/// Reads exactly one preamble: the bytes after it belong to the session.
+async fn read_preamble(tcp: &mut TcpStream) -> anyhow::Result<Preamble> {
+    let mut buf = [0u8; MAX_LEN];
+    tcp.read_exact(&mut buf[..6]).await?;
+    let head: [u8; 6] = buf[..6].try_into()?;
+    let len = Preamble::total_len(&head)?;
+    tcp.read_exact(&mut buf[6..len]).await?;
+    Ok(Preamble::decode(&buf[..len])?)
+}
+
+fn route(schedd: &Schedd, tcp: TcpStream, peer: SocketAddr, name: &str) {
+    let Some(r) = schedd.rendezvous.take_route(name) else {
+        tracing::warn!(%peer, name, "routing to a name nobody asked for; refused");
+        return;
+    };
+    let sid = hex::encode(r.session_id);
+    let result =
+        crate::broker::shared_port::open_socket(&schedd.config.daemon_sock_dir, name, r.uid)
+            .and_then(|target| {
+                let std = tcp.into_std()?;
+                crate::broker::shared_port::pass(&target, &std)
+            });
+    match result {
+        Ok(()) => {
+            tracing::info!(%peer, session_id = %sid, "shared port: connection handed to the client")
+        }
+        Err(e) => {
+            tracing::warn!(%peer, session_id = %sid, error = %format!("{e:#}"), "shared port: refused")
+        }
     }
 }

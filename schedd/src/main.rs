@@ -34,6 +34,9 @@ struct RunArgs {
     /// Queue, CA and join secret [config: state_dir; default /var/lib/stj/schedd].
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Directory of clients' reverse-connection sockets [config: daemon_sock_dir].
+    #[arg(long)]
+    daemon_sock_dir: Option<PathBuf>,
     /// Log at debug level (never logs secrets).
     #[arg(long)]
     debug: bool,
@@ -41,6 +44,14 @@ struct RunArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Create the daemon_sock dir (root-owned, mode 1733) for reverse connections. Idempotent.
+    InitDaemonSock {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The directory [config: daemon_sock_dir; default /var/lock/stj/daemon_sock].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Print the join token starters need (creates the identity on first use).
     Token {
         #[arg(long)]
@@ -74,6 +85,13 @@ fn main() {
 
 fn real_main(cli: Cli) -> Result<()> {
     match cli.cmd {
+        Some(Cmd::InitDaemonSock { config, dir }) => {
+            let c = config::load(config.as_deref())?;
+            let dir = dir.unwrap_or(c.daemon_sock_dir);
+            stj_schedd::init_daemon_sock(&dir)?;
+            println!("{} is ready (root-owned, mode 1733)", dir.display());
+            Ok(())
+        }
         Some(Cmd::Token { config, state_dir }) => {
             let mut c = config::load(config.as_deref())?;
             if let Some(d) = state_dir {
@@ -95,6 +113,9 @@ fn real_main(cli: Cli) -> Result<()> {
             }
             if let Some(v) = a.state_dir {
                 c.state_dir = v;
+            }
+            if let Some(v) = a.daemon_sock_dir {
+                c.daemon_sock_dir = v;
             }
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(stj_schedd::run(c, shutdown_signal()))

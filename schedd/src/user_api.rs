@@ -7,8 +7,9 @@ use std::time::Duration;
 use stj_proto::starter::{schedd_message::Msg as Out, KillJob, ScheddMessage};
 use stj_proto::user::schedd_server::Schedd as ScheddApi;
 use stj_proto::user::{
-    Job, JobSpec, JobState, QueryReply, QueryRequest, RemoveReply, RemoveRequest,
-    RequestSessionReply, RequestSessionRequest, SubmitReply, SubmitRequest, WaitReply, WaitRequest,
+    ConnectBackReply, ConnectBackRequest, Job, JobSpec, JobState, QueryReply, QueryRequest,
+    RemoveReply, RemoveRequest, RequestSessionReply, RequestSessionRequest, SubmitReply,
+    SubmitRequest, WaitReply, WaitRequest,
 };
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
@@ -180,6 +181,15 @@ impl ScheddApi for UserApi {
     ) -> Result<Response<RequestSessionReply>, Status> {
         let who = caller(&req)?;
         crate::capability_issuer::issue(&self.schedd, who.uid, req.into_inner()).map(Response::new)
+    }
+
+    async fn connect_back(
+        &self,
+        req: Request<ConnectBackRequest>,
+    ) -> Result<Response<ConnectBackReply>, Status> {
+        let who = caller(&req)?;
+        crate::capability_issuer::connect_back(&self.schedd, who.uid, req.into_inner())
+            .map(|()| Response::new(ConnectBackReply {}))
     }
 
     async fn wait(&self, req: Request<WaitRequest>) -> Result<Response<WaitReply>, Status> {

@@ -149,6 +149,7 @@ pub async fn run_with(
         session_listen,
         session_advertise: config.session_advertise.clone(),
         key,
+        sessions: sessions.clone(),
     };
     let direct = async {
         match listener {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use stj_proto::framing::{decode, encode, link_codec};
+use stj_proto::preamble::{Preamble, Role};
 use stj_proto::starter::{
     schedd_message::Msg as In, starter_message::Msg as Out, Heartbeat, JobExited, JobStarted,
     ScheddMessage, StarterHello, StarterMessage,
@@ -33,6 +34,7 @@ pub struct LinkParams {
     pub session_listen: Option<std::net::SocketAddr>,
     pub session_advertise: Option<String>,
     pub key: Arc<crate::session::StarterKey>,
+    pub sessions: Arc<crate::session::Sessions>,
 }
 
 /// The address clients should dial for direct sessions: the configured one,
@@ -133,6 +135,43 @@ pub async fn run(
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// Reverse and relay: this node dials the schedd's port (outbound, so NAT is
+/// no obstacle), says where the connection should go, and then serves the
+/// session handshake on it exactly as in direct mode.
+fn dial_back(params: &LinkParams, preamble: Preamble) {
+    let schedd = params.schedd.clone();
+    let sessions = params.sessions.clone();
+    tokio::spawn(async move {
+        let kind = match &preamble {
+            Preamble::Route { .. } => "reverse",
+            Preamble::Relay { .. } => "relay",
+        };
+        let mut stream = match tokio::time::timeout(CONNECT_DEADLINE, TcpStream::connect(&schedd))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(schedd = %schedd, path = kind, error = %e, "cannot dial the schedd's port for a session; check the firewall between this node and the schedd");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(schedd = %schedd, path = kind, "dialing the schedd's port for a session timed out; a firewall is probably dropping it");
+                return;
+            }
+        };
+        stream.set_nodelay(true).ok();
+        if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut stream, &preamble.encode()).await {
+            tracing::warn!(path = kind, error = %e, "cannot send the preamble");
+            return;
+        }
+        let peer = stream
+            .peer_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        tracing::debug!(path = kind, %peer, "dialed back for a session");
+        sessions.serve(stream, peer).await;
+    });
 }
 
 async fn session(
@@ -240,6 +279,14 @@ async fn session(
                 };
                 match decode::<ScheddMessage>(frame).map_err(retry)?.msg {
                     Some(In::RunJob(run)) => jobs.start(run),
+                    Some(In::DialRoute(d)) => match <[u8; 16]>::try_from(d.session_id.as_slice()) {
+                        Ok(_) => dial_back(params, Preamble::Route { name: d.name }),
+                        Err(_) => tracing::warn!("dial-route with a malformed session id; ignored"),
+                    },
+                    Some(In::DialRelay(d)) => match (<[u8; 16]>::try_from(d.session_id.as_slice()), <[u8; 32]>::try_from(d.token.as_slice())) {
+                        (Ok(session_id), Ok(token)) => dial_back(params, Preamble::Relay { role: Role::Starter, session_id, token }),
+                        _ => tracing::warn!("dial-relay with a malformed session id or token; ignored"),
+                    },
                     Some(In::KillJob(k)) => jobs.kill(k.job_id),
                     Some(In::ExitAck(a)) => { state.pending_exits.remove(&a.job_id); }
                     Some(In::Heartbeat(_)) => {}

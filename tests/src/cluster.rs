@@ -26,6 +26,11 @@ pub struct Cluster {
     pub addr: Option<String>,
     schedd: Option<Child>,
     starters: Vec<Starter>,
+    /// Where reverse connections are handed to clients.
+    pub daemon_sock: PathBuf,
+    /// When set, the schedd and clients live in `net.submit` and starters in
+    /// the NAT'd node namespaces.
+    pub net: Option<crate::netns::Net>,
 }
 
 fn log_file(path: &Path) -> Stdio {
@@ -43,8 +48,17 @@ impl Cluster {
         Cluster::with_schedd_config("")
     }
 
+    /// A pool on the NAT topology of `netns.rs`.
+    pub fn with_net() -> Cluster {
+        Cluster::build("", Some(crate::netns::Net::new()))
+    }
+
     /// Like `new`, with extra `[schedd]` config lines (TOML).
     pub fn with_schedd_config(schedd_toml: &str) -> Cluster {
+        Cluster::build(schedd_toml, None)
+    }
+
+    fn build(schedd_toml: &str, net: Option<crate::netns::Net>) -> Cluster {
         // Not /tmp: jobs get a private /tmp, so their working directories
         // must live elsewhere.
         fs::create_dir_all("/var/tmp/stj-tests").expect("create /var/tmp/stj-tests");
@@ -62,7 +76,20 @@ impl Cluster {
             addr: None,
             schedd: None,
             starters: Vec::new(),
+            daemon_sock: p.join("daemon_sock"),
+            net,
         };
+        let out = Command::new(bin("stj-schedd"))
+            .arg("init-daemon-sock")
+            .arg("--dir")
+            .arg(&c.daemon_sock)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "init-daemon-sock: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         fs::write(
             c.path().join("stj.toml"),
             format!("[schedd]\n{schedd_toml}\n"),
@@ -91,8 +118,16 @@ impl Cluster {
         assert!(self.schedd.is_none(), "schedd already running");
         let addr_file = self.state_dir.join("schedd.addr");
         fs::remove_file(&addr_file).ok();
-        let listen = self.addr.clone().unwrap_or_else(|| "127.0.0.1:0".into());
-        let child = Command::new(bin("stj-schedd"))
+        let listen = match (&self.net, &self.addr) {
+            (Some(_), _) => format!("0.0.0.0:{}", crate::netns::SCHEDD_PORT),
+            (None, Some(a)) => a.clone(),
+            (None, None) => "127.0.0.1:0".into(),
+        };
+        let ns = self.net.as_ref().map(|n| n.submit.clone());
+        let child = self
+            .command(ns.as_deref(), None, &bin("stj-schedd"))
+            .arg("--daemon-sock-dir")
+            .arg(&self.daemon_sock)
             .arg("--config")
             .arg(self.path().join("stj.toml"))
             .arg("--state-dir")
@@ -111,7 +146,11 @@ impl Cluster {
                 .ok()
                 .filter(|s| !s.is_empty())
         });
-        self.addr = Some(addr);
+        self.addr = Some(match &self.net {
+            // Starters reach it through the router at the submit host's address.
+            Some(_) => format!("{}:{}", crate::netns::SUBMIT_IP, crate::netns::SCHEDD_PORT),
+            None => addr,
+        });
     }
 
     /// `kill -9` of the schedd.
@@ -160,7 +199,12 @@ impl Cluster {
         extra: &[&str],
     ) -> Child {
         let log = self.path().join(format!("starter-{name}.log"));
-        Command::new(bin("stj-starter"))
+        // On the NAT topology "nodeN" runs in the N-th node namespace.
+        let ns = self.net.as_ref().map(|n| {
+            let i: usize = name.trim_start_matches("node").parse().unwrap_or(1);
+            n.nodes[i.saturating_sub(1).min(n.nodes.len() - 1)].clone()
+        });
+        self.command(ns.as_deref(), None, &bin("stj-starter"))
             .args(["--schedd", self.addr.as_deref().expect("schedd address")])
             .arg("--token-file")
             .arg(token_file)
@@ -215,19 +259,45 @@ impl Cluster {
     }
 
     pub fn ssh_to_job_cmd(&self, user: &TestUser, args: &[&str], stdin: Option<&Path>) -> Command {
-        let mut cmd = Command::new(bin("ssh-to-job"));
+        let ns = self.net.as_ref().map(|n| n.submit.clone());
+        let mut cmd = self.command(ns.as_deref(), Some(user), &bin("ssh-to-job"));
         cmd.args(args)
             .current_dir(self.workdir(user))
             .env("STJ_SCHEDD_SOCKET", &self.socket)
+            .env("STJ_DAEMON_SOCK_DIR", &self.daemon_sock)
             .env("HOME", user.home())
-            .env("XDG_RUNTIME_DIR", self.runtime_dir(user))
-            .uid(user.uid)
-            .gid(user.gid);
+            .env("XDG_RUNTIME_DIR", self.runtime_dir(user));
         match stdin {
             Some(p) => cmd.stdin(fs::File::open(p).expect("stdin file")),
             None => cmd.stdin(Stdio::null()),
         };
         cmd
+    }
+
+    /// `program` as `user` (root when None), inside network namespace `ns`
+    /// if given (via `ip netns exec` and `setpriv`).
+    pub fn command(&self, ns: Option<&str>, user: Option<&TestUser>, program: &Path) -> Command {
+        match ns {
+            None => {
+                let mut c = Command::new(program);
+                if let Some(u) = user {
+                    c.uid(u.uid).gid(u.gid);
+                }
+                c
+            }
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]);
+                if let Some(u) = user {
+                    c.arg("setpriv")
+                        .arg(format!("--reuid={}", u.uid))
+                        .arg(format!("--regid={}", u.gid))
+                        .args(["--clear-groups", "--"]);
+                }
+                c.arg(program);
+                c
+            }
+        }
     }
 
     /// A private runtime dir for `user`'s ssh-to-job runs, so tests can see

@@ -3,6 +3,7 @@
 //! deadlines (never on bare sleeps).
 
 pub mod cluster;
+pub mod netns;
 pub mod rootfs;
 pub mod users;
 pub mod wait;

@@ -211,7 +211,11 @@ fn a_fake_starter_is_refused_before_ssh_runs() {
     let alice = TestUser::alice();
     let id = c.submit(&alice, &["--", "sleep", "86405"]);
     c.wait_state(id, "running", T);
-    let out = c.ssh_to_job(&alice, &[&id.to_string(), "echo reached"], None);
+    let out = c.ssh_to_job(
+        &alice,
+        &["--mode", "direct", &id.to_string(), "echo reached"],
+        None,
+    );
     assert_eq!(out.status.code(), Some(255));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("could not prove"), "{err}");

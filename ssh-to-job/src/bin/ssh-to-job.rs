@@ -16,12 +16,16 @@ use tokio::signal::unix::{signal, SignalKind};
 ///   ssh-to-job --ssh scp 42 -- results.tar remote:  # copy into the job's working directory
 ///   ssh-to-job --ssh sftp 42
 ///   rsync -a -e 'ssh-to-job --rsh' data/ 42:data/   # rsync (and GIT_SSH_COMMAND) style
+///   ssh-to-job --mode relay --debug 42 hostname     # through the schedd's relay; say what happened
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 struct Cli {
-    /// How to reach the job's node: auto or direct.
+    /// How to reach the job's node: auto, direct, reverse or relay.
     #[arg(long, default_value = "auto")]
     mode: String,
+    /// Where reverse connections are handed to us [env STJ_DAEMON_SOCK_DIR; default /var/lock/stj/daemon_sock].
+    #[arg(long)]
+    daemon_sock_dir: Option<PathBuf>,
     /// The OpenSSH program to run: ssh, scp or sftp (or a path to one).
     #[arg(long, default_value = "ssh")]
     ssh: String,
@@ -115,6 +119,7 @@ fn main() -> ExitCode {
     if debug {
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_env_filter("debug,h2=info,tower=info,hyper=info")
             .init();
     }
@@ -133,6 +138,7 @@ fn main() -> ExitCode {
             Ok(r) => {
                 let cli = Cli {
                     mode: "auto".into(),
+                    daemon_sock_dir: None,
                     ssh: "ssh".into(),
                     tty: false,
                     no_tty: true,
@@ -162,9 +168,10 @@ fn main() -> ExitCode {
 async fn run(cli: Cli, extra_options: Vec<String>) -> Result<u8> {
     let program = Program::parse(&cli.ssh)
         .with_context(|| format!("--ssh {:?}: use ssh, scp or sftp", cli.ssh))?;
-    if !matches!(cli.mode.as_str(), "auto" | "direct") {
-        bail!("--mode {:?} is not available: use auto or direct", cli.mode);
-    }
+    let Some(mode) = attach::Mode::parse(&cli.mode) else {
+        bail!("--mode {:?}: use auto, direct, reverse or relay", cli.mode);
+    };
+    let daemon_sock = attach::daemon_sock_dir(cli.daemon_sock_dir.clone());
     let socket = socket_path(cli.socket.clone());
     // Everything secret lives in here and is removed on every exit path:
     // the value is dropped when `run` returns, including after a signal.
@@ -172,8 +179,15 @@ async fn run(cli: Cli, extra_options: Vec<String>) -> Result<u8> {
     let key = user_key::generate(rt.path())?;
     let grant = attach::request(&socket, cli.job, key.public).await?;
     tracing::debug!(job_id = cli.job, node = %grant.node, direct = %grant.direct_addr, "capability granted");
-    let (stream, session) = attach::direct(&grant, cli.job).await?;
-    tracing::debug!(job_id = cli.job, path = "direct", "handshake complete");
+    let started = std::time::Instant::now();
+    let (stream, session, path) =
+        attach::connect(mode, &socket, &grant, cli.job, &daemon_sock).await?;
+    tracing::debug!(
+        job_id = cli.job,
+        path,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "connected; handshake complete"
+    );
     let known_hosts = user_key::write_known_hosts(rt.path(), &alias(cli.job), session.host_pubkey)?;
     let sock_path = rt.path().join("p");
     let listener = fd_pass::bind(&sock_path)?;

@@ -89,7 +89,8 @@ fn main() -> ExitCode {
     if cli.debug {
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
-            .with_env_filter("debug")
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_env_filter("debug,h2=info,tower=info,hyper=info")
             .init();
     }
     let rt = match tokio::runtime::Builder::new_current_thread()

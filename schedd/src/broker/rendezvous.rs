@@ -1,0 +1,210 @@
+//! Sessions the broker may connect: made when a capability is granted, gone
+//! when it expires. Tokens are compared in constant time (HMAC tags under a
+//! per-process key), never logged.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use stj_proto::preamble::TOKEN_LEN;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use super::now;
+
+pub struct Pending {
+    pub node: String,
+    /// The uid that was granted the capability.
+    pub uid: u32,
+    pub expiry: u64,
+    client_tag: hmac::Tag,
+    starter_tag: hmac::Tag,
+    /// The starter's relay token, sent to it over its link on demand.
+    pub starter_token: [u8; TOKEN_LEN],
+    /// A client half waiting at the relay for its starter half.
+    waiting: Option<oneshot::Sender<TcpStream>>,
+    client_arrived: bool,
+}
+
+pub struct Route {
+    pub session_id: [u8; 16],
+    pub uid: u32,
+    pub expiry: u64,
+}
+
+pub struct Rendezvous {
+    key: hmac::Key,
+    sessions: Mutex<HashMap<[u8; 16], Pending>>,
+    routes: Mutex<HashMap<String, Route>>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RendezvousError {
+    #[error("no pending session with this id (expired, or never granted)")]
+    Unknown,
+    #[error("wrong relay token")]
+    BadToken,
+    #[error("this session's client half is already at the relay")]
+    Taken,
+}
+
+pub fn random_token() -> [u8; TOKEN_LEN] {
+    let mut t = [0u8; TOKEN_LEN];
+    // A failing system RNG leaves zeros; the grant path checks its own RNG
+    // first, so this cannot silently produce guessable tokens.
+    let _ = SystemRandom::new().fill(&mut t);
+    t
+}
+
+impl Default for Rendezvous {
+    fn default() -> Self {
+        let mut k = [0u8; 32];
+        let _ = SystemRandom::new().fill(&mut k);
+        Rendezvous {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &k),
+            sessions: Mutex::new(HashMap::new()),
+            routes: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Rendezvous {
+    /// Records a granted session; returns the client's relay token.
+    pub fn grant(
+        &self,
+        session_id: [u8; 16],
+        node: &str,
+        uid: u32,
+        expiry: u64,
+    ) -> [u8; TOKEN_LEN] {
+        let client = random_token();
+        let starter = random_token();
+        let mut s = lock(&self.sessions);
+        let t = now();
+        s.retain(|_, p| p.expiry >= t);
+        s.insert(
+            session_id,
+            Pending {
+                node: node.to_string(),
+                uid,
+                expiry,
+                client_tag: hmac::sign(&self.key, &client),
+                starter_tag: hmac::sign(&self.key, &starter),
+                starter_token: starter,
+                waiting: None,
+                client_arrived: false,
+            },
+        );
+        client
+    }
+
+    /// (node, uid) of a live pending session.
+    pub fn lookup(&self, session_id: &[u8; 16]) -> Option<(String, u32)> {
+        let s = lock(&self.sessions);
+        s.get(session_id)
+            .filter(|p| p.expiry >= now())
+            .map(|p| (p.node.clone(), p.uid))
+    }
+
+    /// A client half arrived at the relay: checks its token and parks a
+    /// slot for the starter half. Returns the node to ask and the token it
+    /// must present.
+    pub fn client_arrives(
+        &self,
+        session_id: &[u8; 16],
+        token: &[u8],
+    ) -> Result<(String, [u8; TOKEN_LEN], oneshot::Receiver<TcpStream>), RendezvousError> {
+        let mut s = lock(&self.sessions);
+        let p = s
+            .get_mut(session_id)
+            .filter(|p| p.expiry >= now())
+            .ok_or(RendezvousError::Unknown)?;
+        hmac::verify(&self.key, token, p.client_tag.as_ref())
+            .map_err(|_| RendezvousError::BadToken)?;
+        if p.client_arrived {
+            return Err(RendezvousError::Taken);
+        }
+        let (tx, rx) = oneshot::channel();
+        p.waiting = Some(tx);
+        p.client_arrived = true;
+        Ok((p.node.clone(), p.starter_token, rx))
+    }
+
+    /// A starter half arrived: checks its token and hands it to the waiting
+    /// client half. Gives the stream back if nobody waits for it.
+    pub fn starter_arrives(
+        &self,
+        session_id: &[u8; 16],
+        token: &[u8],
+        stream: TcpStream,
+    ) -> Result<(), (RendezvousError, TcpStream)> {
+        let mut s = lock(&self.sessions);
+        let Some(p) = s.get_mut(session_id).filter(|p| p.expiry >= now()) else {
+            return Err((RendezvousError::Unknown, stream));
+        };
+        if hmac::verify(&self.key, token, p.starter_tag.as_ref()).is_err() {
+            return Err((RendezvousError::BadToken, stream));
+        }
+        match p.waiting.take() {
+            Some(tx) => tx.send(stream).map_err(|s| (RendezvousError::Unknown, s)),
+            None => Err((RendezvousError::Unknown, stream)),
+        }
+    }
+
+    pub fn add_route(&self, name: &str, route: Route) {
+        let mut r = lock(&self.routes);
+        let t = now();
+        r.retain(|_, v| v.expiry >= t);
+        r.insert(name.to_string(), route);
+    }
+
+    /// Takes the route for `name`: each is used once.
+    pub fn take_route(&self, name: &str) -> Option<Route> {
+        lock(&self.routes)
+            .remove(name)
+            .filter(|r| r.expiry >= now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_tokens_are_checked_and_client_halves_are_single() {
+        let r = Rendezvous::default();
+        let sid = [1; 16];
+        let token = r.grant(sid, "n1", 1000, now() + 60);
+        assert_eq!(
+            r.client_arrives(&sid, &[0; 32]).err(),
+            Some(RendezvousError::BadToken)
+        );
+        assert_eq!(
+            r.client_arrives(&[2; 16], &token).err(),
+            Some(RendezvousError::Unknown)
+        );
+        let (node, _, _rx) = r.client_arrives(&sid, &token).unwrap();
+        assert_eq!(node, "n1");
+        assert_eq!(
+            r.client_arrives(&sid, &token).err(),
+            Some(RendezvousError::Taken)
+        );
+    }
+
+    #[test]
+    fn expired_sessions_are_unknown() {
+        let r = Rendezvous::default();
+        let sid = [1; 16];
+        let token = r.grant(sid, "n1", 1000, now().saturating_sub(1));
+        assert_eq!(
+            r.client_arrives(&sid, &token).err(),
+            Some(RendezvousError::Unknown)
+        );
+        assert!(r.lookup(&sid).is_none());
+    }
+}

@@ -1,0 +1,288 @@
+//! Through NAT and firewalls: nodes accept no inbound connection, the submit
+//! host admits only the schedd's port, and sessions still work by reverse
+//! connection (shared port + daemon_sock dir) or through the relay.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use ssh_to_job::attach;
+use stj_proto::preamble::{Preamble, Role};
+use stj_tests::netns::SCHEDD_PORT;
+use stj_tests::{Cluster, TestUser};
+
+const T: Duration = Duration::from_secs(30);
+
+fn ok(o: std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed ({:?}): stdout {} stderr {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A NAT'd pool with a running job of alice's on node1, whose starter also
+/// offers direct connections (which the NAT makes useless).
+fn natted_job() -> (Cluster, TestUser, u64) {
+    let mut c = Cluster::with_net();
+    c.start_starter_with("node1", 4, &["--session-listen", "0.0.0.0:0"]);
+    let alice = TestUser::alice();
+    let id = c.submit(&alice, &["--", "sleep", "86410"]);
+    c.wait_state(id, "running", T);
+    (c, alice, id)
+}
+
+#[test]
+fn nodes_are_unreachable_from_the_submit_host_and_sessions_still_work() {
+    let (c, alice, id) = natted_job();
+    let net = c.net.as_ref().unwrap();
+    // Something listens on node1; the node itself reaches it, the submit host cannot.
+    let node = net.nodes[0].clone();
+    let port = net.within(&node, || {
+        let l = TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::mem::forget(l);
+        port
+    });
+    let target: SocketAddr = format!("{}:{port}", net.node_ip(0)).parse().unwrap();
+    assert!(net.within(&node, move || TcpStream::connect_timeout(
+        &target,
+        Duration::from_secs(2)
+    )
+    .is_ok()));
+    let dial = net.within(&net.submit.clone(), move || {
+        TcpStream::connect_timeout(&target, Duration::from_secs(2))
+    });
+    assert!(
+        dial.is_err(),
+        "a direct dial from the submit host into the NAT must fail"
+    );
+
+    let jid = id.to_string();
+    // Reverse through the daemon_sock dir: shell, exit status, scp.
+    assert_eq!(
+        ok(c.ssh_to_job(
+            &alice,
+            &["--mode", "reverse", &jid, "echo reverse; id -u"],
+            None
+        )),
+        format!("reverse\n{}\n", alice.uid)
+    );
+    assert_eq!(
+        c.ssh_to_job(&alice, &["--mode", "reverse", &jid, "exit 9"], None)
+            .status
+            .code(),
+        Some(9)
+    );
+    let wd = c.workdir(&alice);
+    let src = wd.join("nat.txt");
+    fs::write(&src, "through the NAT\n").unwrap();
+    nix::unistd::chown(&src, Some(alice.uid.into()), Some(alice.gid.into())).unwrap();
+    ok(c.ssh_to_job(
+        &alice,
+        &[
+            "--mode",
+            "reverse",
+            "--ssh",
+            "scp",
+            &jid,
+            "--",
+            src.to_str().unwrap(),
+            "remote:/tmp/nat.txt",
+        ],
+        None,
+    ));
+    assert_eq!(
+        ok(c.ssh_to_job(&alice, &["--mode", "relay", &jid, "cat /tmp/nat.txt"], None)),
+        "through the NAT\n"
+    );
+
+    // Auto: the advertised direct address is tried and fails, reverse works, quickly.
+    let started = Instant::now();
+    let out = c.ssh_to_job(&alice, &["--debug", &jid, "echo auto"], None);
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "auto\n", "{err}");
+    assert!(
+        err.contains("direct: failed") && err.contains("path=\"reverse\""),
+        "--debug tells the story: {err}"
+    );
+    assert!(took < Duration::from_secs(5), "auto took {took:?}");
+}
+
+#[test]
+fn without_the_daemon_sock_dir_reverse_says_what_to_do_and_auto_uses_the_relay() {
+    let (c, alice, id) = natted_job();
+    fs::remove_dir(&c.daemon_sock).unwrap();
+    let jid = id.to_string();
+    let out = c.ssh_to_job(&alice, &["--mode", "reverse", &jid, "true"], None);
+    assert_eq!(out.status.code(), Some(255));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("create it with `stj-schedd init-daemon-sock` or set daemon_sock_dir"),
+        "{err}"
+    );
+
+    let out = c.ssh_to_job(&alice, &[&jid, "echo relayed"], None);
+    assert_eq!(ok(out.clone()), "relayed\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.matches("using the relay instead").count(),
+        1,
+        "says so once: {err}"
+    );
+}
+
+#[test]
+fn a_third_party_with_the_relay_session_id_gets_nothing_and_disturbs_nothing() {
+    let (c, _alice, id) = natted_job();
+    let net = c.net.as_ref().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Root may open sessions into any job; the test plays both the real client and the intruder.
+    let grant = rt
+        .block_on(attach::request(&c.socket, id, [7; 32]))
+        .unwrap();
+    let sid = stj_proto::capability::Capability::decode(&grant.capability)
+        .unwrap()
+        .session_id;
+    let broker: SocketAddr = format!("127.0.0.1:{SCHEDD_PORT}").parse().unwrap();
+    for role in [Role::Client, Role::Starter] {
+        let intruder = Preamble::Relay {
+            role,
+            session_id: sid,
+            token: [0x42; 32],
+        }
+        .encode();
+        let got = net.within(&net.submit.clone(), move || {
+            let mut s = TcpStream::connect(broker).unwrap();
+            s.write_all(&intruder).unwrap();
+            s.write_all(b"\0\0\0\x02hi").unwrap();
+            s.set_read_timeout(Some(T)).unwrap();
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            buf
+        });
+        assert!(
+            got.is_empty(),
+            "the intruder ({role:?}) was dropped without a byte: {got:?}"
+        );
+    }
+    // The real client still gets its session through the relay.
+    let g = grant.clone();
+    let user = net.within(&net.submit.clone(), move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut s = tokio::net::TcpStream::connect(broker).await.unwrap();
+            let token: [u8; 32] = g.relay_token.as_slice().try_into().unwrap();
+            let p = Preamble::Relay {
+                role: Role::Client,
+                session_id: sid,
+                token,
+            }
+            .encode();
+            tokio::io::AsyncWriteExt::write_all(&mut s, &p)
+                .await
+                .unwrap();
+            attach::handshake(&mut s, &g).await.map(|s| s.user)
+        })
+    });
+    assert_eq!(
+        user.expect("the real session survives the intruders"),
+        "stjtest-alice"
+    );
+}
+
+#[test]
+fn routing_names_that_could_escape_or_impersonate_are_refused() {
+    let (c, _alice, id) = natted_job();
+    let bob = TestUser::bob();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let grant = rt
+        .block_on(attach::request(&c.socket, id, [7; 32]))
+        .unwrap();
+    let sid = stj_proto::capability::Capability::decode(&grant.capability)
+        .unwrap()
+        .session_id;
+    let d = &c.daemon_sock;
+    // As root requested this session, root's sockets are the session's own.
+    let _real = std::os::unix::net::UnixListener::bind(d.join("real")).unwrap();
+    std::os::unix::fs::symlink(d.join("real"), d.join("planted")).unwrap();
+    fs::write(d.join("plain-file"), "").unwrap();
+    let _bobs = std::os::unix::net::UnixListener::bind(d.join("bobs")).unwrap();
+    nix::unistd::chown(&d.join("bobs"), Some(bob.uid.into()), Some(bob.gid.into())).unwrap();
+    let long = "x".repeat(65);
+    for (name, why) in [
+        ("../x", "routing name"),
+        (long.as_str(), "routing name"),
+        ("planted", "symlink"),
+        ("plain-file", "not a socket"),
+        ("bobs", "belongs to uid"),
+    ] {
+        let r = rt.block_on(async {
+            let mut cl = ssh_to_job::schedd_client::connect(&c.socket).await.unwrap();
+            cl.connect_back(stj_proto::user::ConnectBackRequest {
+                session_id: sid.to_vec(),
+                route_name: name.to_string(),
+            })
+            .await
+        });
+        let e = r.expect_err(name);
+        assert!(e.message().contains(why), "{name}: {}", e.message());
+    }
+    // A routing preamble for a name nobody asked for is dropped too.
+    let net = c.net.as_ref().unwrap();
+    let broker: SocketAddr = format!("127.0.0.1:{SCHEDD_PORT}").parse().unwrap();
+    let got = net.within(&net.submit.clone(), move || {
+        let mut s = TcpStream::connect(broker).unwrap();
+        s.write_all(
+            &Preamble::Route {
+                name: "real".into(),
+            }
+            .encode(),
+        )
+        .unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        buf
+    });
+    assert!(got.is_empty());
+    let probe = _real.set_nonblocking(true).and_then(|_| _real.accept());
+    assert!(probe.is_err(), "nothing was routed to the socket");
+}
+
+#[test]
+fn twenty_relayed_sessions_at_once() {
+    let (c, alice, id) = natted_job();
+    let jid = id.to_string();
+    let children: Vec<_> = (0..20)
+        .map(|i| {
+            c.ssh_to_job_cmd(
+                &alice,
+                &["--mode", "relay", &jid, &format!("echo session-{i}")],
+                None,
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(ok(out), format!("session-{i}\n"));
+    }
+}
