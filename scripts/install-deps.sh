@@ -13,6 +13,8 @@ PKGS=(
   busybox-static      # tiny rootfs images for the container tests
   procps              # ps, used by tests inside jobs
   passwd              # useradd, for test users
+  git                 # git over ssh-to-job (tests)
+  bsdutils            # script(1): a real pty for the interactive tests
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -47,7 +47,10 @@ fn internal(e: impl std::fmt::Display) -> Status {
 
 fn validate(spec: &JobSpec) -> Result<(), Status> {
     let bad = |m: &str| Err(Status::invalid_argument(m.to_string()));
-    if spec.args.is_empty() || spec.args[0].is_empty() {
+    if spec.interactive && !spec.ssh_enabled {
+        return bad("an interactive job needs ssh: drop --no-ssh");
+    }
+    if !spec.interactive && (spec.args.is_empty() || spec.args[0].is_empty()) {
         return bad("no command given: stj submit [OPTIONS] -- COMMAND [ARGS...]");
     }
     let size: usize = spec.args.iter().map(|a| a.len()).sum::<usize>()

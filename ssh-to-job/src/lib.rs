@@ -6,5 +6,8 @@ pub mod fd_pass;
 pub mod jobs_view;
 pub mod runtime_dir;
 pub mod schedd_client;
+pub mod session;
 pub mod ssh_command;
+pub mod ssh_config;
 pub mod user_key;
+pub mod waiting;

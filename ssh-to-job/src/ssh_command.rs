@@ -40,6 +40,8 @@ pub struct SshCommand<'a> {
     pub tty: Option<bool>,
     /// Extra `-o` options (rsh mode passes the caller's through).
     pub extra_options: Vec<String>,
+    /// ssh's own flags (-L, -R, -D, -X, -Y, -A, -N), placed before the host.
+    pub flags: Vec<String>,
     pub args: Vec<String>,
 }
 
@@ -102,6 +104,7 @@ impl SshCommand<'_> {
                     Some(false) => v.push("-T".into()),
                     None => {}
                 }
+                v.extend(self.flags.iter().cloned());
                 v.push(host);
                 v.extend(self.args.iter().cloned());
             }
@@ -149,6 +152,7 @@ mod tests {
             debug: false,
             tty: Some(true),
             extra_options: vec![],
+            flags: vec![],
             args: args.iter().map(|s| s.to_string()).collect(),
         }
         .argv()

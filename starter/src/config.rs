@@ -41,6 +41,12 @@ pub struct StarterConfig {
     /// Run jobs as node-local uids from this range ("5000-5099") instead of
     /// as their owners (HTCondor's slot users); the uids need no passwd entry.
     pub slot_users: Option<String>,
+    /// Sessions may forward TCP ports (ssh -L/-R/-D).
+    pub allow_tcp_forwarding: bool,
+    /// Sessions may forward X11 (ssh -X/-Y; needs xauth in the job's view).
+    pub allow_x11_forwarding: bool,
+    /// Sessions may forward the user's ssh agent (ssh -A).
+    pub allow_agent_forwarding: bool,
 }
 
 impl Default for StarterConfig {
@@ -59,6 +65,9 @@ impl Default for StarterConfig {
             preload_path: None,
             sshd_extra_config: Vec::new(),
             slot_users: None,
+            allow_tcp_forwarding: true,
+            allow_x11_forwarding: true,
+            allow_agent_forwarding: true,
         }
     }
 }

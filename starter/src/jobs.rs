@@ -35,8 +35,9 @@ pub struct Jobs {
     events: mpsc::UnboundedSender<JobEvent>,
     work_dir: PathBuf,
     kill_grace: Duration,
-    /// The sshd kit on the node, for image jobs; None if it could not be built.
-    kit: Option<PathBuf>,
+    /// The sshd kit (mounted into image jobs, and home of the interactive
+    /// placeholder); None if it could not be built.
+    kit: Option<crate::kit::Kit>,
     /// Run jobs as uids from this range instead of their owners'.
     slot_users: Option<(u32, u32)>,
 }
@@ -44,7 +45,7 @@ pub struct Jobs {
 pub struct JobsConfig {
     pub work_dir: PathBuf,
     pub kill_grace: Duration,
-    pub kit: Option<PathBuf>,
+    pub kit: Option<crate::kit::Kit>,
     pub slot_users: Option<(u32, u32)>,
 }
 
@@ -157,7 +158,7 @@ impl Jobs {
         if run.uid == 0 {
             return failed("refusing to run a job as root".into());
         }
-        if spec.args.is_empty() {
+        if spec.args.is_empty() && !spec.interactive {
             return failed("the job has no command".into());
         }
         let image = (!spec.image.is_empty()).then(|| PathBuf::from(&spec.image));
@@ -192,12 +193,26 @@ impl Jobs {
                 "node could not prepare the job's session dir: {e:#}"
             ));
         }
+        let args = if spec.interactive {
+            // The placeholder of `stj submit --interactive` comes from the
+            // kit, so it runs in any image.
+            let Some(kit) = &self.kit else {
+                return failed("interactive jobs need ssh-to-job on the node, which is unavailable there (see the starter's log)".into());
+            };
+            let mut a = kit.command(&kit.view(in_image, &sessions).kit, "stj-starter", false);
+            a.push("placeholder".into());
+            a.push("--idle-timeout-secs".into());
+            a.push(spec.idle_timeout_secs.max(1).to_string());
+            a
+        } else {
+            spec.args.clone()
+        };
         let cspec = ContainerSpec {
             job_id: id,
             uid,
             gid,
             user_name,
-            args: spec.args.clone(),
+            args,
             env: spec
                 .env
                 .iter()
@@ -215,7 +230,11 @@ impl Jobs {
             } else {
                 spec.error.clone()
             },
-            kit: if in_image { self.kit.clone() } else { None },
+            kit: if in_image {
+                self.kit.as_ref().map(|k| k.dir.clone())
+            } else {
+                None
+            },
             sessions,
         };
         let job_dir = self.work_dir.join("jobs").join(id.to_string());

@@ -135,10 +135,16 @@ pub fn build(work_dir: &Path, sshd: &Path, sftp_server: &Path, preload: &Path) -
         fs::create_dir_all(staging.join(d))?;
     }
     let mut loader_name = None;
-    for (binary, name) in [(sshd, "sshd"), (sftp_server, "sftp-server")] {
+    // Ourselves too: the placeholder of interactive jobs runs from the kit.
+    let me = std::env::current_exe().context("cannot find the stj-starter binary")?;
+    for (binary, name) in [
+        (sshd, "sshd"),
+        (sftp_server, "sftp-server"),
+        (me.as_path(), "stj-starter"),
+    ] {
         copy(binary, &staging.join("bin").join(name), 0o755)?;
     }
-    for binary in [sshd, sftp_server, preload] {
+    for binary in [sshd, sftp_server, preload, me.as_path()] {
         let (libs, loader) = dependencies(binary)?;
         for (name, path) in libs {
             copy(&path, &staging.join("lib").join(&name), 0o755)?;

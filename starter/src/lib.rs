@@ -63,6 +63,18 @@ fn build_kit(config: &StarterConfig) -> Result<kit::Kit, String> {
     }
 }
 
+/// The admin's forwarding knobs as sshd_config lines, then the extra lines.
+fn sshd_policy(config: &StarterConfig) -> Vec<String> {
+    let yn = |b: bool| if b { "yes" } else { "no" };
+    let mut v = vec![
+        format!("AllowTcpForwarding {}", yn(config.allow_tcp_forwarding)),
+        format!("X11Forwarding {}", yn(config.allow_x11_forwarding)),
+        format!("AllowAgentForwarding {}", yn(config.allow_agent_forwarding)),
+    ];
+    v.extend(config.sshd_extra_config.iter().cloned());
+    v
+}
+
 /// `slot_users = "5000-5099"` → (5000, 5099).
 fn parse_slot_users(s: &str) -> Result<(u32, u32)> {
     let (a, b) = s
@@ -117,7 +129,7 @@ pub async fn run_with(
     let (jobs, events) = jobs::Jobs::new(jobs::JobsConfig {
         work_dir: config.work_dir.clone(),
         kill_grace: Duration::from_secs(config.kill_grace_secs),
-        kit: kit.as_ref().ok().map(|k| k.dir.clone()),
+        kit: kit.as_ref().ok().cloned(),
         slot_users,
     });
     let key = Arc::new(session::StarterKey::default());
@@ -126,7 +138,7 @@ pub async fn run_with(
         key.clone(),
         jobs.clone(),
         session::SshdConfig {
-            extra: config.sshd_extra_config.clone(),
+            extra: sshd_policy(&config),
             debug,
         },
         kit,

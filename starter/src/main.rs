@@ -60,6 +60,12 @@ enum Cmd {
     /// Internal: puts a session's sshd into a running job.
     #[command(hide = true)]
     SessionEnter { spec: PathBuf },
+    /// Internal: the job of `stj submit --interactive`; waits for sessions.
+    #[command(hide = true)]
+    Placeholder {
+        #[arg(long)]
+        idle_timeout_secs: u64,
+    },
 }
 
 fn main() {
@@ -68,6 +74,9 @@ fn main() {
     match &cli.cmd {
         Some(Cmd::ContainerInit { spec }) => stj_starter::container::init_main(spec),
         Some(Cmd::SessionEnter { spec }) => stj_starter::container::enter::main(spec),
+        Some(Cmd::Placeholder { idle_timeout_secs }) => stj_starter::container::placeholder::main(
+            std::time::Duration::from_secs(*idle_timeout_secs),
+        ),
         None => {}
     }
     if let Err(e) = real_main(cli) {

@@ -160,7 +160,7 @@ fn jobs_survive_a_schedd_kill_9_and_complete_after_restart() {
         assert_eq!(job["exit_code"], 0, "{job}");
         assert_eq!(out_of(&c, &alice, id).trim(), "done");
     }
-    let all = c.stj(None, c.path(), &["q", "--json"]);
+    let all = c.stj(None, c.path(), &["q", "--json", "--all"]);
     let all: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
     assert_eq!(
         all.as_array().unwrap().len(),

@@ -3,9 +3,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use ssh_to_job::ssh_command::{alias, proxy_path, Program, SshCommand};
-use ssh_to_job::{attach, fd_pass, runtime_dir::RuntimeDir, schedd_client::socket_path, user_key};
-use tokio::signal::unix::{signal, SignalKind};
+use ssh_to_job::schedd_client::socket_path;
+use ssh_to_job::session::{self, Options};
+use ssh_to_job::ssh_command::Program;
+use ssh_to_job::{attach, ssh_config};
 
 /// Open a real OpenSSH session inside a running job: same container,
 /// environment and working directory.
@@ -17,9 +18,13 @@ use tokio::signal::unix::{signal, SignalKind};
 ///   ssh-to-job --ssh sftp 42
 ///   rsync -a -e 'ssh-to-job --rsh' data/ 42:data/   # rsync (and GIT_SSH_COMMAND) style
 ///   ssh-to-job --mode relay --debug 42 hostname     # through the schedd's relay; say what happened
+///   ssh-to-job -L 8888:localhost:8888 42 -N         # reach a notebook server in the job
+///   ssh-to-job ssh-config >> ~/.ssh/config          # then plain `ssh stj-job-42` works
 #[derive(Parser, Debug)]
-#[command(version, verbatim_doc_comment)]
+#[command(version, verbatim_doc_comment, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Sub>,
     /// How to reach the job's node: auto, direct, reverse or relay.
     #[arg(long, default_value = "auto")]
     mode: String,
@@ -47,11 +52,55 @@ struct Cli {
     /// Say what happens, and run ssh with -o LogLevel=DEBUG.
     #[arg(long)]
     debug: bool,
+    /// Wait while the job is idle or starting (with progress), then attach.
+    #[arg(long)]
+    auto_retry: bool,
+    /// Retry failures that waiting can cure (node away, job starting) N times.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    retry: u32,
+    /// Remove the job if interrupted (Ctrl-C, SIGTERM, SIGHUP).
+    #[arg(long)]
+    remove_on_interrupt: bool,
+    /// Forward a local port (ssh -L).
+    #[arg(short = 'L', value_name = "SPEC")]
+    local_forward: Vec<String>,
+    /// Forward a remote port (ssh -R).
+    #[arg(short = 'R', value_name = "SPEC")]
+    remote_forward: Vec<String>,
+    /// Dynamic (SOCKS) forwarding (ssh -D).
+    #[arg(short = 'D', value_name = "SPEC")]
+    dynamic_forward: Vec<String>,
+    /// X11 forwarding (ssh -X).
+    #[arg(short = 'X')]
+    x11: bool,
+    /// Trusted X11 forwarding (ssh -Y).
+    #[arg(short = 'Y')]
+    x11_trusted: bool,
+    /// Agent forwarding (ssh -A).
+    #[arg(short = 'A')]
+    agent: bool,
+    /// No remote command, just forwardings (ssh -N).
+    #[arg(short = 'N')]
+    no_command: bool,
+    /// An ssh option (ssh -o), repeatable.
+    #[arg(short = 'o', value_name = "OPTION")]
+    option: Vec<String>,
     /// The job id.
-    job: u64,
+    job: Option<u64>,
     /// Command to run in the job (for scp/sftp: their arguments; `remote:` names the job's side).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Sub {
+    /// Print a `Host stj-job-*` block for ~/.ssh/config: then plain ssh, scp,
+    /// rsync, git and VS Code Remote-SSH reach job N as `stj-job-N`.
+    SshConfig,
+    /// ProxyCommand of that block (`ssh-to-job proxy %n`); not for direct use.
+    Proxy { host: String },
+    /// KnownHostsCommand of that block; prints the session's host key.
+    KnownHosts { host: String },
 }
 
 /// What an rsh-style caller (rsync -e, GIT_SSH_COMMAND) passes us:
@@ -133,29 +182,42 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = if rsh {
-        match parse_rsh(&argv[2..]) {
-            Ok(r) => {
-                let cli = Cli {
-                    mode: "auto".into(),
-                    daemon_sock_dir: None,
-                    ssh: "ssh".into(),
-                    tty: false,
-                    no_tty: true,
-                    copy: false,
-                    ssh_config: false,
-                    socket: None,
-                    debug,
-                    job: r.job,
-                    command: r.command,
-                };
-                rt.block_on(run(cli, r.options))
+    let result = rt.block_on(async {
+        if rsh {
+            let r = parse_rsh(&argv[2..])?;
+            let o = Options {
+                job: r.job,
+                mode: attach::Mode::Auto,
+                program: Program::Ssh,
+                ssh_binary: "ssh".into(),
+                tty: Some(false),
+                copy: false,
+                use_ssh_config: false,
+                debug,
+                socket: socket_path(None),
+                daemon_sock: attach::daemon_sock_dir(None),
+                ssh_options: r.options,
+                ssh_flags: vec![],
+                args: r.command,
+                auto_retry: false,
+                retries: 0,
+                remove_on_interrupt: false,
+            };
+            session::run(&o).await
+        } else {
+            let cli = Cli::parse();
+            match &cli.cmd {
+                Some(Sub::SshConfig) => ssh_config::print().map(|()| 0),
+                Some(Sub::Proxy { host }) => {
+                    ssh_config::proxy(host, &socket_path(cli.socket.clone()))
+                        .await
+                        .map(|()| 0)
+                }
+                Some(Sub::KnownHosts { host }) => ssh_config::known_hosts(host).map(|()| 0),
+                None => session::run(&options(cli)?).await,
             }
-            Err(e) => Err(e),
         }
-    } else {
-        rt.block_on(run(Cli::parse(), Vec::new()))
-    };
+    });
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -165,46 +227,47 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli, extra_options: Vec<String>) -> Result<u8> {
+fn options(cli: Cli) -> Result<Options> {
     let program = Program::parse(&cli.ssh)
         .with_context(|| format!("--ssh {:?}: use ssh, scp or sftp", cli.ssh))?;
     let Some(mode) = attach::Mode::parse(&cli.mode) else {
         bail!("--mode {:?}: use auto, direct, reverse or relay", cli.mode);
     };
-    let daemon_sock = attach::daemon_sock_dir(cli.daemon_sock_dir.clone());
-    let socket = socket_path(cli.socket.clone());
-    // Everything secret lives in here and is removed on every exit path:
-    // the value is dropped when `run` returns, including after a signal.
-    let rt = RuntimeDir::create()?;
-    let key = user_key::generate(rt.path())?;
-    let grant = attach::request(&socket, cli.job, key.public).await?;
-    tracing::debug!(job_id = cli.job, node = %grant.node, direct = %grant.direct_addr, "capability granted");
-    let started = std::time::Instant::now();
-    let (stream, session, path) =
-        attach::connect(mode, &socket, &grant, cli.job, &daemon_sock).await?;
-    tracing::debug!(
-        job_id = cli.job,
-        path,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "connected; handshake complete"
-    );
-    let known_hosts = user_key::write_known_hosts(rt.path(), &alias(cli.job), session.host_pubkey)?;
-    let sock_path = rt.path().join("p");
-    let listener = fd_pass::bind(&sock_path)?;
-
-    let proxy = proxy_path();
-    let cmd = SshCommand {
+    let Some(job) = cli.job else {
+        bail!("which job? usage: ssh-to-job [OPTIONS] JOBID [COMMAND...] (see --help)");
+    };
+    let mut flags = Vec::new();
+    for (flag, values) in [
+        ("-L", &cli.local_forward),
+        ("-R", &cli.remote_forward),
+        ("-D", &cli.dynamic_forward),
+    ] {
+        for v in values {
+            flags.push(flag.to_string());
+            flags.push(v.clone());
+        }
+    }
+    for (on, flag) in [
+        (cli.x11, "-X"),
+        (cli.x11_trusted, "-Y"),
+        (cli.agent, "-A"),
+        (cli.no_command, "-N"),
+    ] {
+        if on {
+            flags.push(flag.to_string());
+        }
+    }
+    if !flags.is_empty() && program != Program::Ssh {
+        bail!(
+            "-L, -R, -D, -X, -Y, -A and -N are ssh options; they do not apply to --ssh {}",
+            cli.ssh
+        );
+    }
+    Ok(Options {
+        job,
+        mode,
         program,
-        binary: cli.ssh.clone(),
-        job_id: cli.job,
-        user: &session.user,
-        key: &key.path,
-        known_hosts: &known_hosts,
-        proxy: &proxy,
-        socket: &sock_path,
-        copy: cli.copy,
-        use_ssh_config: cli.ssh_config,
-        debug: cli.debug,
+        ssh_binary: cli.ssh.clone(),
         tty: if cli.tty {
             Some(true)
         } else if cli.no_tty {
@@ -212,56 +275,16 @@ async fn run(cli: Cli, extra_options: Vec<String>) -> Result<u8> {
         } else {
             None
         },
-        extra_options,
-        args: cli.command.clone(),
-    };
-    let argv = cmd.argv();
-    tracing::debug!(?argv, "running");
-    let mut child = tokio::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .spawn()
-        .with_context(|| format!("cannot run {} (is openssh-client installed?)", argv[0]))?;
-
-    let (mut int, mut term, mut hup) = (
-        signal(SignalKind::interrupt())?,
-        signal(SignalKind::terminate())?,
-        signal(SignalKind::hangup())?,
-    );
-    let serve = fd_pass::serve(listener, stream);
-    tokio::pin!(serve);
-    let mut served = false;
-    let status = loop {
-        let sig = tokio::select! {
-            st = child.wait() => break st?,
-            r = &mut serve, if !served => {
-                served = true;
-                r?;
-                continue;
-            }
-            _ = int.recv() => libc::SIGINT,
-            _ = term.recv() => libc::SIGTERM,
-            _ = hup.recv() => libc::SIGHUP,
-        };
-        // Pass the signal to ssh, let it end, then clean up and report it.
-        if let Some(pid) = child.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::try_from(sig).ok(),
-            );
-        }
-        let _ = child.wait().await;
-        drop(rt);
-        return Ok(128 + sig as u8);
-    };
-    drop(rt);
-    Ok(
-        match (
-            status.code(),
-            std::os::unix::process::ExitStatusExt::signal(&status),
-        ) {
-            (Some(c), _) => c as u8,
-            (None, Some(s)) => 128 + s as u8,
-            _ => 255,
-        },
-    )
+        copy: cli.copy,
+        use_ssh_config: cli.ssh_config,
+        debug: cli.debug,
+        socket: socket_path(cli.socket),
+        daemon_sock: attach::daemon_sock_dir(cli.daemon_sock_dir),
+        ssh_options: cli.option,
+        ssh_flags: flags,
+        args: cli.command,
+        auto_retry: cli.auto_retry,
+        retries: cli.retry,
+        remove_on_interrupt: cli.remove_on_interrupt,
+    })
 }

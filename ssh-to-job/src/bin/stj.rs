@@ -3,8 +3,11 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use ssh_to_job::attach;
 use ssh_to_job::jobs_view;
 use ssh_to_job::schedd_client::{connect, socket_path, status_error};
+use ssh_to_job::session::{self, Options};
+use ssh_to_job::ssh_command::Program;
 use stj_proto::user::{
     EnvVar, JobSpec, JobState, QueryRequest, RemoveRequest, SubmitRequest, WaitRequest,
 };
@@ -35,8 +38,16 @@ enum Cmd {
     /// Examples:
     ///   stj submit -- sleep 600
     ///   stj submit --image /srv/images/busybox --cwd / -- sh -c 'echo hi'
+    ///   stj submit --interactive                # a shell in a fresh job; removed when you leave
     #[command(verbatim_doc_comment)]
     Submit {
+        /// Submit a placeholder job, wait for it, open a session in it, and
+        /// remove the job when the session ends (or on Ctrl-C while waiting).
+        #[arg(long)]
+        interactive: bool,
+        /// With --interactive: end the job after this long without a session.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        idle_timeout: std::time::Duration,
         /// Root filesystem directory for the job (on the execute node).
         #[arg(long)]
         image: Option<PathBuf>,
@@ -56,14 +67,21 @@ enum Cmd {
         #[arg(long)]
         no_ssh: bool,
         /// The command and its arguments.
-        #[arg(last = true, required = true, value_name = "CMD")]
+        #[arg(
+            last = true,
+            required_unless_present = "interactive",
+            value_name = "CMD"
+        )]
         command: Vec<String>,
     },
-    /// List jobs.
+    /// List jobs that are idle, running or held (--all: also ended ones).
     Q {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Include completed and removed jobs.
+        #[arg(long)]
+        all: bool,
         /// Only these jobs.
         ids: Vec<u64>,
     },
@@ -129,6 +147,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let socket = socket_path(cli.socket);
     match cli.cmd {
         Cmd::Submit {
+            interactive,
+            idle_timeout,
             image,
             cwd,
             env,
@@ -164,6 +184,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 output: output.unwrap_or_default(),
                 error: error.unwrap_or_default(),
                 ssh_enabled: !no_ssh,
+                interactive,
+                idle_timeout_secs: idle_timeout.as_secs().clamp(1, u32::MAX.into()) as u32,
             };
             let mut c = connect(&socket).await?;
             let id = c
@@ -172,16 +194,29 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .map_err(status_error)?
                 .into_inner()
                 .job_id;
-            println!("{id}");
+            if !interactive {
+                println!("{id}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!("stj: interactive job {id} submitted; Ctrl-C while it waits removes it");
+            return interactive_session(id, socket).await;
         }
-        Cmd::Q { json, ids } => {
+        Cmd::Q { json, all, ids } => {
             let mut c = connect(&socket).await?;
-            let jobs = c
+            let named = !ids.is_empty();
+            let mut jobs = c
                 .query(QueryRequest { job_ids: ids })
                 .await
                 .map_err(status_error)?
                 .into_inner()
                 .jobs;
+            if !all && !named {
+                jobs.retain(|j| {
+                    !JobState::try_from(j.state)
+                        .unwrap_or(JobState::Unspecified)
+                        .is_terminal()
+                });
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&jobs_view::json(&jobs))?);
             } else {
@@ -239,4 +274,41 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `stj submit --interactive`: attach with auto-retry as soon as the job
+/// runs; the job goes away when the session ends, however it ends.
+async fn interactive_session(id: u64, socket: PathBuf) -> Result<ExitCode> {
+    let o = Options {
+        job: id,
+        mode: attach::Mode::Auto,
+        program: Program::Ssh,
+        ssh_binary: "ssh".into(),
+        tty: None,
+        copy: false,
+        use_ssh_config: false,
+        debug: false,
+        socket: socket.clone(),
+        daemon_sock: attach::daemon_sock_dir(None),
+        ssh_options: vec![],
+        ssh_flags: vec![],
+        args: vec![],
+        auto_retry: true,
+        retries: 0,
+        remove_on_interrupt: true,
+    };
+    let result = session::run(&o).await;
+    // The placeholder ends by itself once the session is gone; removing it
+    // too makes sure nothing lingers (a no-op for an ended job).
+    if let Ok(mut c) = connect(&socket).await {
+        let _ = c.remove(RemoveRequest { job_id: id }).await;
+    }
+    match result {
+        Ok(code) => Ok(ExitCode::from(code)),
+        Err(e) => {
+            eprintln!("stj: error: {e:#}");
+            eprintln!("stj: job {id} removed");
+            Ok(ExitCode::from(255))
+        }
+    }
 }

@@ -8,6 +8,7 @@
 
 pub mod enter;
 mod init;
+pub mod placeholder;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;

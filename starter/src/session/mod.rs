@@ -28,6 +28,7 @@ impl StarterKey {
 }
 
 pub struct SshdConfig {
+    /// sshd_config lines from the admin's knobs (forwarding), then extras.
     pub extra: Vec<String>,
     pub debug: bool,
 }

@@ -1,0 +1,204 @@
+//! One ssh-to-job run, start to end: wait for the job if asked, get a
+//! capability, make the data connection, run the OpenSSH program over it,
+//! and clean up on every exit path (signals included).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use stj_proto::user::RemoveRequest;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use crate::attach::{self, Mode};
+use crate::runtime_dir::RuntimeDir;
+use crate::schedd_client::connect;
+use crate::ssh_command::{alias, proxy_path, Program, SshCommand};
+use crate::{fd_pass, user_key, waiting};
+
+pub struct Options {
+    pub job: u64,
+    pub mode: Mode,
+    pub program: Program,
+    /// The binary to run for `program`.
+    pub ssh_binary: String,
+    pub tty: Option<bool>,
+    pub copy: bool,
+    pub use_ssh_config: bool,
+    pub debug: bool,
+    pub socket: PathBuf,
+    pub daemon_sock: PathBuf,
+    /// `-o` options for the OpenSSH program.
+    pub ssh_options: Vec<String>,
+    /// ssh's own flags (-L, -R, -D, -X, -Y, -A, -N), before the host.
+    pub ssh_flags: Vec<String>,
+    pub args: Vec<String>,
+    /// Wait while the job is idle or starting, showing progress.
+    pub auto_retry: bool,
+    /// Retries of failures that waiting can cure (node away, job starting).
+    pub retries: u32,
+    /// Remove the job when interrupted (Ctrl-C, SIGTERM, SIGHUP).
+    pub remove_on_interrupt: bool,
+}
+
+struct Signals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals> {
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.int.recv() => libc::SIGINT,
+            _ = self.term.recv() => libc::SIGTERM,
+            _ = self.hup.recv() => libc::SIGHUP,
+        }
+    }
+}
+
+async fn remove_job(o: &Options) {
+    match connect(&o.socket).await {
+        Ok(mut c) => match c.remove(RemoveRequest { job_id: o.job }).await {
+            Ok(_) => eprintln!("ssh-to-job: job {} removed", o.job),
+            Err(s) => eprintln!(
+                "ssh-to-job: could not remove job {}: {}",
+                o.job,
+                s.message()
+            ),
+        },
+        Err(e) => eprintln!("ssh-to-job: could not remove job {}: {e:#}", o.job),
+    }
+}
+
+/// Runs the session; returns the exit status to exit with.
+pub async fn run(o: &Options) -> Result<u8> {
+    let mut signals = Signals::new()?;
+    // Everything secret lives in here and is removed on every exit path:
+    // it is dropped when this function returns, after a signal too.
+    let rt = RuntimeDir::create()?;
+    let key = user_key::generate(rt.path())?;
+
+    let mut attempt = 0;
+    let (stream, session) = loop {
+        let step = async {
+            if o.auto_retry {
+                waiting::until_running(&o.socket, o.job).await?;
+            }
+            let grant = attach::request(&o.socket, o.job, key.public).await?;
+            tracing::debug!(job_id = o.job, node = %grant.node, direct = %grant.direct_addr, "capability granted");
+            let started = std::time::Instant::now();
+            let (stream, session, path) =
+                attach::connect(o.mode, &o.socket, &grant, o.job, &o.daemon_sock).await?;
+            tracing::debug!(
+                job_id = o.job,
+                path,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "connected; handshake complete"
+            );
+            Ok::<_, anyhow::Error>((stream, session))
+        };
+        let outcome = tokio::select! {
+            r = step => r,
+            sig = signals.recv() => {
+                eprintln!("ssh-to-job: interrupted while waiting for job {}", o.job);
+                if o.remove_on_interrupt {
+                    remove_job(o).await;
+                }
+                return Ok(128 + sig as u8);
+            }
+        };
+        match outcome {
+            Ok(v) => break v,
+            Err(e) if (o.auto_retry || attempt < o.retries) && waiting::is_transient(&e) => {
+                attempt += 1;
+                tracing::debug!(attempt, error = %format!("{e:#}"), "retrying");
+                let pause = Duration::from_millis(500 * u64::from(attempt.min(6)));
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    sig = signals.recv() => {
+                        if o.remove_on_interrupt {
+                            remove_job(o).await;
+                        }
+                        return Ok(128 + sig as u8);
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
+
+    let known_hosts = user_key::write_known_hosts(rt.path(), &alias(o.job), session.host_pubkey)?;
+    let sock_path = rt.path().join("p");
+    let listener = fd_pass::bind(&sock_path)?;
+    let proxy = proxy_path();
+    let cmd = SshCommand {
+        program: o.program,
+        binary: o.ssh_binary.clone(),
+        job_id: o.job,
+        user: &session.user,
+        key: &key.path,
+        known_hosts: &known_hosts,
+        proxy: &proxy,
+        socket: &sock_path,
+        copy: o.copy,
+        use_ssh_config: o.use_ssh_config,
+        debug: o.debug,
+        tty: o.tty,
+        extra_options: o.ssh_options.clone(),
+        flags: o.ssh_flags.clone(),
+        args: o.args.clone(),
+    };
+    let argv = cmd.argv();
+    tracing::debug!(?argv, "running");
+    let mut child = tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .spawn()
+        .with_context(|| format!("cannot run {} (is openssh-client installed?)", argv[0]))?;
+
+    let serve = fd_pass::serve(listener, stream);
+    tokio::pin!(serve);
+    let mut served = false;
+    let status = loop {
+        let sig = tokio::select! {
+            st = child.wait() => break st?,
+            r = &mut serve, if !served => {
+                served = true;
+                r?;
+                continue;
+            }
+            sig = signals.recv() => sig,
+        };
+        // Pass the signal to ssh, let it end, then clean up and report it.
+        if let Some(pid) = child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::try_from(sig).ok(),
+            );
+        }
+        let _ = child.wait().await;
+        if o.remove_on_interrupt {
+            remove_job(o).await;
+        }
+        drop(rt);
+        return Ok(128 + sig as u8);
+    };
+    drop(rt);
+    Ok(
+        match (
+            status.code(),
+            std::os::unix::process::ExitStatusExt::signal(&status),
+        ) {
+            (Some(c), _) => c as u8,
+            (None, Some(s)) => 128 + s as u8,
+            _ => 255,
+        },
+    )
+}

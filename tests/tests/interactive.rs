@@ -1,0 +1,294 @@
+//! Interactive jobs and the client's ssh habits: `stj submit --interactive`,
+//! --auto-retry, the ssh_config block, port forwarding.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use stj_tests::{bin, wait_until, Cluster, TestUser};
+
+const T: Duration = Duration::from_secs(30);
+
+fn ok(o: std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed ({:?}): stdout {} stderr {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Collects a child's output as it comes.
+fn collect(r: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let buf = Arc::new(Mutex::new(String::new()));
+    let b = buf.clone();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(r);
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = r.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            b.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+    });
+    buf
+}
+
+fn stj_as(c: &Cluster, user: &TestUser, args: &str) -> Command {
+    // script(1) gives the command a real pty, as a person's terminal would.
+    let mut cmd = Command::new("script");
+    cmd.args([
+        "-qfec",
+        &format!("{} {args}", bin("stj").display()),
+        "/dev/null",
+    ])
+    .current_dir(c.workdir(user))
+    .env("STJ_SCHEDD_SOCKET", &c.socket)
+    .env("STJ_DAEMON_SOCK_DIR", &c.daemon_sock)
+    .env("HOME", user.home())
+    .env("XDG_RUNTIME_DIR", c.runtime_dir(user))
+    .env("TERM", "xterm");
+    std::os::unix::process::CommandExt::uid(&mut cmd, user.uid);
+    std::os::unix::process::CommandExt::gid(&mut cmd, user.gid);
+    cmd
+}
+
+fn live_jobs(c: &Cluster) -> Vec<serde_json::Value> {
+    let out = ok(c.stj(None, c.path(), &["q", "--json"]));
+    serde_json::from_str::<serde_json::Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn interactive_job_gives_a_shell_in_a_fresh_job_and_goes_away_on_exit() {
+    let mut c = Cluster::new();
+    c.start_starter("node1", 1);
+    let alice = TestUser::alice();
+    let mut child = stj_as(&c, &alice, "submit --interactive")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = collect(child.stdout.take().unwrap());
+    let mut stdin = child.stdin.take().unwrap();
+    // Type into the shell until it answers from inside the job.
+    wait_until("a shell inside the job", T, || {
+        stdin
+            .write_all(b"echo IN-JOB-$STJ_JOB_ID-$(id -u)\n")
+            .ok()?;
+        std::thread::sleep(Duration::from_millis(200));
+        let text = out.lock().unwrap().clone();
+        text.lines()
+            .any(|l| {
+                l.trim_start().starts_with("IN-JOB-1-")
+                    && l.trim_end().ends_with(&alice.uid.to_string())
+            })
+            .then_some(())
+    });
+    stdin.write_all(b"exit\n").unwrap();
+    let status = wait_until("stj to end with the session", T, || {
+        child.try_wait().unwrap()
+    });
+    assert!(status.success(), "{}", out.lock().unwrap());
+    wait_until("the job to be gone from stj q", T, || {
+        live_jobs(&c).is_empty().then_some(())
+    });
+}
+
+#[test]
+fn ctrl_c_while_the_job_waits_removes_it() {
+    let c = Cluster::new(); // no starter: the job stays idle
+    let alice = TestUser::alice();
+    let mut child = stj_as(&c, &alice, "submit --interactive")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = collect(child.stdout.take().unwrap());
+    wait_until("the waiting display", T, || {
+        out.lock()
+            .unwrap()
+            .contains("position 1 in the queue")
+            .then_some(())
+    });
+    assert_eq!(live_jobs(&c).len(), 1);
+    // Ctrl-C typed on the terminal.
+    child.stdin.as_mut().unwrap().write_all(&[3]).unwrap();
+    let status = wait_until("stj to stop", T, || child.try_wait().unwrap());
+    assert!(!status.success());
+    let text = out.lock().unwrap().clone();
+    assert!(
+        text.contains("interrupted while waiting for job 1") && text.contains("job 1 removed"),
+        "{text}"
+    );
+    assert!(live_jobs(&c).is_empty());
+    assert_eq!(c.job(1)["state"], "removed");
+}
+
+#[test]
+fn auto_retry_waits_for_the_job_to_start() {
+    let mut c = Cluster::new();
+    let alice = TestUser::alice();
+    let id = c.submit(&alice, &["--", "sleep", "86411"]);
+    let jid = id.to_string();
+    let out = c.ssh_to_job(&alice, &[&jid, "true"], None);
+    assert_eq!(out.status.code(), Some(255));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("job {id} is idle, not running")),
+        "{err}"
+    );
+
+    let mut waiting = c
+        .ssh_to_job_cmd(&alice, &["--auto-retry", &jid, "echo attached"], None)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = waiting.stderr.take().unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let s2 = seen.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            s2.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    wait_until("the client to wait", T, || {
+        seen.lock()
+            .unwrap()
+            .contains(&format!("waiting for job {id}: idle"))
+            .then_some(())
+    });
+    c.start_starter("node1", 1);
+    let o = waiting.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "attached\n",
+        "{}",
+        seen.lock().unwrap()
+    );
+}
+
+#[test]
+fn plain_ssh_scp_rsync_and_git_with_the_printed_ssh_config_block() {
+    let mut c = Cluster::new();
+    c.start_starter("node1", 1);
+    let carol = TestUser::get("stjtest-carol");
+    let id = c.submit(&carol, &["--", "sleep", "86412"]);
+    c.wait_state(id, "running", T);
+    let host = format!("stj-job-{id}");
+    let env = |cmd: &mut Command| {
+        cmd.current_dir(c.workdir(&carol))
+            .env("STJ_SCHEDD_SOCKET", &c.socket)
+            .env("STJ_DAEMON_SOCK_DIR", &c.daemon_sock)
+            .env("HOME", carol.home())
+            .env("XDG_RUNTIME_DIR", c.runtime_dir(&carol))
+            .stdin(Stdio::null());
+        std::os::unix::process::CommandExt::uid(cmd, carol.uid);
+        std::os::unix::process::CommandExt::gid(cmd, carol.gid);
+    };
+    let mut gen = Command::new(bin("ssh-to-job"));
+    gen.arg("ssh-config");
+    env(&mut gen);
+    let block = ok(gen.output().unwrap());
+    assert!(
+        block.contains("Host stj-job-*") && block.contains("ProxyCommand"),
+        "{block}"
+    );
+    let ssh_dir = carol.home().join(".ssh");
+    fs::create_dir_all(&ssh_dir).unwrap();
+    fs::write(ssh_dir.join("config"), &block).unwrap();
+    Command::new("chown")
+        .args(["-R", &format!("{}:{}", carol.uid, carol.gid)])
+        .arg(&ssh_dir)
+        .status()
+        .unwrap();
+    let key = carol.home().join(".config/stj/id_ed25519");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&key).unwrap().permissions()) & 0o777,
+        0o600
+    );
+
+    let run = |program: &str, args: &[&str]| {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        env(&mut cmd);
+        ok(cmd.output().unwrap())
+    };
+    assert_eq!(
+        run("ssh", &[&host, "echo $STJ_JOB_ID"]).trim(),
+        id.to_string()
+    );
+    let wd = c.workdir(&carol);
+    fs::write(wd.join("f.txt"), "scp'd\n").unwrap();
+    fs::create_dir_all(wd.join("tree/sub")).unwrap();
+    fs::write(wd.join("tree/sub/a"), "A").unwrap();
+    Command::new("chown")
+        .args(["-R", &format!("{}:{}", carol.uid, carol.gid)])
+        .arg(&wd)
+        .status()
+        .unwrap();
+    run("scp", &["f.txt", &format!("{host}:/tmp/f.txt")]);
+    run("rsync", &["-a", "tree/", &format!("{host}:/tmp/tree/")]);
+    assert_eq!(
+        run("ssh", &[&host, "cat /tmp/f.txt /tmp/tree/sub/a"]),
+        "scp'd\nA"
+    );
+    // git clone of a bare repository that exists only inside the job (/tmp is private).
+    run("ssh", &[&host, "git init -q --bare /tmp/r.git && git clone -q /tmp/r.git /tmp/w && cd /tmp/w && git -c user.email=j@b -c user.name=j commit -q --allow-empty -m from-the-job && git push -q origin HEAD:master"]);
+    run(
+        "git",
+        &["clone", "-q", &format!("{host}:/tmp/r.git"), "cloned"],
+    );
+    let log = run("git", &["-C", "cloned", "log", "--format=%s"]);
+    assert_eq!(log.trim(), "from-the-job");
+}
+
+#[test]
+fn local_port_forwarding_reaches_a_server_inside_the_job() {
+    let mut c = Cluster::with_net();
+    c.start_starter_with("node1", 1, &[]);
+    let alice = TestUser::alice();
+    let server = "use IO::Socket::INET; my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 7777, Listen => 5, ReuseAddr => 1) or die; while (my $c = $s->accept) { print $c \"hello from the job\\n\"; close $c }";
+    let id = c.submit(&alice, &["--", "perl", "-e", server]);
+    c.wait_state(id, "running", T);
+    let mut fwd = c
+        .ssh_to_job_cmd(
+            &alice,
+            &[
+                "-L",
+                "127.0.0.1:17777:127.0.0.1:7777",
+                "-N",
+                &id.to_string(),
+            ],
+            None,
+        )
+        .spawn()
+        .unwrap();
+    let net = c.net.as_ref().unwrap();
+    let submit = net.submit.clone();
+    // The job's port lives on a NAT'd node: only the forward reaches it.
+    let got = wait_until("the forwarded port to answer", T, || {
+        net.within(&submit, || {
+            let addr: SocketAddr = "127.0.0.1:17777".parse().unwrap();
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+            let mut text = String::new();
+            s.read_to_string(&mut text).ok()?;
+            (!text.is_empty()).then_some(text)
+        })
+    });
+    assert_eq!(got, "hello from the job\n");
+    fwd.kill().ok();
+    fwd.wait().ok();
+}
