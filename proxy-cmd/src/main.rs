@@ -17,8 +17,27 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use sendfd::{RecvWithFd, SendWithFd};
 
-const USAGE: &str =
-    "usage: stj-proxy [--copy] SOCKET   (run by ssh as the ProxyCommand ssh-to-job sets)";
+/// The ProxyCommand ssh-to-job gives ssh; not meant to be run by hand.
+///
+/// Examples: (what ssh-to-job sets up)
+///   ssh -o ProxyCommand='stj-proxy /tmp/stj-x/p' -o ProxyUseFdpass=yes stj-job-42
+///   ssh -o ProxyCommand='stj-proxy --copy /tmp/stj-x/p' stj-job-42
+#[derive(clap::Parser)]
+#[command(name = "stj-proxy", version, verbatim_doc_comment)]
+struct Cli {
+    /// Relay stdin/stdout instead of handing the socket to ssh.
+    #[arg(long)]
+    copy: bool,
+    /// Say what happens on stderr.
+    #[arg(long)]
+    debug: bool,
+    /// Write this program's man page and shell completions into DIR.
+    #[arg(long, hide = true, value_name = "DIR")]
+    generate_docs: Option<std::path::PathBuf>,
+    /// ssh-to-job's UNIX socket.
+    #[arg(required_unless_present = "generate_docs")]
+    socket: Option<String>,
+}
 
 fn main() -> ExitCode {
     match run() {
@@ -31,22 +50,26 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<()> {
-    let mut copy = false;
-    let mut sock = None;
-    for a in std::env::args().skip(1) {
-        match a.as_str() {
-            "--copy" => copy = true,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            _ if sock.is_none() => sock = Some(a),
-            _ => bail!("{USAGE}"),
-        }
+    let cli = <Cli as clap::Parser>::parse();
+    if let Some(dir) = cli.generate_docs {
+        return Ok(stj_cli_docs::generate(
+            <Cli as clap::CommandFactory>::command(),
+            &dir,
+        )?);
     }
-    let sock = sock.context(USAGE)?;
+    let sock = cli.socket.context("no socket given")?;
     let session = receive_session(&sock)?;
-    if copy {
+    if cli.debug {
+        eprintln!(
+            "stj-proxy: received the session socket ({})",
+            if cli.copy {
+                "relaying"
+            } else {
+                "handing it to ssh"
+            }
+        );
+    }
+    if cli.copy {
         relay(session)
     } else {
         // stdout is the socketpair ssh made for ProxyUseFdpass.

@@ -12,7 +12,7 @@ use stj_schedd::config;
 ///   stj-schedd --state-dir ./stj-dev/schedd --listen 127.0.0.1:9618 --socket ./stj-dev/schedd.sock
 ///   stj-schedd token --state-dir ./stj-dev/schedd > join-token
 #[derive(Parser)]
-#[command(version, verbatim_doc_comment)]
+#[command(name = "stj-schedd", version, verbatim_doc_comment)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -52,6 +52,9 @@ enum Cmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Write this program's man page and shell completions into DIR.
+    #[command(hide = true)]
+    GenerateDocs { dir: PathBuf },
     /// Print the join token starters need (creates the identity on first use).
     Token {
         #[arg(long)]
@@ -85,6 +88,10 @@ fn main() {
 
 fn real_main(cli: Cli) -> Result<()> {
     match cli.cmd {
+        Some(Cmd::GenerateDocs { dir }) => {
+            stj_cli_docs::generate(<Cli as clap::CommandFactory>::command(), &dir)?;
+            Ok(())
+        }
         Some(Cmd::InitDaemonSock { config, dir }) => {
             let c = config::load(config.as_deref())?;
             let dir = dir.unwrap_or(c.daemon_sock_dir);

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 ///   stj-starter --schedd schedd.example.org:9618 --token-file /etc/stj/join-token
 ///   stj-starter --schedd 127.0.0.1:9618 --token-file ./stj-dev/token --name node1 --work-dir ./stj-dev/node1 --slots 4
 #[derive(Parser)]
-#[command(version, verbatim_doc_comment)]
+#[command(name = "stj-starter", version, verbatim_doc_comment)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -60,6 +60,9 @@ enum Cmd {
     /// Internal: puts a session's sshd into a running job.
     #[command(hide = true)]
     SessionEnter { spec: PathBuf },
+    /// Write this program's man page and shell completions into DIR.
+    #[command(hide = true)]
+    GenerateDocs { dir: PathBuf },
     /// Internal: the job of `stj submit --interactive`; waits for sessions.
     #[command(hide = true)]
     Placeholder {
@@ -77,6 +80,13 @@ fn main() {
         Some(Cmd::Placeholder { idle_timeout_secs }) => stj_starter::container::placeholder::main(
             std::time::Duration::from_secs(*idle_timeout_secs),
         ),
+        Some(Cmd::GenerateDocs { dir }) => {
+            if let Err(e) = stj_cli_docs::generate(<Cli as clap::CommandFactory>::command(), dir) {
+                eprintln!("stj-starter: error: {e}");
+                std::process::exit(1);
+            }
+            std::process::exit(0);
+        }
         None => {}
     }
     if let Err(e) = real_main(cli) {

@@ -21,7 +21,12 @@ use ssh_to_job::{attach, ssh_config};
 ///   ssh-to-job -L 8888:localhost:8888 42 -N         # reach a notebook server in the job
 ///   ssh-to-job ssh-config >> ~/.ssh/config          # then plain `ssh stj-job-42` works
 #[derive(Parser, Debug)]
-#[command(version, verbatim_doc_comment, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "ssh-to-job",
+    version,
+    verbatim_doc_comment,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Sub>,
@@ -101,6 +106,9 @@ enum Sub {
     Proxy { host: String },
     /// KnownHostsCommand of that block; prints the session's host key.
     KnownHosts { host: String },
+    /// Write this program's man page and shell completions into DIR.
+    #[command(hide = true)]
+    GenerateDocs { dir: PathBuf },
 }
 
 /// What an rsh-style caller (rsync -e, GIT_SSH_COMMAND) passes us:
@@ -214,6 +222,10 @@ fn main() -> ExitCode {
                         .map(|()| 0)
                 }
                 Some(Sub::KnownHosts { host }) => ssh_config::known_hosts(host).map(|()| 0),
+                Some(Sub::GenerateDocs { dir }) => {
+                    stj_cli_docs::generate(<Cli as clap::CommandFactory>::command(), dir)?;
+                    Ok(0)
+                }
                 None => session::run(&options(cli)?).await,
             }
         }

@@ -19,7 +19,7 @@ use stj_proto::user::{
 ///   stj q
 ///   stj wait 42 --state running --timeout 60 && ssh-to-job 42
 #[derive(Parser)]
-#[command(version, verbatim_doc_comment)]
+#[command(name = "stj", version, verbatim_doc_comment)]
 struct Cli {
     /// The schedd's UNIX socket [env STJ_SCHEDD_SOCKET; default /run/stj/schedd.sock].
     #[arg(long, global = true)]
@@ -90,6 +90,9 @@ enum Cmd {
         #[arg(required = true)]
         ids: Vec<u64>,
     },
+    /// Write this program's man page and shell completions into DIR.
+    #[command(hide = true)]
+    GenerateDocs { dir: PathBuf },
     /// Wait until a job reaches a state; exits 1 on timeout, 2 if it never can.
     Wait {
         id: u64,
@@ -146,6 +149,9 @@ fn parse_env(items: &[String]) -> Result<Vec<EnvVar>> {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let socket = socket_path(cli.socket);
     match cli.cmd {
+        Cmd::GenerateDocs { dir } => {
+            stj_cli_docs::generate(<Cli as clap::CommandFactory>::command(), &dir)?;
+        }
         Cmd::Submit {
             interactive,
             idle_timeout,

@@ -1,0 +1,23 @@
+//! Writes a binary's man page and shell completions from its clap
+//! definition, so they never drift from `--help`. Every stj binary has a
+//! hidden `generate-docs DIR`; `scripts/gen-docs.sh` runs them all.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use clap_complete::Shell;
+
+/// Writes `DIR/man/NAME.1` and `DIR/completions/{NAME.bash,_NAME,NAME.fish}`.
+pub fn generate(mut cmd: clap::Command, dir: &Path) -> io::Result<()> {
+    let name = cmd.get_name().to_string();
+    fs::create_dir_all(dir.join("man"))?;
+    fs::create_dir_all(dir.join("completions"))?;
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+    fs::write(dir.join("man").join(format!("{name}.1")), page)?;
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut cmd, &name, dir.join("completions"))?;
+    }
+    Ok(())
+}
