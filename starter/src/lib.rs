@@ -7,7 +7,7 @@ mod jobs;
 pub mod kit;
 mod link;
 mod session;
-mod tls;
+pub mod tls;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod netns;
 pub mod rootfs;
+pub mod sim_starter;
 pub mod users;
 pub mod wait;
 

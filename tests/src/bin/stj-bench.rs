@@ -1,0 +1,375 @@
+//! stj-bench: ssh-to-job against plain OpenSSH, measured interleaved in one
+//! run on this machine, printed as one markdown table.
+//!
+//!   cargo build --workspace --release && target/release/stj-bench [--quick]
+//!
+//! Needs root (it makes users, namespaces and a pool like the tests do).
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use stj_proto::capability::Capability;
+use stj_proto::preamble::{Preamble, Role};
+use stj_proto::token::JoinToken;
+use stj_tests::sim_starter;
+use stj_tests::{Cluster, TestUser};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CIPHER: &str = "aes128-gcm@openssh.com";
+
+struct Row {
+    what: String,
+    stj: String,
+    baseline: String,
+    ratio: String,
+    target: String,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn spread(v: &[f64]) -> String {
+    let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().cloned().fold(0.0, f64::max);
+    format!("{lo:.0}–{hi:.0}")
+}
+
+/// A plain OpenSSH server (daemon mode, pre-made keys) run as `user`, and
+/// the ssh command line that logs into it.
+struct PlainSshd {
+    child: std::process::Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl PlainSshd {
+    fn start(dir: &Path, user: &TestUser) -> Result<PlainSshd> {
+        let d = dir.join("plain-sshd");
+        std::fs::create_dir_all(&d)?;
+        for k in ["host", "client"] {
+            let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(d.join(k)).status()?;
+            if !st.success() {
+                bail!("ssh-keygen failed");
+            }
+        }
+        std::fs::copy(d.join("client.pub"), d.join("authorized_keys"))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let cfg = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {0}/host\nAuthorizedKeysFile {0}/authorized_keys\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n",
+            d.display()
+        );
+        std::fs::write(d.join("sshd_config"), cfg)?;
+        let kh = format!("[127.0.0.1]:{port} {}", std::fs::read_to_string(d.join("host.pub"))?);
+        std::fs::write(d.join("known_hosts"), kh)?;
+        Command::new("chown").args(["-R", &format!("{}:{}", user.uid, user.gid)]).arg(&d).status()?;
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
+            .uid(user.uid)
+            .gid(user.gid)
+            .stderr(Stdio::null())
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("plain sshd did not start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(PlainSshd { child, port, dir: d })
+    }
+
+    fn ssh(&self, user: &TestUser) -> String {
+        format!(
+            "ssh -F none -i {0}/client -o IdentitiesOnly=yes -o UserKnownHostsFile={0}/known_hosts -o StrictHostKeyChecking=yes -o Ciphers={CIPHER} -p {1} {2}@127.0.0.1",
+            self.dir.display(),
+            self.port,
+            user.name
+        )
+    }
+}
+
+impl Drop for PlainSshd {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// Runs `sh -c script` as `user` in the pool's environment; returns seconds.
+fn timed(c: &Cluster, user: &TestUser, script: &str) -> Result<f64> {
+    let t = Instant::now();
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .current_dir(c.workdir(user))
+        .env("STJ_SCHEDD_SOCKET", &c.socket)
+        .env("STJ_DAEMON_SOCK_DIR", &c.daemon_sock)
+        .env("HOME", user.home())
+        .env("XDG_RUNTIME_DIR", c.runtime_dir(user))
+        .uid(user.uid)
+        .gid(user.gid)
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        bail!("`{script}` failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn main() -> Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    raise_fd_limit();
+    let rt = tokio::runtime::Runtime::new()?;
+    let mut rows = Vec::new();
+    let (runs, attach_runs, size_mib) = if quick { (1, 5, 32u64) } else { (3, 21, 1024u64) };
+
+    // ---- a real pool: one starter that takes direct connections ----
+    let mut c = Cluster::new();
+    c.start_starter("node1", 4);
+    let alice = TestUser::alice();
+    let job = c.submit(&alice, &["--", "sleep", "86400"]);
+    c.wait_state(job, "running", Duration::from_secs(30));
+    let plain = PlainSshd::start(c.path(), &alice)?;
+    let stj = format!("{} -o Ciphers={CIPHER}", stj_tests::bin("ssh-to-job").display());
+
+    // 1. attach latency, interleaved
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..attach_runs {
+        a.push(timed(&c, &alice, &format!("{stj} {job} true"))? * 1000.0);
+        b.push(timed(&c, &alice, &format!("{} true", plain.ssh(&alice)))? * 1000.0);
+    }
+    let (ma, mb) = (median(&mut a), median(&mut b));
+    rows.push(Row {
+        what: format!("attach: `ssh-to-job J true` vs `ssh host true` (ms, median of {attach_runs}; range)"),
+        stj: format!("{ma:.0} ({})", spread(&a)),
+        baseline: format!("{mb:.0} ({})", spread(&b)),
+        ratio: format!("{:.2}×", ma / mb),
+        target: "≤ 1.3×".into(),
+    });
+
+    // 2. bulk throughput per path, up and down, against plain ssh
+    let bytes = size_mib << 20;
+    let up = |cmd: &str| format!("head -c {bytes} /dev/zero | {cmd} 'cat > /dev/null'");
+    let down = |cmd: &str| format!("{cmd} 'head -c {bytes} /dev/zero' > /dev/null");
+    let paths: [(&str, String); 5] = [
+        ("direct, fd passing", format!("{stj} --mode direct {job}")),
+        ("direct, --copy", format!("{stj} --mode direct --copy {job}")),
+        ("reverse, fd passing", format!("{stj} --mode reverse {job}")),
+        ("relay, fd passing", format!("{stj} --mode relay {job}")),
+        ("relay, --copy", format!("{stj} --mode relay --copy {job}")),
+    ];
+    let plain_cmd = plain.ssh(&alice);
+    for (dir, make) in [("up", &up as &dyn Fn(&str) -> String), ("down", &down)] {
+        for (name, cmd) in &paths {
+            let (mut s, mut p) = (Vec::new(), Vec::new());
+            for _ in 0..runs {
+                s.push(size_mib as f64 / timed(&c, &alice, &make(cmd))?);
+                p.push(size_mib as f64 / timed(&c, &alice, &make(&plain_cmd))?);
+            }
+            let (ms, mp) = (median(&mut s), median(&mut p));
+            rows.push(Row {
+                what: format!("bulk {size_mib} MiB {dir}, {name} (MiB/s, {CIPHER})"),
+                stj: format!("{ms:.0}"),
+                baseline: format!("{mp:.0}"),
+                ratio: format!("{:.2}×", ms / mp),
+                target: if name.contains("fd passing") { "≥ 0.95×".into() } else { "–".into() },
+            });
+        }
+    }
+    drop(plain);
+
+    // 3–5 use a schedd with simulated starters only.
+    let mut sim = Cluster::new();
+    let token = JoinToken::parse(&std::fs::read_to_string(&sim.token_file)?)?;
+    let addr = sim.addr.clone().context("schedd address")?;
+    let relay_bytes: u64 = if quick { 64 << 20 } else { 1 << 30 };
+    rows.push(rt.block_on(relay_cost(&sim, &token, &addr, &alice, relay_bytes))?);
+    rows.extend(rt.block_on(issuance(&sim, if quick { 1 } else { 5 }))?);
+    let (starters, sessions) = if quick { (500, 50) } else { (10_000, 500) };
+    rows.extend(rt.block_on(scale(&mut sim, &token, &addr, starters, sessions))?);
+
+    println!("| measurement | ssh-to-job | baseline | ratio | target |");
+    println!("|---|---|---|---|---|");
+    for r in rows {
+        println!("| {} | {} | {} | {} | {} |", r.what, r.stj, r.baseline, r.ratio, r.target);
+    }
+    Ok(())
+}
+
+fn raise_fd_limit() {
+    let lim = libc::rlimit { rlim_cur: 65536, rlim_max: 65536 };
+    // SAFETY: plain setrlimit; failure only means fewer simulated starters fit.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+}
+
+/// A job on a simulated starter, and a relayed raw connection pair for it.
+async fn relay_pair(c: &Cluster, job: u64, sim: &mut sim_starter::SimStarter) -> Result<(tokio::net::TcpStream, tokio::net::TcpStream)> {
+    let grant = ssh_to_job::attach::request(&c.socket, job, [7; 32]).await?;
+    let sid = Capability::decode(&grant.capability)?.session_id;
+    let token: [u8; 32] = grant.relay_token.as_slice().try_into()?;
+    let mut client = tokio::net::TcpStream::connect(&grant.broker_addr).await?;
+    client.write_all(&Preamble::Relay { role: Role::Client, session_id: sid, token }.encode()).await?;
+    let starter = tokio::time::timeout(Duration::from_secs(10), sim.relays.as_mut().context("relays")?.recv())
+        .await?
+        .context("no relay half")?;
+    Ok((client, starter))
+}
+
+async fn pump(mut from: tokio::net::TcpStream, mut to: tokio::net::TcpStream, bytes: u64) -> Result<f64> {
+    let t = Instant::now();
+    let writer = tokio::spawn(async move {
+        let buf = vec![0u8; 256 << 10];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            from.write_all(&buf[..n]).await?;
+            left -= n as u64;
+        }
+        from.shutdown().await?;
+        Ok::<_, std::io::Error>(())
+    });
+    let mut buf = vec![0u8; 256 << 10];
+    let mut got = 0u64;
+    loop {
+        let n = to.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    writer.await??;
+    if got != bytes {
+        bail!("moved {got} of {bytes} bytes");
+    }
+    Ok((bytes as f64 / (1 << 20) as f64) / t.elapsed().as_secs_f64())
+}
+
+async fn relay_cost(c: &Cluster, token: &JoinToken, addr: &str, user: &TestUser, bytes: u64) -> Result<Row> {
+    let mut s = sim_starter::register(addr, token, "sim-relay", 1, true).await?;
+    let job = c.submit(user, &["--", "sleep", "86400"]);
+    c.wait_state(job, "running", Duration::from_secs(30));
+    let (a, b) = relay_pair(c, job, &mut s).await?;
+    let relayed = pump(a, b, bytes).await?;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let a = tokio::net::TcpStream::connect(l.local_addr()?).await?;
+    let (b, _) = l.accept().await?;
+    let direct = pump(a, b, bytes).await?;
+    Ok(Row {
+        what: format!("relay cost: {} MiB raw through the broker relay vs loopback TCP (MiB/s)", bytes >> 20),
+        stj: format!("{relayed:.0}"),
+        baseline: format!("{direct:.0}"),
+        ratio: format!("{:.2}×", relayed / direct),
+        target: "≥ 0.9×".into(),
+    })
+}
+
+async fn issuance(c: &Cluster, secs: u64) -> Result<Vec<Row>> {
+    let job = {
+        let q = c.stj(None, c.path(), &["q", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&q.stdout)?;
+        v.as_array().and_then(|a| a.first()).and_then(|j| j["id"].as_u64()).context("a running job")?
+    };
+    let mut rows = Vec::new();
+    for callers in [1usize, 16] {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut tasks = Vec::new();
+        for _ in 0..callers {
+            let socket = c.socket.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut client = ssh_to_job::schedd_client::connect(&socket).await?;
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    client
+                        .request_session(stj_proto::user::RequestSessionRequest { job_id: job, client_pubkey: vec![7; 32] })
+                        .await?;
+                    n += 1;
+                }
+                Ok::<_, anyhow::Error>(n)
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await??;
+        }
+        let rate = total as f64 / secs as f64;
+        rows.push(Row {
+            what: format!("capability issuance, {callers} concurrent caller(s) (RequestSession/s)"),
+            stj: format!("{rate:.0}"),
+            baseline: "–".into(),
+            ratio: "–".into(),
+            target: if callers == 16 { "≥ 5000/s".into() } else { "–".into() },
+        });
+    }
+    Ok(rows)
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmRSS")
+}
+
+async fn scale(c: &mut Cluster, token: &JoinToken, addr: &str, starters: usize, sessions: usize) -> Result<Vec<Row>> {
+    let pid = c.schedd_pid().context("schedd pid")?;
+    let before = rss_kib(pid)?;
+    let t = Instant::now();
+    let mut links = Vec::with_capacity(starters);
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::new();
+    for i in 0..starters {
+        let (addr, token, sem) = (addr.to_string(), token.clone(), sem.clone());
+        tasks.push(tokio::spawn(async move {
+            let _p = sem.acquire().await;
+            sim_starter::register(&addr, &token, &format!("idle-{i}"), 0, false).await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if let Ok(Ok(s)) = t.await {
+            links.push(s);
+            ok += 1;
+        }
+    }
+    let took = t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib(pid)?;
+    let per = (after.saturating_sub(before)) as f64 * 1024.0 / ok.max(1) as f64 / 1024.0;
+    let mut rows = vec![Row {
+        what: format!("broker scale: {ok}/{starters} idle simulated starters registered in {took:.1} s; schedd RSS per registration (KiB)"),
+        stj: format!("{per:.1}"),
+        baseline: format!("RSS {before} → {after} KiB"),
+        ratio: "–".into(),
+        target: "≤ 16 KiB".into(),
+    }];
+
+    // Concurrent relayed sessions moving data.
+    let mut s = sim_starter::register(addr, token, "sim-many", 1, true).await?;
+    let alice = TestUser::alice();
+    let job = c.submit(&alice, &["--", "sleep", "86400"]);
+    c.wait_state(job, "running", Duration::from_secs(30));
+    let mut pairs = Vec::new();
+    for _ in 0..sessions {
+        pairs.push(relay_pair(c, job, &mut s).await?);
+    }
+    let per_session: u64 = 1 << 20;
+    let t = Instant::now();
+    let results = futures::future::join_all(pairs.into_iter().map(|(a, b)| pump(a, b, per_session))).await;
+    let secs = t.elapsed().as_secs_f64();
+    let good = results.iter().filter(|r| r.is_ok()).count();
+    rows.push(Row {
+        what: format!("{sessions} concurrent relayed sessions, 1 MiB each: succeeded; aggregate MiB/s"),
+        stj: format!("{good}/{sessions}"),
+        baseline: format!("{:.0} MiB/s", (good as f64) * (per_session as f64) / (1 << 20) as f64 / secs),
+        ratio: "–".into(),
+        target: format!("{sessions}/{sessions}"),
+    });
+    drop(links);
+    Ok(rows)
+}
