@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds every binary once and runs every test (unit and end-to-end). The
-# end-to-end tests start real daemons, create users and namespaces: run as root.
+# Builds every binary once and runs every test (unit and end-to-end), then a
+# benchmark smoke run. The end-to-end tests start real daemons, create users,
+# namespaces and network namespaces: run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,4 +12,12 @@ fi
 
 # One build shared by all tests: the e2e tests run these binaries from target/.
 cargo build --workspace --locked
-cargo test --workspace --locked -- --test-threads "${STJ_TEST_THREADS:-4}"
+mkdir -p target
+cargo test --workspace --locked -- --test-threads "${STJ_TEST_THREADS:-4}" 2>&1 | tee target/test-output.log
+
+# Benchmark smoke run: checks the benchmark completes and prints its table
+# (numbers from a debug build mean nothing; see README, Performance).
+target/debug/stj-bench --quick
+
+# One closing line with the totals of every test binary above.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test-output.log

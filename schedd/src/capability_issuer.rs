@@ -7,7 +7,8 @@ use stj_proto::capability::{derive_k, Capability};
 use stj_proto::user::{JobState, RequestSessionReply, RequestSessionRequest};
 use tonic::Status;
 
-use crate::queue::{now, SessionRecord};
+use crate::audit::Record;
+use crate::queue::now;
 use crate::Schedd;
 
 /// ConnectBack: the client of a granted session asks its starter to dial
@@ -86,16 +87,16 @@ pub fn issue(
             ))
         })?;
     let deny = |status: Status| {
-        let r = SessionRecord {
-            session_id: "-",
+        // A denial has no session; it still gets an id of its own.
+        let mut id = [0u8; 8];
+        let _ = SystemRandom::new().fill(&mut id);
+        schedd.audit.record(Record {
+            session_id: format!("denied-{}", hex::encode(id)),
             job_id: job.id,
             uid,
-            node: &job.node,
-            outcome: status.message(),
-        };
-        if let Err(e) = schedd.queue.record_session(&r) {
-            tracing::error!(error = %e, "cannot write audit record");
-        }
+            node: job.node.clone(),
+            outcome: status.message().to_string(),
+        });
         tracing::warn!(job_id = job.id, uid, reason = %status.message(), "session denied");
         Err(status)
     };
@@ -159,16 +160,13 @@ pub fn issue(
     let relay_token = schedd
         .rendezvous
         .grant(session_id, &job.node, uid, cap.expiry);
-    schedd
-        .queue
-        .record_session(&SessionRecord {
-            session_id: &sid,
-            job_id: job.id,
-            uid,
-            node: &job.node,
-            outcome: "granted",
-        })
-        .map_err(|e| internal(&e))?;
+    schedd.audit.record(Record {
+        session_id: sid.clone(),
+        job_id: job.id,
+        uid,
+        node: job.node.clone(),
+        outcome: "granted".into(),
+    });
     tracing::info!(session_id = %sid, job_id = job.id, uid, node = %job.node, "session granted");
     Ok(RequestSessionReply {
         capability: encoded,

@@ -1,6 +1,7 @@
 //! stj-schedd: the durable job queue, the starter registry and matchmaking.
 //! `main.rs` parses flags; tests and the benchmark call [`run`] the same way.
 
+mod audit;
 mod broker;
 mod capability_issuer;
 pub mod config;
@@ -39,6 +40,7 @@ pub struct Schedd {
     pool_lock: tokio::sync::Mutex<()>,
     started: Instant,
     rendezvous: broker::rendezvous::Rendezvous,
+    audit: audit::AuditLog,
     /// The port as clients on this host dial it.
     broker_addr: String,
 }
@@ -59,6 +61,8 @@ pub async fn run(config: ScheddConfig, shutdown: impl Future<Output = ()>) -> Re
     let db_path = config.state_dir.join("queue.sqlite");
     let queue = queue::Queue::open(&db_path)
         .with_context(|| format!("cannot open the job queue {}", db_path.display()))?;
+    let audit = audit::AuditLog::open(&db_path)
+        .with_context(|| format!("cannot open the audit log in {}", db_path.display()))?;
 
     let tcp = TcpListener::bind(config.listen).await.with_context(|| {
         format!(
@@ -80,6 +84,7 @@ pub async fn run(config: ScheddConfig, shutdown: impl Future<Output = ()>) -> Re
         pool_lock: tokio::sync::Mutex::new(()),
         started: Instant::now(),
         rendezvous: broker::rendezvous::Rendezvous::default(),
+        audit,
         broker_addr: config.broker_addr.clone().unwrap_or_else(|| {
             let ip = if local.ip().is_unspecified() {
                 "127.0.0.1".parse().expect("literal")

@@ -24,6 +24,7 @@ use crate::Schedd;
 const HELLO_DEADLINE: Duration = Duration::from_secs(10);
 /// Messages queued for one starter before it counts as too slow.
 const OUTBOX: usize = 1024;
+const LINK_BUFFER: usize = 128;
 
 pub async fn serve<S>(schedd: Arc<Schedd>, stream: S, peer: SocketAddr)
 where
@@ -50,7 +51,9 @@ async fn handle<S>(schedd: Arc<Schedd>, stream: S, peer: SocketAddr) -> Result<S
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut framed = Framed::new(stream, link_codec());
+    // Small initial buffers: an idle link must cost the schedd little memory
+    // (thousands of starters); they grow when a large message comes.
+    let mut framed = Framed::with_capacity(stream, link_codec(), LINK_BUFFER);
     let first = tokio::time::timeout(HELLO_DEADLINE, framed.next())
         .await
         .context("no hello within the deadline")?
@@ -90,7 +93,9 @@ where
         .fill(&mut starter_key)
         .map_err(|_| anyhow::anyhow!("random generator failed"))?;
 
-    let (tx, mut rx) = mpsc::channel::<ScheddMessage>(OUTBOX);
+    // Boxed: the channel's first block holds 32 slots, so small slots keep
+    // an idle link's outbox small.
+    let (tx, mut rx) = mpsc::channel::<Box<ScheddMessage>>(OUTBOX);
     let conn_id = schedd.registry.next_conn_id();
     {
         let _pool = schedd.pool_lock.lock().await;
@@ -127,7 +132,7 @@ where
         loop {
             let msg = tokio::select! {
                 m = rx.recv() => match m {
-                    Some(m) => m,
+                    Some(m) => *m,
                     None => return Ok::<_, anyhow::Error>(()), // replaced by a newer registration
                 },
                 _ = tick.tick() => {

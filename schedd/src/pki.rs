@@ -80,11 +80,14 @@ impl Identity {
             CertificateDer::from(self.server_der.clone()),
             CertificateDer::from(self.ca_der.clone()),
         ];
-        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .context("server certificate in the state dir is unusable")?;
+        // Starters hold one long-lived link and never resume: tickets would
+        // only cost a write and a cache entry per registration.
+        cfg.send_tls13_tickets = 0;
         Ok(Arc::new(cfg))
     }
 }

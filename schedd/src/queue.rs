@@ -58,16 +58,6 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 ";
 
-/// One audit record of an ssh-to-job request.
-pub struct SessionRecord<'a> {
-    pub session_id: &'a str,
-    pub job_id: u64,
-    pub uid: u32,
-    pub node: &'a str,
-    /// "granted", or why it was denied.
-    pub outcome: &'a str,
-}
-
 pub fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -117,14 +107,6 @@ impl Queue {
         // A panic while holding the lock cannot leave SQLite half-written
         // (transactions roll back), so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn record_session(&self, r: &SessionRecord<'_>) -> Result<()> {
-        self.conn().execute(
-            "INSERT INTO sessions (session_id, job_id, uid, node, issued_at, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![r.session_id, r.job_id as i64, r.uid, r.node, now(), r.outcome],
-        )?;
-        Ok(())
     }
 
     /// Audit records, oldest first, as (session_id, job_id, uid, node, issued_at, outcome).

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 pub struct StarterHandle {
     pub conn_id: u64,
     pub slots: u32,
-    pub tx: mpsc::Sender<ScheddMessage>,
+    pub tx: mpsc::Sender<Box<ScheddMessage>>,
     /// Signs this starter's capabilities (rotated per registration).
     pub key: [u8; 32],
     /// Where it takes direct sessions; empty if nowhere.
@@ -76,7 +76,7 @@ impl Registry {
     pub fn send(&self, name: &str, msg: ScheddMessage) -> bool {
         let g = self.lock();
         match g.connected.get(name) {
-            Some(h) => h.tx.try_send(msg).is_ok(),
+            Some(h) => h.tx.try_send(Box::new(msg)).is_ok(),
             None => false,
         }
     }

@@ -10,7 +10,10 @@ use anyhow::{bail, Context, Result};
 use futures::{SinkExt, StreamExt};
 use stj_proto::framing::{decode, encode, link_codec};
 use stj_proto::preamble::{Preamble, Role};
-use stj_proto::starter::{schedd_message::Msg as In, starter_message::Msg as Out, Heartbeat, ScheddMessage, StarterHello, StarterMessage};
+use stj_proto::starter::{
+    schedd_message::Msg as In, starter_message::Msg as Out, Heartbeat, ScheddMessage, StarterHello,
+    StarterMessage,
+};
 use stj_proto::token::JoinToken;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -25,10 +28,20 @@ pub struct SimStarter {
 }
 
 /// Registers `name` with `slots` and keeps the link alive in a task.
-pub async fn register(schedd: &str, token: &JoinToken, name: &str, slots: u32, want_relays: bool) -> Result<SimStarter> {
+pub async fn register(
+    schedd: &str,
+    token: &JoinToken,
+    name: &str,
+    slots: u32,
+    want_relays: bool,
+) -> Result<SimStarter> {
     let (cfg, _) = stj_starter::tls::client_config(token.ca_sha256);
-    let tcp = TcpStream::connect(schedd).await.context("connect to the schedd")?;
-    let tls = TlsConnector::from(cfg).connect(stj_starter::tls::server_name(), tcp).await?;
+    let tcp = TcpStream::connect(schedd)
+        .await
+        .context("connect to the schedd")?;
+    let tls = TlsConnector::from(cfg)
+        .connect(stj_starter::tls::server_name(), tcp)
+        .await?;
     let mut framed = Framed::new(tls, link_codec());
     let hello = StarterMessage {
         msg: Some(Out::Hello(StarterHello {

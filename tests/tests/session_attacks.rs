@@ -70,20 +70,19 @@ fn another_user_gets_no_session() {
         .ssh_to_job(&alice, &[&id.to_string(), "true"], None)
         .status
         .success());
+    // Records are written in batches within milliseconds.
     let q = stj_schedd::queue::Queue::open(&c.state_dir.join("queue.sqlite")).unwrap();
-    let records = q.sessions().unwrap();
-    assert!(
-        records
+    let records = wait_until("both audit records", T, || {
+        let r = q.sessions().unwrap();
+        let denied = r
             .iter()
-            .any(|r| r.1 == id && r.2 == bob.uid && r.5.contains("only its owner or root")),
-        "{records:?}"
-    );
-    assert!(
-        records
+            .any(|r| r.1 == id && r.2 == bob.uid && r.5.contains("only its owner or root"));
+        let granted = r
             .iter()
-            .any(|r| r.1 == id && r.2 == alice.uid && r.3 == "node1" && r.5 == "granted"),
-        "{records:?}"
-    );
+            .any(|r| r.1 == id && r.2 == alice.uid && r.3 == "node1" && r.5 == "granted");
+        (denied && granted).then_some(r)
+    });
+    assert!(records.iter().all(|r| !r.0.is_empty()), "{records:?}");
 }
 
 #[test]

@@ -52,21 +52,32 @@ impl PlainSshd {
         let d = dir.join("plain-sshd");
         std::fs::create_dir_all(&d)?;
         for k in ["host", "client"] {
-            let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(d.join(k)).status()?;
+            let st = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(d.join(k))
+                .status()?;
             if !st.success() {
                 bail!("ssh-keygen failed");
             }
         }
         std::fs::copy(d.join("client.pub"), d.join("authorized_keys"))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let cfg = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {0}/host\nAuthorizedKeysFile {0}/authorized_keys\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n",
             d.display()
         );
         std::fs::write(d.join("sshd_config"), cfg)?;
-        let kh = format!("[127.0.0.1]:{port} {}", std::fs::read_to_string(d.join("host.pub"))?);
+        let kh = format!(
+            "[127.0.0.1]:{port} {}",
+            std::fs::read_to_string(d.join("host.pub"))?
+        );
         std::fs::write(d.join("known_hosts"), kh)?;
-        Command::new("chown").args(["-R", &format!("{}:{}", user.uid, user.gid)]).arg(&d).status()?;
+        Command::new("chown")
+            .args(["-R", &format!("{}:{}", user.uid, user.gid)])
+            .arg(&d)
+            .status()?;
         let child = Command::new("/usr/sbin/sshd")
             .args(["-D", "-e", "-f"])
             .arg(d.join("sshd_config"))
@@ -81,7 +92,11 @@ impl PlainSshd {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(PlainSshd { child, port, dir: d })
+        Ok(PlainSshd {
+            child,
+            port,
+            dir: d,
+        })
     }
 
     fn ssh(&self, user: &TestUser) -> String {
@@ -116,7 +131,10 @@ fn timed(c: &Cluster, user: &TestUser, script: &str) -> Result<f64> {
         .stdin(Stdio::null())
         .output()?;
     if !out.status.success() {
-        bail!("`{script}` failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "`{script}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(t.elapsed().as_secs_f64())
 }
@@ -126,7 +144,11 @@ fn main() -> Result<()> {
     raise_fd_limit();
     let rt = tokio::runtime::Runtime::new()?;
     let mut rows = Vec::new();
-    let (runs, attach_runs, size_mib) = if quick { (1, 5, 32u64) } else { (3, 21, 1024u64) };
+    let (runs, attach_runs, size_mib) = if quick {
+        (1, 5, 32u64)
+    } else {
+        (3, 21, 1024u64)
+    };
 
     // ---- a real pool: one starter that takes direct connections ----
     let mut c = Cluster::new();
@@ -135,7 +157,10 @@ fn main() -> Result<()> {
     let job = c.submit(&alice, &["--", "sleep", "86400"]);
     c.wait_state(job, "running", Duration::from_secs(30));
     let plain = PlainSshd::start(c.path(), &alice)?;
-    let stj = format!("{} -o Ciphers={CIPHER}", stj_tests::bin("ssh-to-job").display());
+    let stj = format!(
+        "{} -o Ciphers={CIPHER}",
+        stj_tests::bin("ssh-to-job").display()
+    );
 
     // 1. attach latency, interleaved
     let (mut a, mut b) = (Vec::new(), Vec::new());
@@ -145,7 +170,9 @@ fn main() -> Result<()> {
     }
     let (ma, mb) = (median(&mut a), median(&mut b));
     rows.push(Row {
-        what: format!("attach: `ssh-to-job J true` vs `ssh host true` (ms, median of {attach_runs}; range)"),
+        what: format!(
+            "attach: `ssh-to-job J true` vs `ssh host true` (ms, median of {attach_runs}; range)"
+        ),
         stj: format!("{ma:.0} ({})", spread(&a)),
         baseline: format!("{mb:.0} ({})", spread(&b)),
         ratio: format!("{:.2}×", ma / mb),
@@ -158,7 +185,10 @@ fn main() -> Result<()> {
     let down = |cmd: &str| format!("{cmd} 'head -c {bytes} /dev/zero' > /dev/null");
     let paths: [(&str, String); 5] = [
         ("direct, fd passing", format!("{stj} --mode direct {job}")),
-        ("direct, --copy", format!("{stj} --mode direct --copy {job}")),
+        (
+            "direct, --copy",
+            format!("{stj} --mode direct --copy {job}"),
+        ),
         ("reverse, fd passing", format!("{stj} --mode reverse {job}")),
         ("relay, fd passing", format!("{stj} --mode relay {job}")),
         ("relay, --copy", format!("{stj} --mode relay --copy {job}")),
@@ -177,7 +207,11 @@ fn main() -> Result<()> {
                 stj: format!("{ms:.0}"),
                 baseline: format!("{mp:.0}"),
                 ratio: format!("{:.2}×", ms / mp),
-                target: if name.contains("fd passing") { "≥ 0.95×".into() } else { "–".into() },
+                target: if name.contains("fd passing") {
+                    "≥ 0.95×".into()
+                } else {
+                    "–".into()
+                },
             });
         }
     }
@@ -196,31 +230,57 @@ fn main() -> Result<()> {
     println!("| measurement | ssh-to-job | baseline | ratio | target |");
     println!("|---|---|---|---|---|");
     for r in rows {
-        println!("| {} | {} | {} | {} | {} |", r.what, r.stj, r.baseline, r.ratio, r.target);
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            r.what, r.stj, r.baseline, r.ratio, r.target
+        );
     }
     Ok(())
 }
 
 fn raise_fd_limit() {
-    let lim = libc::rlimit { rlim_cur: 65536, rlim_max: 65536 };
+    let lim = libc::rlimit {
+        rlim_cur: 65536,
+        rlim_max: 65536,
+    };
     // SAFETY: plain setrlimit; failure only means fewer simulated starters fit.
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
 }
 
 /// A job on a simulated starter, and a relayed raw connection pair for it.
-async fn relay_pair(c: &Cluster, job: u64, sim: &mut sim_starter::SimStarter) -> Result<(tokio::net::TcpStream, tokio::net::TcpStream)> {
+async fn relay_pair(
+    c: &Cluster,
+    job: u64,
+    sim: &mut sim_starter::SimStarter,
+) -> Result<(tokio::net::TcpStream, tokio::net::TcpStream)> {
     let grant = ssh_to_job::attach::request(&c.socket, job, [7; 32]).await?;
     let sid = Capability::decode(&grant.capability)?.session_id;
     let token: [u8; 32] = grant.relay_token.as_slice().try_into()?;
     let mut client = tokio::net::TcpStream::connect(&grant.broker_addr).await?;
-    client.write_all(&Preamble::Relay { role: Role::Client, session_id: sid, token }.encode()).await?;
-    let starter = tokio::time::timeout(Duration::from_secs(10), sim.relays.as_mut().context("relays")?.recv())
-        .await?
-        .context("no relay half")?;
+    client
+        .write_all(
+            &Preamble::Relay {
+                role: Role::Client,
+                session_id: sid,
+                token,
+            }
+            .encode(),
+        )
+        .await?;
+    let starter = tokio::time::timeout(
+        Duration::from_secs(10),
+        sim.relays.as_mut().context("relays")?.recv(),
+    )
+    .await?
+    .context("no relay half")?;
     Ok((client, starter))
 }
 
-async fn pump(mut from: tokio::net::TcpStream, mut to: tokio::net::TcpStream, bytes: u64) -> Result<f64> {
+async fn pump(
+    mut from: tokio::net::TcpStream,
+    mut to: tokio::net::TcpStream,
+    bytes: u64,
+) -> Result<f64> {
     let t = Instant::now();
     let writer = tokio::spawn(async move {
         let buf = vec![0u8; 256 << 10];
@@ -249,7 +309,13 @@ async fn pump(mut from: tokio::net::TcpStream, mut to: tokio::net::TcpStream, by
     Ok((bytes as f64 / (1 << 20) as f64) / t.elapsed().as_secs_f64())
 }
 
-async fn relay_cost(c: &Cluster, token: &JoinToken, addr: &str, user: &TestUser, bytes: u64) -> Result<Row> {
+async fn relay_cost(
+    c: &Cluster,
+    token: &JoinToken,
+    addr: &str,
+    user: &TestUser,
+    bytes: u64,
+) -> Result<Row> {
     let mut s = sim_starter::register(addr, token, "sim-relay", 1, true).await?;
     let job = c.submit(user, &["--", "sleep", "86400"]);
     c.wait_state(job, "running", Duration::from_secs(30));
@@ -260,7 +326,10 @@ async fn relay_cost(c: &Cluster, token: &JoinToken, addr: &str, user: &TestUser,
     let (b, _) = l.accept().await?;
     let direct = pump(a, b, bytes).await?;
     Ok(Row {
-        what: format!("relay cost: {} MiB raw through the broker relay vs loopback TCP (MiB/s)", bytes >> 20),
+        what: format!(
+            "relay cost: {} MiB raw through the broker relay vs loopback TCP (MiB/s)",
+            bytes >> 20
+        ),
         stj: format!("{relayed:.0}"),
         baseline: format!("{direct:.0}"),
         ratio: format!("{:.2}×", relayed / direct),
@@ -272,7 +341,10 @@ async fn issuance(c: &Cluster, secs: u64) -> Result<Vec<Row>> {
     let job = {
         let q = c.stj(None, c.path(), &["q", "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&q.stdout)?;
-        v.as_array().and_then(|a| a.first()).and_then(|j| j["id"].as_u64()).context("a running job")?
+        v.as_array()
+            .and_then(|a| a.first())
+            .and_then(|j| j["id"].as_u64())
+            .context("a running job")?
     };
     let mut rows = Vec::new();
     for callers in [1usize, 16] {
@@ -285,7 +357,10 @@ async fn issuance(c: &Cluster, secs: u64) -> Result<Vec<Row>> {
                 let mut n = 0u64;
                 while Instant::now() < deadline {
                     client
-                        .request_session(stj_proto::user::RequestSessionRequest { job_id: job, client_pubkey: vec![7; 32] })
+                        .request_session(stj_proto::user::RequestSessionRequest {
+                            job_id: job,
+                            client_pubkey: vec![7; 32],
+                        })
                         .await?;
                     n += 1;
                 }
@@ -302,7 +377,11 @@ async fn issuance(c: &Cluster, secs: u64) -> Result<Vec<Row>> {
             stj: format!("{rate:.0}"),
             baseline: "–".into(),
             ratio: "–".into(),
-            target: if callers == 16 { "≥ 5000/s".into() } else { "–".into() },
+            target: if callers == 16 {
+                "≥ 5000/s".into()
+            } else {
+                "–".into()
+            },
         });
     }
     Ok(rows)
@@ -316,7 +395,13 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .context("VmRSS")
 }
 
-async fn scale(c: &mut Cluster, token: &JoinToken, addr: &str, starters: usize, sessions: usize) -> Result<Vec<Row>> {
+async fn scale(
+    c: &mut Cluster,
+    token: &JoinToken,
+    addr: &str,
+    starters: usize,
+    sessions: usize,
+) -> Result<Vec<Row>> {
     let pid = c.schedd_pid().context("schedd pid")?;
     let before = rss_kib(pid)?;
     let t = Instant::now();
@@ -360,13 +445,19 @@ async fn scale(c: &mut Cluster, token: &JoinToken, addr: &str, starters: usize, 
     }
     let per_session: u64 = 1 << 20;
     let t = Instant::now();
-    let results = futures::future::join_all(pairs.into_iter().map(|(a, b)| pump(a, b, per_session))).await;
+    let results =
+        futures::future::join_all(pairs.into_iter().map(|(a, b)| pump(a, b, per_session))).await;
     let secs = t.elapsed().as_secs_f64();
     let good = results.iter().filter(|r| r.is_ok()).count();
     rows.push(Row {
-        what: format!("{sessions} concurrent relayed sessions, 1 MiB each: succeeded; aggregate MiB/s"),
+        what: format!(
+            "{sessions} concurrent relayed sessions, 1 MiB each: succeeded; aggregate MiB/s"
+        ),
         stj: format!("{good}/{sessions}"),
-        baseline: format!("{:.0} MiB/s", (good as f64) * (per_session as f64) / (1 << 20) as f64 / secs),
+        baseline: format!(
+            "{:.0} MiB/s",
+            (good as f64) * (per_session as f64) / (1 << 20) as f64 / secs
+        ),
         ratio: "–".into(),
         target: format!("{sessions}/{sessions}"),
     });
