@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod fd_pass;
 pub mod jobs_view;
+pub mod logging;
 pub mod runtime_dir;
 pub mod schedd_client;
 pub mod session;

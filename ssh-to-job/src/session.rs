@@ -40,6 +40,31 @@ pub struct Options {
     pub remove_on_interrupt: bool,
 }
 
+impl Options {
+    /// A plain ssh session into `job` in auto mode, with defaults for
+    /// everything else; callers adjust what they need.
+    pub fn ssh(job: u64, socket: PathBuf) -> Options {
+        Options {
+            job,
+            mode: Mode::Auto,
+            program: Program::Ssh,
+            ssh_binary: "ssh".into(),
+            tty: None,
+            copy: false,
+            use_ssh_config: false,
+            debug: false,
+            socket,
+            daemon_sock: attach::daemon_sock_dir(None),
+            ssh_options: vec![],
+            ssh_flags: vec![],
+            args: vec![],
+            auto_retry: false,
+            retries: 0,
+            remove_on_interrupt: false,
+        }
+    }
+}
+
 struct Signals {
     int: Signal,
     term: Signal,

@@ -10,6 +10,19 @@ pub mod users;
 pub mod wait;
 
 pub use cluster::Cluster;
+
+/// The stdout of a command that must have succeeded; fails the test with
+/// both streams otherwise.
+pub fn ok(o: std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed ({:?}): stdout {} stderr {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
 pub use users::TestUser;
 pub use wait::wait_until;
 

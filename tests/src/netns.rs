@@ -101,21 +101,7 @@ impl Net {
                 "10.231.2.254",
             ]);
             // NAT'd node: nothing gets in unless it asked for it.
-            net.iptables(n, &["-P", "INPUT", "DROP"]);
-            net.iptables(n, &["-A", "INPUT", "-i", "lo", "-j", "ACCEPT"]);
-            net.iptables(
-                n,
-                &[
-                    "-A",
-                    "INPUT",
-                    "-m",
-                    "conntrack",
-                    "--ctstate",
-                    "ESTABLISHED,RELATED",
-                    "-j",
-                    "ACCEPT",
-                ],
-            );
+            net.drop_new_inbound(n);
         }
         run(&[
             "ip",
@@ -143,21 +129,7 @@ impl Net {
         );
         // Firewalled submit host: only the schedd's one port is open.
         let port = SCHEDD_PORT.to_string();
-        net.iptables(s, &["-P", "INPUT", "DROP"]);
-        net.iptables(s, &["-A", "INPUT", "-i", "lo", "-j", "ACCEPT"]);
-        net.iptables(
-            s,
-            &[
-                "-A",
-                "INPUT",
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "ESTABLISHED,RELATED",
-                "-j",
-                "ACCEPT",
-            ],
-        );
+        net.drop_new_inbound(s);
         net.iptables(
             s,
             &["-A", "INPUT", "-p", "tcp", "--dport", &port, "-j", "ACCEPT"],
@@ -169,6 +141,25 @@ impl Net {
         let mut v = vec![self.submit.clone(), self.router.clone()];
         v.extend(self.nodes.iter().cloned());
         v
+    }
+
+    /// Inbound policy drop, except loopback and replies to our own dials.
+    fn drop_new_inbound(&self, ns: &str) {
+        self.iptables(ns, &["-P", "INPUT", "DROP"]);
+        self.iptables(ns, &["-A", "INPUT", "-i", "lo", "-j", "ACCEPT"]);
+        self.iptables(
+            ns,
+            &[
+                "-A",
+                "INPUT",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "ACCEPT",
+            ],
+        );
     }
 
     pub fn iptables(&self, ns: &str, args: &[&str]) {

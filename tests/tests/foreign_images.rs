@@ -2,23 +2,11 @@
 //! sessions work through the sshd kit and the getpw* shim.
 
 use std::fs;
-use std::process::Output;
 use std::time::Duration;
 
-use stj_tests::{rootfs, Cluster, TestUser};
+use stj_tests::{ok, rootfs, Cluster, TestUser};
 
 const T: Duration = Duration::from_secs(30);
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed ({:?}): stdout {} stderr {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// Sessions into a busybox image job: shell, status, pty, env, cwd, ps, and
 /// file transfer into the image's filesystem.

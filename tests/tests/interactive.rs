@@ -8,20 +8,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use stj_tests::{bin, wait_until, Cluster, TestUser};
+use stj_tests::{bin, ok, wait_until, Cluster, TestUser};
 
 const T: Duration = Duration::from_secs(30);
-
-fn ok(o: std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed ({:?}): stdout {} stderr {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// Collects a child's output as it comes.
 fn collect(r: impl Read + Send + 'static) -> Arc<Mutex<String>> {

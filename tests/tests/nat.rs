@@ -10,20 +10,9 @@ use std::time::{Duration, Instant};
 use ssh_to_job::attach;
 use stj_proto::preamble::{Preamble, Role};
 use stj_tests::netns::SCHEDD_PORT;
-use stj_tests::{Cluster, TestUser};
+use stj_tests::{ok, Cluster, TestUser};
 
 const T: Duration = Duration::from_secs(30);
-
-fn ok(o: std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed ({:?}): stdout {} stderr {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// A NAT'd pool with a running job of alice's on node1, whose starter also
 /// offers direct connections (which the NAT makes useless).

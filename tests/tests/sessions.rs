@@ -7,23 +7,12 @@ use std::os::unix::process::CommandExt;
 use std::process::Output;
 use std::time::Duration;
 
-use stj_tests::{wait_until, Cluster, TestUser};
+use stj_tests::{ok, wait_until, Cluster, TestUser};
 
 const T: Duration = Duration::from_secs(30);
 
 fn text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed ({:?}): stdout {} stderr {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    text(&o)
 }
 
 /// A pool with one starter and a long-running job of alice's.

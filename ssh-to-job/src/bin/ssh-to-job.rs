@@ -174,11 +174,7 @@ fn main() -> ExitCode {
     let rsh = argv.get(1).map(String::as_str) == Some("--rsh");
     let debug = argv.iter().any(|a| a == "--debug");
     if debug {
-        tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_env_filter("debug,h2=info,tower=info,hyper=info")
-            .init();
+        ssh_to_job::logging::init_debug();
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -194,22 +190,11 @@ fn main() -> ExitCode {
         if rsh {
             let r = parse_rsh(&argv[2..])?;
             let o = Options {
-                job: r.job,
-                mode: attach::Mode::Auto,
-                program: Program::Ssh,
-                ssh_binary: "ssh".into(),
                 tty: Some(false),
-                copy: false,
-                use_ssh_config: false,
                 debug,
-                socket: socket_path(None),
-                daemon_sock: attach::daemon_sock_dir(None),
                 ssh_options: r.options,
-                ssh_flags: vec![],
                 args: r.command,
-                auto_retry: false,
-                retries: 0,
-                remove_on_interrupt: false,
+                ..Options::ssh(r.job, socket_path(None))
             };
             session::run(&o).await
         } else {

@@ -3,11 +3,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use ssh_to_job::attach;
 use ssh_to_job::jobs_view;
 use ssh_to_job::schedd_client::{connect, socket_path, status_error};
 use ssh_to_job::session::{self, Options};
-use ssh_to_job::ssh_command::Program;
 use stj_proto::user::{
     EnvVar, JobSpec, JobState, QueryRequest, RemoveRequest, SubmitRequest, WaitRequest,
 };
@@ -108,11 +106,7 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.debug {
-        tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_env_filter("debug,h2=info,tower=info,hyper=info")
-            .init();
+        ssh_to_job::logging::init_debug();
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -286,22 +280,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 /// runs; the job goes away when the session ends, however it ends.
 async fn interactive_session(id: u64, socket: PathBuf) -> Result<ExitCode> {
     let o = Options {
-        job: id,
-        mode: attach::Mode::Auto,
-        program: Program::Ssh,
-        ssh_binary: "ssh".into(),
-        tty: None,
-        copy: false,
-        use_ssh_config: false,
-        debug: false,
-        socket: socket.clone(),
-        daemon_sock: attach::daemon_sock_dir(None),
-        ssh_options: vec![],
-        ssh_flags: vec![],
-        args: vec![],
         auto_retry: true,
-        retries: 0,
         remove_on_interrupt: true,
+        ..Options::ssh(id, socket.clone())
     };
     let result = session::run(&o).await;
     // The placeholder ends by itself once the session is gone; removing it
