@@ -112,7 +112,7 @@ pub async fn run(o: &Options) -> Result<u8> {
     let key = user_key::generate(rt.path())?;
 
     let mut attempt = 0;
-    let (stream, session) = loop {
+    let (stream, session, path) = loop {
         let step = async {
             if o.auto_retry {
                 waiting::until_running(&o.socket, o.job).await?;
@@ -128,7 +128,7 @@ pub async fn run(o: &Options) -> Result<u8> {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "connected; handshake complete"
             );
-            Ok::<_, anyhow::Error>((stream, session))
+            Ok::<_, anyhow::Error>((stream, session, path))
         };
         let outcome = tokio::select! {
             r = step => r,
@@ -216,6 +216,15 @@ pub async fn run(o: &Options) -> Result<u8> {
         return Ok(128 + sig as u8);
     };
     drop(rt);
+    // ssh's 255 is a connection failure. Through the relay that usually
+    // means the schedd went away: say so, rather than leave a bare
+    // "connection closed".
+    if path == "relay"
+        && status.code() == Some(255)
+        && tokio::net::UnixStream::connect(&o.socket).await.is_err()
+    {
+        eprintln!("ssh-to-job: the relay (the schedd) went away and took this session with it; run ssh-to-job again once the schedd is back");
+    }
     Ok(
         match (
             status.code(),

@@ -31,6 +31,8 @@ pub struct Cluster {
     /// When set, the schedd and clients live in `net.submit` and starters in
     /// the NAT'd node namespaces.
     pub net: Option<crate::netns::Net>,
+    /// Daemons started from now on log at debug level.
+    pub debug: bool,
 }
 
 fn log_file(path: &Path) -> Stdio {
@@ -78,6 +80,7 @@ impl Cluster {
             starters: Vec::new(),
             daemon_sock: p.join("daemon_sock"),
             net,
+            debug: false,
         };
         let out = Command::new(bin("stj-schedd"))
             .arg("init-daemon-sock")
@@ -135,6 +138,7 @@ impl Cluster {
             .arg("--socket")
             .arg(&self.socket)
             .args(["--listen", &listen])
+            .args(if self.debug { &["--debug"][..] } else { &[][..] })
             .stdin(Stdio::null())
             .stdout(log_file(&self.path().join("schedd.log")))
             .stderr(log_file(&self.path().join("schedd.log")))
@@ -219,6 +223,7 @@ impl Cluster {
             .arg("--work-dir")
             .arg(self.path().join(format!("node-{name}")))
             .args(extra)
+            .args(if self.debug { &["--debug"][..] } else { &[][..] })
             .stdin(Stdio::null())
             .stdout(log_file(&log))
             .stderr(log_file(&log))

@@ -1,0 +1,124 @@
+//! Reliability and security under fire: daemon crashes, and secrets that
+//! must never reach a log.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ssh_to_job::attach;
+use stj_tests::{ok, wait_until, Cluster, TestUser};
+
+const T: Duration = Duration::from_secs(30);
+
+/// A session kept open, driven line by line through its stdin.
+struct Open {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    out: Arc<Mutex<String>>,
+}
+
+impl Open {
+    fn start(c: &Cluster, user: &TestUser, mode: &str, job: u64) -> Open {
+        let mut child = c
+            .ssh_to_job_cmd(user, &["--mode", mode, "-T", &job.to_string(), "sh"], None)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let out = Arc::new(Mutex::new(String::new()));
+        for r in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+            let o = out.clone();
+            std::thread::spawn(move || {
+                for l in BufReader::new(r).lines().map_while(Result::ok) {
+                    o.lock().unwrap().push_str(&(l + "\n"));
+                }
+            });
+        }
+        Open { child, stdin, out }
+    }
+
+    /// Runs a command in the open session and waits for its answer.
+    fn answers(&mut self, tag: &str) -> bool {
+        if self.stdin.write_all(format!("echo {tag}-$STJ_JOB_ID\n").as_bytes()).is_err() {
+            return false;
+        }
+        let out = self.out.clone();
+        let tag = tag.to_string();
+        std::panic::catch_unwind(move || {
+            wait_until("the session to answer", Duration::from_secs(10), || out.lock().unwrap().contains(&format!("{tag}-")).then_some(()))
+        })
+        .is_ok()
+    }
+}
+
+#[test]
+fn established_direct_and_reverse_sessions_survive_a_schedd_kill_9() {
+    let mut c = Cluster::new();
+    c.start_starter("node1", 2);
+    let alice = TestUser::alice();
+    let job = c.submit(&alice, &["--", "sleep", "86413"]);
+    c.wait_state(job, "running", T);
+    let mut direct = Open::start(&c, &alice, "direct", job);
+    let mut reverse = Open::start(&c, &alice, "reverse", job);
+    let mut relay = Open::start(&c, &alice, "relay", job);
+    assert!(direct.answers("before-d") && reverse.answers("before-r") && relay.answers("before-l"));
+
+    c.kill_schedd();
+    // Direct and reverse sessions never touch the schedd once connected.
+    assert!(direct.answers("after-d"), "{}", direct.out.lock().unwrap());
+    assert!(reverse.answers("after-r"), "{}", reverse.out.lock().unwrap());
+    // A relayed one ends, and says why.
+    let status = wait_until("the relayed session to end", T, || relay.child.try_wait().unwrap());
+    assert!(!status.success());
+    let said = relay.out.lock().unwrap().clone();
+    assert!(said.contains("the relay (the schedd) went away"), "{said}");
+
+    c.start_schedd();
+    wait_until("the starter to re-register", T, || {
+        (c.starter_log("node1").matches("registered with the schedd").count() >= 2).then_some(())
+    });
+    assert_eq!(ok(c.ssh_to_job(&alice, &[&job.to_string(), "echo new"], None)), "new\n", "new sessions work after the restart");
+    assert_eq!(c.job(job)["state"], "running", "the job was never disturbed");
+    for s in [&mut direct, &mut reverse] {
+        s.child.kill().ok();
+        s.child.wait().ok();
+    }
+}
+
+#[test]
+fn no_secret_reaches_any_log_even_with_debug() {
+    let mut c = Cluster::new();
+    c.kill_schedd();
+    c.debug = true;
+    c.start_schedd();
+    c.start_starter("node1", 2);
+    let alice = TestUser::alice();
+    let job = c.submit(&alice, &["--", "sleep", "86414"]);
+    c.wait_state(job, "running", T);
+    let mut client_logs = String::new();
+    for mode in ["direct", "reverse", "relay"] {
+        let out = c.ssh_to_job(&alice, &["--debug", "--mode", mode, &job.to_string(), "true"], None);
+        assert!(out.status.success(), "{mode}: {}", String::from_utf8_lossy(&out.stderr));
+        client_logs.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    // A session whose k and relay token this test knows, through the relay.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let grant = rt.block_on(attach::request(&c.socket, job, [7; 32])).unwrap();
+    let token = std::fs::read_to_string(&c.token_file).unwrap();
+    let join_secret = token.trim().rsplit('.').next().unwrap().to_string();
+    let logs = format!("{}{}{client_logs}", c.schedd_log(), c.starter_log("node1"));
+    assert!(logs.contains("DEBUG"), "the daemons did log at debug level");
+    for (what, secret) in [("join secret", join_secret), ("k", hex(&grant.k)), ("relay token", hex(&grant.relay_token))] {
+        assert!(!logs.to_lowercase().contains(&secret.to_lowercase()), "the {what} appears in a log");
+    }
+    for (what, bytes) in [("k", &grant.k), ("relay token", &grant.relay_token)] {
+        assert!(!logs.contains(&format!("{:?}", bytes.as_slice())), "the {what} appears in a log as bytes");
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
