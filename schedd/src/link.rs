@@ -147,12 +147,13 @@ where
         loop {
             // Three missed heartbeats: the starter or the path to it is dead.
             let frame = match tokio::time::timeout(heartbeat * 3, stream.next()).await {
-                Err(_) => bail!(
-                    "no heartbeat from the starter for {} s",
-                    heartbeat.as_secs() * 3
-                ),
-                Ok(None) => return Ok(()),
-                Ok(Some(f)) => f?,
+                // Silence: maybe a network cut; the starter and its jobs may
+                // live on, so the job lease decides.
+                Err(_) => return Ok(End::Silent),
+                // Closed or reset: the starter process is gone (killed,
+                // crashed, stopped), and its jobs died with it.
+                Ok(None) | Ok(Some(Err(_))) => return Ok(End::PeerClosed),
+                Ok(Some(Ok(f))) => f,
             };
             match decode::<StarterMessage>(frame)?.msg {
                 Some(In::Exited(exit)) => job_exited(&schedd, &name, exit)?,
@@ -168,11 +169,66 @@ where
         }
     };
     let result = tokio::select! {
-        r = writer => r,
+        r = writer => r.map(|()| End::Replaced).or(Ok(End::PeerClosed)),
         r = reader => r,
     };
     schedd.registry.remove_if(&name, conn_id);
-    result.map(|()| name)
+    match result? {
+        End::Replaced => {}
+        End::Silent => {
+            tracing::warn!(node = %name, silent_secs = heartbeat.as_secs() * 3, "no heartbeat from the starter; its jobs keep their lease")
+        }
+        End::PeerClosed => {
+            let schedd = schedd.clone();
+            let node = name.clone();
+            tokio::spawn(async move { starter_gone(schedd, node, heartbeat * 3).await });
+        }
+    }
+    Ok(name)
+}
+
+enum End {
+    /// A newer registration of the same starter took over.
+    Replaced,
+    /// No heartbeat within the deadline.
+    Silent,
+    /// The connection was closed or reset.
+    PeerClosed,
+}
+
+/// The starter's process ended (its link was closed, not cut). Its jobs died
+/// with it (each container's monitor kills the container when the starter
+/// goes). Unless it registers again within `grace` — a restart reports what
+/// it still runs — its jobs go back to the queue.
+async fn starter_gone(schedd: Arc<Schedd>, node: String, grace: Duration) {
+    tokio::time::sleep(grace).await;
+    let _pool = schedd.pool_lock.lock().await;
+    if schedd.registry.is_connected(&node) {
+        return;
+    }
+    let jobs = match schedd.queue.running_on(&node) {
+        Ok(j) => j,
+        Err(e) => return tracing::error!(error = %e, "cannot read the queue"),
+    };
+    let mut changed = false;
+    for job in jobs {
+        let reason = format!(
+            "the starter on node {node} stopped and did not come back within {} s; the job died with it and was requeued",
+            grace.as_secs()
+        );
+        match schedd.queue.requeue(job.id, &node, &reason) {
+            Ok(true) => {
+                tracing::warn!(job_id = job.id, node = %node, "starter gone; job requeued");
+                changed = true;
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(job_id = job.id, error = %e, "cannot requeue"),
+        }
+    }
+    if changed {
+        schedd.job_changed();
+        schedd.schedule.notify_one();
+    }
 }
 
 /// Matches what the starter says it runs against what the queue says runs

@@ -138,7 +138,11 @@ impl Cluster {
             .arg("--socket")
             .arg(&self.socket)
             .args(["--listen", &listen])
-            .args(if self.debug { &["--debug"][..] } else { &[][..] })
+            .args(if self.debug {
+                &["--debug"][..]
+            } else {
+                &[][..]
+            })
             .stdin(Stdio::null())
             .stdout(log_file(&self.path().join("schedd.log")))
             .stderr(log_file(&self.path().join("schedd.log")))
@@ -162,6 +166,14 @@ impl Cluster {
         if let Some(mut c) = self.schedd.take() {
             c.kill().ok();
             c.wait().ok();
+        }
+    }
+
+    /// `kill -9` of a starter.
+    pub fn kill_starter(&mut self, name: &str) {
+        for s in self.starters.iter_mut().filter(|s| s.name == name) {
+            s.child.kill().ok();
+            s.child.wait().ok();
         }
     }
 
@@ -223,7 +235,11 @@ impl Cluster {
             .arg("--work-dir")
             .arg(self.path().join(format!("node-{name}")))
             .args(extra)
-            .args(if self.debug { &["--debug"][..] } else { &[][..] })
+            .args(if self.debug {
+                &["--debug"][..]
+            } else {
+                &[][..]
+            })
             .stdin(Stdio::null())
             .stdout(log_file(&log))
             .stderr(log_file(&log))

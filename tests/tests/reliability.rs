@@ -29,7 +29,10 @@ impl Open {
             .unwrap();
         let stdin = child.stdin.take().unwrap();
         let out = Arc::new(Mutex::new(String::new()));
-        for r in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+        for r in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
             let o = out.clone();
             std::thread::spawn(move || {
                 for l in BufReader::new(r).lines().map_while(Result::ok) {
@@ -42,13 +45,22 @@ impl Open {
 
     /// Runs a command in the open session and waits for its answer.
     fn answers(&mut self, tag: &str) -> bool {
-        if self.stdin.write_all(format!("echo {tag}-$STJ_JOB_ID\n").as_bytes()).is_err() {
+        if self
+            .stdin
+            .write_all(format!("echo {tag}-$STJ_JOB_ID\n").as_bytes())
+            .is_err()
+        {
             return false;
         }
         let out = self.out.clone();
         let tag = tag.to_string();
         std::panic::catch_unwind(move || {
-            wait_until("the session to answer", Duration::from_secs(10), || out.lock().unwrap().contains(&format!("{tag}-")).then_some(()))
+            wait_until("the session to answer", Duration::from_secs(10), || {
+                out.lock()
+                    .unwrap()
+                    .contains(&format!("{tag}-"))
+                    .then_some(())
+            })
         })
         .is_ok()
     }
@@ -69,19 +81,37 @@ fn established_direct_and_reverse_sessions_survive_a_schedd_kill_9() {
     c.kill_schedd();
     // Direct and reverse sessions never touch the schedd once connected.
     assert!(direct.answers("after-d"), "{}", direct.out.lock().unwrap());
-    assert!(reverse.answers("after-r"), "{}", reverse.out.lock().unwrap());
+    assert!(
+        reverse.answers("after-r"),
+        "{}",
+        reverse.out.lock().unwrap()
+    );
     // A relayed one ends, and says why.
-    let status = wait_until("the relayed session to end", T, || relay.child.try_wait().unwrap());
+    let status = wait_until("the relayed session to end", T, || {
+        relay.child.try_wait().unwrap()
+    });
     assert!(!status.success());
     let said = relay.out.lock().unwrap().clone();
     assert!(said.contains("the relay (the schedd) went away"), "{said}");
 
     c.start_schedd();
     wait_until("the starter to re-register", T, || {
-        (c.starter_log("node1").matches("registered with the schedd").count() >= 2).then_some(())
+        (c.starter_log("node1")
+            .matches("registered with the schedd")
+            .count()
+            >= 2)
+            .then_some(())
     });
-    assert_eq!(ok(c.ssh_to_job(&alice, &[&job.to_string(), "echo new"], None)), "new\n", "new sessions work after the restart");
-    assert_eq!(c.job(job)["state"], "running", "the job was never disturbed");
+    assert_eq!(
+        ok(c.ssh_to_job(&alice, &[&job.to_string(), "echo new"], None)),
+        "new\n",
+        "new sessions work after the restart"
+    );
+    assert_eq!(
+        c.job(job)["state"],
+        "running",
+        "the job was never disturbed"
+    );
     for s in [&mut direct, &mut reverse] {
         s.child.kill().ok();
         s.child.wait().ok();
@@ -100,23 +130,89 @@ fn no_secret_reaches_any_log_even_with_debug() {
     c.wait_state(job, "running", T);
     let mut client_logs = String::new();
     for mode in ["direct", "reverse", "relay"] {
-        let out = c.ssh_to_job(&alice, &["--debug", "--mode", mode, &job.to_string(), "true"], None);
-        assert!(out.status.success(), "{mode}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = c.ssh_to_job(
+            &alice,
+            &["--debug", "--mode", mode, &job.to_string(), "true"],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         client_logs.push_str(&String::from_utf8_lossy(&out.stderr));
     }
     // A session whose k and relay token this test knows, through the relay.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let grant = rt.block_on(attach::request(&c.socket, job, [7; 32])).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let grant = rt
+        .block_on(attach::request(&c.socket, job, [7; 32]))
+        .unwrap();
     let token = std::fs::read_to_string(&c.token_file).unwrap();
     let join_secret = token.trim().rsplit('.').next().unwrap().to_string();
     let logs = format!("{}{}{client_logs}", c.schedd_log(), c.starter_log("node1"));
     assert!(logs.contains("DEBUG"), "the daemons did log at debug level");
-    for (what, secret) in [("join secret", join_secret), ("k", hex(&grant.k)), ("relay token", hex(&grant.relay_token))] {
-        assert!(!logs.to_lowercase().contains(&secret.to_lowercase()), "the {what} appears in a log");
+    for (what, secret) in [
+        ("join secret", join_secret),
+        ("k", hex(&grant.k)),
+        ("relay token", hex(&grant.relay_token)),
+    ] {
+        assert!(
+            !logs.to_lowercase().contains(&secret.to_lowercase()),
+            "the {what} appears in a log"
+        );
     }
     for (what, bytes) in [("k", &grant.k), ("relay token", &grant.relay_token)] {
-        assert!(!logs.contains(&format!("{:?}", bytes.as_slice())), "the {what} appears in a log as bytes");
+        assert!(
+            !logs.contains(&format!("{:?}", bytes.as_slice())),
+            "the {what} appears in a log as bytes"
+        );
     }
+}
+
+#[test]
+fn a_killed_starters_jobs_end_and_are_requeued_within_the_heartbeat_deadline() {
+    let mut c = Cluster::with_schedd_config("heartbeat_secs = 1");
+    c.start_starter("node1", 1);
+    let alice = TestUser::alice();
+    let job = c.submit(&alice, &["--", "sleep", "86415"]);
+    c.wait_state(job, "running", T);
+    wait_until("the job's process", T, || {
+        (!stj_tests::cluster::pids_matching("sleep 86415").is_empty()).then_some(())
+    });
+
+    c.kill_starter("node1");
+    let killed = std::time::Instant::now();
+    wait_until("the job to die with its starter", T, || {
+        stj_tests::cluster::pids_matching("sleep 86415")
+            .is_empty()
+            .then_some(())
+    });
+    let requeued = wait_until("the schedd to requeue the job", T, || {
+        let j = c.job(job);
+        (j["state"] == "idle").then_some(j)
+    });
+    assert!(
+        killed.elapsed() < Duration::from_secs(3 * 1 + 5),
+        "within the heartbeat deadline (3 s), give or take: {:?}",
+        killed.elapsed()
+    );
+    assert!(
+        requeued["reason"]
+            .as_str()
+            .unwrap()
+            .contains("starter on node node1 stopped"),
+        "{requeued}"
+    );
+    // Another node picks it up; nothing is lost or duplicated.
+    c.start_starter("node2", 1);
+    let j = c.wait_state(job, "running", T);
+    assert_eq!(j["node"], "node2");
+    let all: serde_json::Value =
+        serde_json::from_str(&ok(c.stj(None, c.path(), &["q", "--json", "--all"]))).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 1);
 }
 
 fn hex(b: &[u8]) -> String {
