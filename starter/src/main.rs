@@ -139,6 +139,7 @@ fn real_main(cli: Cli) -> Result<()> {
     if let Some(v) = cli.slot_users {
         c.slot_users = Some(v);
     }
+    raise_fd_limit();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(stj_starter::run_with(c, cli.debug, shutdown_signal()))
 }
@@ -154,5 +155,21 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+/// Daemons hold a socket per starter, session and relay half: use every
+/// file descriptor the admin allows (the soft limit is often only 1024).
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
     }
 }

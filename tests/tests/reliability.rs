@@ -215,6 +215,48 @@ fn a_killed_starters_jobs_end_and_are_requeued_within_the_heartbeat_deadline() {
     assert_eq!(all.as_array().unwrap().len(), 1);
 }
 
+#[test]
+fn a_thousand_silent_connections_do_not_keep_a_real_user_out() {
+    let lim = libc::rlimit {
+        rlim_cur: 8192,
+        rlim_max: 8192,
+    };
+    // SAFETY: plain setrlimit on this test process.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    let mut c = Cluster::new();
+    c.start_starter("node1", 1);
+    let alice = TestUser::alice();
+    let job = c.submit(&alice, &["--", "sleep", "86416"]);
+    c.wait_state(job, "running", T);
+    let log = c.starter_log("node1");
+    let direct = log
+        .lines()
+        .find_map(|l| {
+            l.split("accepting direct session connections listen=")
+                .nth(1)
+        })
+        .expect("the starter's direct port")
+        .trim()
+        .to_string();
+    let schedd = c.addr.clone().unwrap();
+    // 1,000 connections to each port that never say a word.
+    let mut idle = Vec::new();
+    for target in [&direct, &schedd] {
+        for _ in 0..1000 {
+            idle.push(std::net::TcpStream::connect(target.as_str()).unwrap());
+        }
+    }
+    for mode in ["direct", "relay"] {
+        let out = ok(c.ssh_to_job(
+            &alice,
+            &["--mode", mode, &job.to_string(), "echo still-served"],
+            None,
+        ));
+        assert_eq!(out, "still-served\n", "{mode}");
+    }
+    drop(idle);
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }

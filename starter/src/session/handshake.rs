@@ -67,6 +67,16 @@ type Outcome = Result<(Capability, JobTarget, [u8; 32]), Result<Refusal, Handsha
 async fn exchange(s: &Sessions, stream: &mut TcpStream) -> Outcome {
     let refuse = |code, msg: String| Err(Ok(Refusal(code, msg)));
     let (_, hello) = read_message(stream).await.map_err(Err)?;
+    // Only a connection that spoke gets a working slot.
+    let Ok(_permit) = s.pending.try_acquire() else {
+        return refuse(
+            ErrorCode::Unavailable,
+            format!(
+                "node {} is busy with other handshakes; retry in a moment",
+                s.node
+            ),
+        );
+    };
     let Some(key) = s.key.get() else {
         return refuse(
             ErrorCode::Unavailable,

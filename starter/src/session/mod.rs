@@ -41,9 +41,10 @@ pub struct Sessions {
     /// The sshd kit, or why this node cannot serve sessions.
     pub kit: Result<crate::kit::Kit, String>,
     replay: replay::ReplayCache,
-    /// Bounds handshakes in flight so a flood of idle connections cannot
-    /// exhaust memory or fds.
-    pending: Semaphore,
+    /// Bounds handshakes doing work (key generation, files, sshd). Taken only
+    /// once a Hello has arrived: a connection that says nothing holds no
+    /// slot, and is dropped at the handshake deadline.
+    pub(crate) pending: Semaphore,
 }
 
 const MAX_PENDING_HANDSHAKES: usize = 256;
@@ -70,12 +71,7 @@ impl Sessions {
     /// Runs the handshake on a fresh data connection and, if it succeeds,
     /// sshd inside the job on the same socket.
     pub async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let Ok(permit) = self.pending.try_acquire() else {
-            tracing::warn!(%peer, "too many handshakes in flight; dropping connection");
-            return;
-        };
         let accepted = handshake::run(&self, stream, peer).await;
-        drop(permit);
         let Some(accepted) = accepted else { return };
         if let Err(e) = sshd::run(&self, accepted).await {
             tracing::error!(%peer, error = %format!("{e:#}"), "session failed");
