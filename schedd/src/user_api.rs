@@ -7,9 +7,9 @@ use std::time::Duration;
 use stj_proto::starter::{schedd_message::Msg as Out, KillJob, ScheddMessage};
 use stj_proto::user::schedd_server::Schedd as ScheddApi;
 use stj_proto::user::{
-    ConnectBackReply, ConnectBackRequest, Job, JobSpec, JobState, QueryReply, QueryRequest,
-    RemoveReply, RemoveRequest, RequestSessionReply, RequestSessionRequest, SubmitReply,
-    SubmitRequest, WaitReply, WaitRequest,
+    AuditRecord, AuditReply, AuditRequest, ConnectBackReply, ConnectBackRequest, Job, JobSpec,
+    JobState, QueryReply, QueryRequest, RemoveReply, RemoveRequest, RequestSessionReply,
+    RequestSessionRequest, SubmitReply, SubmitRequest, WaitReply, WaitRequest,
 };
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
@@ -184,6 +184,38 @@ impl ScheddApi for UserApi {
     ) -> Result<Response<RequestSessionReply>, Status> {
         let who = caller(&req)?;
         crate::capability_issuer::issue(&self.schedd, who.uid, req.into_inner()).map(Response::new)
+    }
+
+    async fn audit(&self, req: Request<AuditRequest>) -> Result<Response<AuditReply>, Status> {
+        let who = caller(&req)?;
+        let req = req.into_inner();
+        let mut records = Vec::new();
+        for (session_id, job_id, uid, node, issued_at, outcome) in
+            self.schedd.queue.sessions().map_err(internal)?
+        {
+            if (req.job_id != 0 && job_id != req.job_id) || req.uid.is_some_and(|u| u != uid) {
+                continue;
+            }
+            let visible = who.uid == 0
+                || uid == who.uid
+                || self
+                    .schedd
+                    .queue
+                    .get(job_id)
+                    .map_err(internal)?
+                    .is_some_and(|j| j.owner_uid == who.uid);
+            if visible {
+                records.push(AuditRecord {
+                    session_id,
+                    job_id,
+                    uid,
+                    node,
+                    issued_at,
+                    outcome,
+                });
+            }
+        }
+        Ok(Response::new(AuditReply { records }))
     }
 
     async fn connect_back(

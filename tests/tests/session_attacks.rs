@@ -83,6 +83,43 @@ fn another_user_gets_no_session() {
         (denied && granted).then_some(r)
     });
     assert!(records.iter().all(|r| !r.0.is_empty()), "{records:?}");
+
+    // `stj audit`: root and the job's owner see both; bob only his own.
+    let audit = |user: Option<&TestUser>| -> Vec<serde_json::Value> {
+        let out = c.stj(
+            user,
+            c.path(),
+            &["audit", "--job", &id.to_string(), "--json"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    for viewer in [None, Some(&alice)] {
+        let r = audit(viewer);
+        assert!(
+            r.iter()
+                .any(|x| x["outcome"] == "granted" && x["uid"] == alice.uid),
+            "{r:?}"
+        );
+        assert!(
+            r.iter().any(|x| x["uid"] == bob.uid
+                && x["outcome"].as_str().unwrap().contains("only its owner")),
+            "{r:?}"
+        );
+    }
+    let r = audit(Some(&bob));
+    assert!(
+        !r.is_empty() && r.iter().all(|x| x["uid"] == bob.uid),
+        "bob sees only his own: {r:?}"
+    );
 }
 
 #[test]

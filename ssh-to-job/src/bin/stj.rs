@@ -88,6 +88,22 @@ enum Cmd {
         #[arg(required = true)]
         ids: Vec<u64>,
     },
+    /// ssh-to-job requests, granted and denied (root: all; others: their own
+    /// and those into their jobs).
+    ///
+    /// Examples:
+    ///   stj audit --job 42
+    ///   stj audit --user alice --json
+    #[command(verbatim_doc_comment)]
+    Audit {
+        #[arg(long)]
+        job: Option<u64>,
+        /// User name or uid.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Write this program's man page and shell completions into DIR.
     #[command(hide = true)]
     GenerateDocs { dir: PathBuf },
@@ -143,6 +159,52 @@ fn parse_env(items: &[String]) -> Result<Vec<EnvVar>> {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let socket = socket_path(cli.socket);
     match cli.cmd {
+        Cmd::Audit { job, user, json } => {
+            let uid = match user {
+                None => None,
+                Some(u) => Some(match u.parse::<u32>() {
+                    Ok(n) => n,
+                    Err(_) => {
+                        nix_user_uid(&u).with_context(|| format!("no user {u:?} on this host"))?
+                    }
+                }),
+            };
+            let mut c = connect(&socket).await?;
+            let records = c
+                .audit(stj_proto::user::AuditRequest {
+                    job_id: job.unwrap_or(0),
+                    uid,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .records;
+            if json {
+                let v: Vec<serde_json::Value> = records
+                    .iter()
+                    .map(|r| serde_json::json!({"session_id": r.session_id, "job": r.job_id, "uid": r.uid, "node": r.node, "issued_at": r.issued_at, "outcome": r.outcome}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{:<34} {:>6} {:>6} {:<12} {:<19} OUTCOME",
+                    "SESSION", "JOB", "UID", "NODE", "ISSUED"
+                );
+                for r in records {
+                    let when = chrono::DateTime::from_timestamp(r.issued_at, 0)
+                        .map(|t| {
+                            t.with_timezone(&chrono::Local)
+                                .format("%Y-%m-%d %H:%M:%S")
+                                .to_string()
+                        })
+                        .unwrap_or_default();
+                    println!(
+                        "{:<34} {:>6} {:>6} {:<12} {:<19} {}",
+                        r.session_id, r.job_id, r.uid, r.node, when, r.outcome
+                    );
+                }
+            }
+        }
         Cmd::GenerateDocs { dir } => {
             stj_cli_docs::generate(<Cli as clap::CommandFactory>::command(), &dir)?;
         }
@@ -298,4 +360,11 @@ async fn interactive_session(id: u64, socket: PathBuf) -> Result<ExitCode> {
             Ok(ExitCode::from(255))
         }
     }
+}
+
+fn nix_user_uid(name: &str) -> Option<u32> {
+    nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw())
 }
