@@ -52,7 +52,7 @@ fn main() -> ExitCode {
 fn run() -> Result<()> {
     let cli = <Cli as clap::Parser>::parse();
     if let Some(dir) = cli.generate_docs {
-        return Ok(stj_cli_docs::generate(
+        return Ok(stj_cli::generate(
             <Cli as clap::CommandFactory>::command(),
             &dir,
         )?);

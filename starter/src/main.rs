@@ -81,7 +81,7 @@ fn main() {
             std::time::Duration::from_secs(*idle_timeout_secs),
         ),
         Some(Cmd::GenerateDocs { dir }) => {
-            if let Err(e) = stj_cli_docs::generate(<Cli as clap::CommandFactory>::command(), dir) {
+            if let Err(e) = stj_cli::generate(<Cli as clap::CommandFactory>::command(), dir) {
                 eprintln!("stj-starter: error: {e}");
                 std::process::exit(1);
             }
@@ -139,37 +139,11 @@ fn real_main(cli: Cli) -> Result<()> {
     if let Some(v) = cli.slot_users {
         c.slot_users = Some(v);
     }
-    raise_fd_limit();
+    stj_cli::daemon::raise_fd_limit();
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(stj_starter::run_with(c, cli.debug, shutdown_signal()))
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
-
-/// Daemons hold a socket per starter, session and relay half: use every
-/// file descriptor the admin allows (the soft limit is often only 1024).
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
+    rt.block_on(stj_starter::run_with(
+        c,
+        cli.debug,
+        stj_cli::daemon::shutdown_signal(),
+    ))
 }

@@ -208,7 +208,7 @@ fn main() -> ExitCode {
                 }
                 Some(Sub::KnownHosts { host }) => ssh_config::known_hosts(host).map(|()| 0),
                 Some(Sub::GenerateDocs { dir }) => {
-                    stj_cli_docs::generate(<Cli as clap::CommandFactory>::command(), dir)?;
+                    stj_cli::generate(<Cli as clap::CommandFactory>::command(), dir)?;
                     Ok(0)
                 }
                 None => session::run(&options(cli)?).await,

@@ -206,7 +206,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::GenerateDocs { dir } => {
-            stj_cli_docs::generate(<Cli as clap::CommandFactory>::command(), &dir)?;
+            stj_cli::generate(<Cli as clap::CommandFactory>::command(), &dir)?;
         }
         Cmd::Submit {
             interactive,

@@ -1,6 +1,9 @@
-//! Writes a binary's man page and shell completions from its clap
-//! definition, so they never drift from `--help`. Every stj binary has a
-//! hidden `generate-docs DIR`; `scripts/gen-docs.sh` runs them all.
+//! What every stj binary shares. `generate`: a binary's man page and shell
+//! completions from its clap definition, so they never drift from `--help`
+//! (every binary has a hidden `generate-docs DIR`; `scripts/gen-docs.sh`
+//! runs them all). `daemon`: process setup of stj-schedd and stj-starter.
+
+pub mod daemon;
 
 use std::fs;
 use std::io;
