@@ -269,14 +269,20 @@ async fn session(
     let mut tick = tokio::time::interval(heartbeat);
     let mut seq = 0;
     let deadline = heartbeat * 3;
+    // One deadline for the whole link, moved only by what the schedd sends:
+    // our own heartbeats and job events must not keep a dead link alive.
+    let mut silent_until = tokio::time::Instant::now() + deadline;
     loop {
         tokio::select! {
-            frame = tokio::time::timeout(deadline, framed.next()) => {
+            _ = tokio::time::sleep_until(silent_until) => {
+                return Err(retry(format!("no heartbeat from the schedd for {} s", deadline.as_secs())));
+            }
+            frame = framed.next() => {
                 let frame = match frame {
-                    Err(_) => return Err(retry(format!("no heartbeat from the schedd for {} s", deadline.as_secs()))),
-                    Ok(None) => return Ok(()),
-                    Ok(Some(f)) => f.map_err(retry)?,
+                    None => return Ok(()),
+                    Some(f) => f.map_err(retry)?,
                 };
+                silent_until = tokio::time::Instant::now() + deadline;
                 match decode::<ScheddMessage>(frame).map_err(retry)?.msg {
                     Some(In::RunJob(run)) => jobs.start(run),
                     Some(In::DialRoute(d)) => match <[u8; 16]>::try_from(d.session_id.as_slice()) {

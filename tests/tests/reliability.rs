@@ -260,3 +260,64 @@ fn a_thousand_silent_connections_do_not_keep_a_real_user_out() {
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+#[test]
+fn a_network_cut_between_starter_and_schedd_is_survived() {
+    let mut c = Cluster::with_net();
+    // Short heartbeats so the cut is noticed in seconds, not half a minute.
+    c.kill_schedd();
+    std::fs::write(c.path().join("stj.toml"), "[schedd]\nheartbeat_secs = 1\n").unwrap();
+    c.start_schedd();
+    c.start_starter_with("node1", 1, &[]);
+    let alice = TestUser::alice();
+    let job = c.submit(&alice, &["--", "sleep", "86417"]);
+    c.wait_state(job, "running", T);
+    let net = c.net.as_ref().unwrap();
+    let node = net.nodes[0].clone();
+    // Drop every packet between node1 and the schedd, both ways.
+    for chain in [
+        ["-I", "OUTPUT", "-d", "10.231.1.1", "-j", "DROP"],
+        ["-I", "INPUT", "-s", "10.231.1.1", "-j", "DROP"],
+    ] {
+        net.iptables(&node, &chain);
+    }
+    wait_until("the schedd to notice the silence", T, || {
+        c.schedd_log()
+            .contains("no heartbeat from the starter")
+            .then_some(())
+    });
+    wait_until("the starter to notice it too", T, || {
+        c.starter_log("node1")
+            .contains("no heartbeat from the schedd")
+            .then_some(())
+    });
+    // Meanwhile the job runs on and the queue keeps it (its lease holds).
+    assert!(!stj_tests::cluster::pids_matching("sleep 86417").is_empty());
+    assert_eq!(c.job(job)["state"], "running");
+    for chain in [
+        ["-D", "OUTPUT", "-d", "10.231.1.1", "-j", "DROP"],
+        ["-D", "INPUT", "-s", "10.231.1.1", "-j", "DROP"],
+    ] {
+        net.iptables(&node, &chain);
+    }
+    wait_until(
+        "the starter to re-register by itself",
+        Duration::from_secs(90),
+        || {
+            (c.starter_log("node1")
+                .matches("registered with the schedd")
+                .count()
+                >= 2)
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        c.job(job)["state"],
+        "running",
+        "the same job, never requeued"
+    );
+    assert_eq!(
+        ok(c.ssh_to_job(&alice, &[&job.to_string(), "echo after-the-cut"], None)),
+        "after-the-cut\n"
+    );
+}
