@@ -321,3 +321,74 @@ fn a_network_cut_between_starter_and_schedd_is_survived() {
         "after-the-cut\n"
     );
 }
+
+#[test]
+fn two_hundred_concurrent_sessions_against_one_schedd_and_two_starters() {
+    let lim = libc::rlimit {
+        rlim_cur: 8192,
+        rlim_max: 8192,
+    };
+    // SAFETY: plain setrlimit on this test process.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    let mut c = Cluster::new();
+    c.start_starter("node1", 1);
+    c.start_starter("node2", 1);
+    let alice = TestUser::alice();
+    let jobs: Vec<u64> = (0..2)
+        .map(|i| c.submit(&alice, &["--", "sleep", &format!("8641{}", 8 + i)]))
+        .collect();
+    let mut nodes = std::collections::HashSet::new();
+    for j in &jobs {
+        nodes.insert(
+            c.wait_state(*j, "running", T)["node"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(nodes.len(), 2, "one job on each starter");
+    let started = std::time::Instant::now();
+    let children: Vec<_> = (0..200)
+        .map(|i| {
+            let job = jobs[i % 2].to_string();
+            let t = std::time::Instant::now();
+            let child = c
+                .ssh_to_job_cmd(
+                    &alice,
+                    &["--retry", "3", &job, &format!("echo load-{i}")],
+                    None,
+                )
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (i, t, child)
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut failures = Vec::new();
+    for (i, t, child) in children {
+        let out = child.wait_with_output().unwrap();
+        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+        if String::from_utf8_lossy(&out.stdout) != format!("load-{i}\n") {
+            failures.push(format!(
+                "{i}: {:?} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    eprintln!(
+        "200 concurrent sessions in {:.1} s: attach+run latency p50 {:.0} ms, p99 {:.0} ms",
+        started.elapsed().as_secs_f64(),
+        latencies[99],
+        latencies[197]
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+}

@@ -13,6 +13,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use ring::rand::{SecureRandom, SystemRandom};
+use stj_proto::capability::Capability;
 use stj_proto::handshake::{
     read_message, write_message, ClientHandshake, HandshakeError, DEADLINE, NONCE_LEN,
 };
@@ -186,16 +187,36 @@ pub async fn connect(
             }
         }
     }
+    // A path that failed may have got as far as burning the capability (a
+    // handshake that timed out on our side but completed on the starter's):
+    // every further path starts from a fresh one.
+    let fresh = |g: &RequestSessionReply| {
+        let pubkey = Capability::decode(&g.capability).map(|c| c.client_pubkey);
+        async move {
+            request(
+                socket,
+                job_id,
+                pubkey.map_err(|_| anyhow::anyhow!("malformed capability"))?,
+            )
+            .await
+        }
+    };
+    let mut grant = if grant.direct_addr.is_empty() {
+        grant.clone()
+    } else {
+        fresh(grant).await?
+    };
     match reverse::usable(daemon_sock) {
-        Ok(()) => match reverse::connect(socket, grant, job_id, daemon_sock).await {
+        Ok(()) => match reverse::connect(socket, &grant, job_id, daemon_sock).await {
             Ok((s, x)) => return Ok((s, x, "reverse")),
             Err(e) => {
-                tracing::debug!(node = %grant.node, error = %format!("{e:#}"), "reverse: failed")
+                tracing::debug!(node = %grant.node, error = %format!("{e:#}"), "reverse: failed");
+                grant = fresh(&grant).await?;
             }
         },
         Err(e) => eprintln!("ssh-to-job: {e:#}; using the relay instead"),
     }
-    relay::connect(grant, job_id)
+    relay::connect(&grant, job_id)
         .await
         .map(|(s, x)| (s, x, "relay"))
 }
