@@ -19,5 +19,11 @@ cargo test --workspace --locked -- --test-threads "${STJ_TEST_THREADS:-4}" 2>&1 
 # (numbers from a debug build mean nothing; see README, Performance).
 target/debug/stj-bench --quick
 
+# Fuzz smoke run: every parser that reads bytes from the network, 30 s each
+# (STJ_FUZZ_SECS to change, 0 to skip).
+if [ "${STJ_FUZZ_SECS:-30}" != 0 ]; then
+  scripts/fuzz.sh "${STJ_FUZZ_SECS:-30}"
+fi
+
 # One closing line with the totals of every test binary above.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test-output.log
