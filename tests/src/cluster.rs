@@ -193,15 +193,24 @@ impl Cluster {
         self.starters.push(Starter {
             name: name.to_string(),
             child,
-            log: log.clone(),
+            log,
         });
+        self.wait_registrations(name, 1, Duration::from_secs(20));
+    }
+
+    /// Waits until starter `name` has registered with the schedd `times`
+    /// times in all (2 = it came back once by itself).
+    pub fn wait_registrations(&self, name: &str, times: usize, timeout: Duration) {
         wait_until(
-            &format!("starter {name} to register"),
-            Duration::from_secs(20),
+            &format!("starter {name} to register {times} time(s)"),
+            timeout,
             || {
-                fs::read_to_string(&log)
-                    .ok()
-                    .filter(|l| l.contains("registered with the schedd"))
+                (self
+                    .starter_log(name)
+                    .matches("registered with the schedd")
+                    .count()
+                    >= times)
+                    .then_some(())
             },
         );
     }

@@ -11,6 +11,17 @@ pub mod wait;
 
 pub use cluster::Cluster;
 
+/// Lets this process (and the daemons it starts) hold `n` file
+/// descriptors, for tests and benchmarks that open thousands of sockets.
+pub fn raise_fd_limit(n: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: plain setrlimit on this process; failure leaves the old limit.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+}
+
 /// The stdout of a command that must have succeeded; fails the test with
 /// both streams otherwise.
 pub fn ok(o: std::process::Output) -> String {

@@ -144,13 +144,7 @@ fn jobs_survive_a_schedd_kill_9_and_complete_after_restart() {
         assert_eq!(job["node"], "node1", "{job}");
     }
     // The starter re-registers by itself and reports both jobs as running.
-    wait_until("the starter to re-register", T, || {
-        (c.starter_log("node1")
-            .matches("registered with the schedd")
-            .count()
-            >= 2)
-            .then_some(())
-    });
+    c.wait_registrations("node1", 2, T);
     let wd = c.workdir(&alice);
     for id in [a, b] {
         fs::write(wd.join(format!("release-{id}")), "").unwrap();
@@ -195,17 +189,7 @@ fn starter_reconnects_by_itself_after_the_schedd_was_away() {
             .then_some(())
     });
     c.start_schedd();
-    wait_until(
-        "the starter to re-register",
-        Duration::from_secs(60),
-        || {
-            (c.starter_log("node1")
-                .matches("registered with the schedd")
-                .count()
-                >= 2)
-                .then_some(())
-        },
-    );
+    c.wait_registrations("node1", 2, Duration::from_secs(60));
     // The job ran on through the outage, and new jobs run.
     assert_eq!(c.job(long)["state"], "running");
     let id = c.submit(&alice, &["--", "true"]);

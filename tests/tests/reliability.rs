@@ -95,13 +95,7 @@ fn established_direct_and_reverse_sessions_survive_a_schedd_kill_9() {
     assert!(said.contains("the relay (the schedd) went away"), "{said}");
 
     c.start_schedd();
-    wait_until("the starter to re-register", T, || {
-        (c.starter_log("node1")
-            .matches("registered with the schedd")
-            .count()
-            >= 2)
-            .then_some(())
-    });
+    c.wait_registrations("node1", 2, T);
     assert_eq!(
         ok(c.ssh_to_job(&alice, &[&job.to_string(), "echo new"], None)),
         "new\n",
@@ -217,12 +211,7 @@ fn a_killed_starters_jobs_end_and_are_requeued_within_the_heartbeat_deadline() {
 
 #[test]
 fn a_thousand_silent_connections_do_not_keep_a_real_user_out() {
-    let lim = libc::rlimit {
-        rlim_cur: 8192,
-        rlim_max: 8192,
-    };
-    // SAFETY: plain setrlimit on this test process.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    stj_tests::raise_fd_limit(8192);
     let mut c = Cluster::new();
     c.start_starter("node1", 1);
     let alice = TestUser::alice();
@@ -300,17 +289,7 @@ fn a_network_cut_between_starter_and_schedd_is_survived() {
     ] {
         net.iptables(&node, &chain);
     }
-    wait_until(
-        "the starter to re-register by itself",
-        Duration::from_secs(90),
-        || {
-            (c.starter_log("node1")
-                .matches("registered with the schedd")
-                .count()
-                >= 2)
-                .then_some(())
-        },
-    );
+    c.wait_registrations("node1", 2, Duration::from_secs(90));
     assert_eq!(
         c.job(job)["state"],
         "running",
@@ -324,12 +303,7 @@ fn a_network_cut_between_starter_and_schedd_is_survived() {
 
 #[test]
 fn two_hundred_concurrent_sessions_against_one_schedd_and_two_starters() {
-    let lim = libc::rlimit {
-        rlim_cur: 8192,
-        rlim_max: 8192,
-    };
-    // SAFETY: plain setrlimit on this test process.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    stj_tests::raise_fd_limit(8192);
     let mut c = Cluster::new();
     c.start_starter("node1", 1);
     c.start_starter("node2", 1);

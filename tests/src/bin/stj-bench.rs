@@ -141,7 +141,7 @@ fn timed(c: &Cluster, user: &TestUser, script: &str) -> Result<f64> {
 
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
-    raise_fd_limit();
+    stj_tests::raise_fd_limit(65536);
     let rt = tokio::runtime::Runtime::new()?;
     let mut rows = Vec::new();
     let (runs, attach_runs, size_mib) = if quick {
@@ -236,15 +236,6 @@ fn main() -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn raise_fd_limit() {
-    let lim = libc::rlimit {
-        rlim_cur: 65536,
-        rlim_max: 65536,
-    };
-    // SAFETY: plain setrlimit; failure only means fewer simulated starters fit.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
 }
 
 /// A job on a simulated starter, and a relayed raw connection pair for it.
