@@ -1,4 +1,5 @@
-//! Audit records of ssh-to-job requests, granted or denied, written by one
+//! Audit records of ssh-to-job sessions (the request, granted or denied, then
+//! the path, start, end, bytes each way and exit status), written by one
 //! thread in batches: one transaction (one fsync) per batch instead of one
 //! per request, so issuing capabilities is not bound by disk latency. A
 //! record reaches disk within milliseconds; a crash can lose only the
@@ -9,6 +10,8 @@ use std::path::Path;
 use std::sync::mpsc;
 
 use rusqlite::{params, Connection};
+
+use stj_proto::starter::{SessionEnded, SessionStarted};
 
 use crate::queue::now;
 
@@ -21,8 +24,29 @@ pub struct Record {
     pub outcome: String,
 }
 
+/// What happens to a session record over its life. Updates of a record go
+/// through the same queue as its insertion, so they never overtake it.
+pub enum Event {
+    Issued(Record),
+    Started(SessionStarted),
+    /// The node's own report: always wins over an inferred end.
+    Ended(SessionEnded),
+    /// The node went away (or forgot the session while its link was down):
+    /// the end is inferred, and kept only if the node never reports one.
+    Lost {
+        session_id: String,
+        note: String,
+    },
+    /// The client's exit status; only the granted user's, only once.
+    Exit {
+        session_id: String,
+        uid: u32,
+        status: i32,
+    },
+}
+
 pub struct AuditLog {
-    tx: mpsc::Sender<(Record, i64)>,
+    tx: mpsc::Sender<(Event, i64)>,
 }
 
 const MAX_BATCH: usize = 4096;
@@ -33,7 +57,7 @@ impl AuditLog {
         let conn = Connection::open(db)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let (tx, rx) = mpsc::channel::<(Record, i64)>();
+        let (tx, rx) = mpsc::channel::<(Event, i64)>();
         std::thread::Builder::new()
             .name("stj-audit".into())
             .spawn(move || writer(conn, rx))
@@ -42,13 +66,59 @@ impl AuditLog {
     }
 
     pub fn record(&self, r: Record) {
-        if self.tx.send((r, now())).is_err() {
+        self.send(Event::Issued(r));
+    }
+
+    pub fn send(&self, e: Event) {
+        if self.tx.send((e, now())).is_err() {
             tracing::error!("audit writer is gone; a record was lost");
         }
     }
 }
 
-fn writer(mut conn: Connection, rx: mpsc::Receiver<(Record, i64)>) {
+fn apply(tx: &rusqlite::Transaction<'_>, event: &Event, at: i64) -> rusqlite::Result<usize> {
+    match event {
+        Event::Issued(r) => tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO sessions (session_id, job_id, uid, node, issued_at, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![r.session_id, r.job_id as i64, r.uid, r.node, at, r.outcome]),
+        Event::Started(s) => tx
+            .prepare_cached(
+                "UPDATE sessions SET path = ?2, started_at = ?3 WHERE session_id = ?1 AND started_at IS NULL",
+            )?
+            .execute(params![hex::encode(&s.session_id), s.path, s.started_at]),
+        Event::Ended(e) => tx
+            .prepare_cached(
+                "UPDATE sessions SET path = ?2, started_at = coalesce(started_at, ?3), ended_at = ?4, bytes_from_client = ?5, bytes_to_client = ?6, end_note = ?7 WHERE session_id = ?1",
+            )?
+            .execute(params![
+                hex::encode(&e.session_id),
+                e.path,
+                e.started_at,
+                e.ended_at,
+                e.bytes_from_client as i64,
+                e.bytes_to_client as i64,
+                e.error
+            ]),
+        Event::Lost { session_id, note } => tx
+            .prepare_cached(
+                "UPDATE sessions SET ended_at = ?2, end_note = ?3 WHERE session_id = ?1 AND ended_at IS NULL",
+            )?
+            .execute(params![session_id, at, note]),
+        Event::Exit {
+            session_id,
+            uid,
+            status,
+        } => tx
+            .prepare_cached(
+                "UPDATE sessions SET exit_status = ?3 WHERE session_id = ?1 AND uid = ?2 AND exit_status IS NULL",
+            )?
+            .execute(params![session_id, uid, status]),
+    }
+}
+
+fn writer(mut conn: Connection, rx: mpsc::Receiver<(Event, i64)>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -59,25 +129,96 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<(Record, i64)>) {
         }
         let result = (|| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
-            {
-                let mut stmt = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO sessions (session_id, job_id, uid, node, issued_at, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?;
-                for (r, at) in &batch {
-                    stmt.execute(params![
-                        r.session_id,
-                        r.job_id as i64,
-                        r.uid,
-                        r.node,
-                        at,
-                        r.outcome
-                    ])?;
-                }
+            for (event, at) in &batch {
+                apply(&tx, event, *at)?;
             }
             tx.commit()
         })();
         if let Err(e) = result {
             tracing::error!(error = %e, records = batch.len(), "cannot write audit records");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::Queue;
+
+    fn issued(id: &str, uid: u32) -> Event {
+        Event::Issued(Record {
+            session_id: id.into(),
+            job_id: 1,
+            uid,
+            node: "n".into(),
+            outcome: "granted".into(),
+        })
+    }
+
+    #[test]
+    fn only_the_granted_user_reports_the_exit_status_and_only_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("q.sqlite");
+        let q = Queue::open(&db).unwrap();
+        let log = AuditLog::open(&db).unwrap();
+        let exit = |uid, status| Event::Exit {
+            session_id: "s1".into(),
+            uid,
+            status,
+        };
+        log.send(issued("s1", 1000));
+        log.send(exit(1001, 5)); // another user: ignored
+        log.send(exit(1000, 7));
+        log.send(exit(1000, 9)); // a second report: ignored
+        log.send(issued("s2", 1000)); // marks the end of the updates above
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let records = loop {
+            let r = q.sessions(0, None).unwrap();
+            if r.len() == 2 {
+                break r;
+            }
+            assert!(std::time::Instant::now() < deadline, "records not written");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!(records[0].exit_status, Some(7));
+    }
+
+    #[test]
+    fn a_nodes_report_wins_over_an_inferred_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("q.sqlite");
+        let q = Queue::open(&db).unwrap();
+        let log = AuditLog::open(&db).unwrap();
+        let sid = [1u8; 16];
+        let id = hex::encode(sid);
+        log.send(issued(&id, 1000));
+        log.send(Event::Lost {
+            session_id: id.clone(),
+            note: "node went away".into(),
+        });
+        log.send(Event::Ended(SessionEnded {
+            session_id: sid.to_vec(),
+            job_id: 1,
+            path: "relay".into(),
+            started_at: 5,
+            ended_at: 9,
+            bytes_from_client: 10,
+            bytes_to_client: 20,
+            error: String::new(),
+        }));
+        log.send(issued("marker", 1000));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let r = loop {
+            let r = q.sessions(0, None).unwrap();
+            if r.len() == 2 {
+                break r;
+            }
+            assert!(std::time::Instant::now() < deadline, "records not written");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let s = &r[0];
+        assert_eq!((s.path.as_str(), s.started_at, s.ended_at), ("relay", 5, 9));
+        assert_eq!((s.bytes_from_client, s.bytes_to_client), (10, 20));
+        assert_eq!(s.end_note, "");
     }
 }

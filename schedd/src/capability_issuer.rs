@@ -9,6 +9,7 @@ use tonic::Status;
 
 use crate::audit::Record;
 use crate::queue::now;
+use crate::session_limits::{Caps, Refusal};
 use crate::Schedd;
 
 /// ConnectBack: the client of a granted session asks its starter to dial
@@ -154,6 +155,24 @@ pub fn issue(
         client_pubkey,
         starter_id: job.node.clone(),
     };
+    let caps = Caps {
+        max_sessions: schedd.config.max_sessions_per_user,
+        max_pending: schedd.config.max_pending_per_user,
+    };
+    if let Err(r) = schedd
+        .limits
+        .admit(uid, session_id, &job.node, cap.expiry as i64, now(), caps)
+    {
+        return deny(Status::resource_exhausted(match r {
+            Refusal::TooManyOpen(n) => format!(
+                "you have {n} ssh-to-job sessions open, the most one user may (max_sessions_per_user in the schedd's [schedd] config); end one first"
+            ),
+            Refusal::TooManyPending(n) => format!(
+                "you hold {n} unused ssh-to-job capabilities, the most one user may (max_pending_per_user in the schedd's [schedd] config); wait for your other attempts to finish or for their capabilities to expire (capability_ttl_secs = {} s)",
+                schedd.config.capability_ttl_secs
+            ),
+        }));
+    }
     let encoded = cap.encode().map_err(|e| internal(&e))?;
     let k = derive_k(&target.key, &encoded);
     let sid = cap.session_hex();

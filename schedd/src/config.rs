@@ -39,6 +39,12 @@ pub struct ScheddConfig {
     /// The schedd's port as clients on this host dial it (relay); default:
     /// the listen address, with 127.0.0.1 for an unspecified IP.
     pub broker_addr: Option<String>,
+    /// Sessions one user may have open at once (root: no cap).
+    pub max_sessions_per_user: usize,
+    /// Capabilities one user may hold unused at once (granted, handshake not
+    /// done, not expired): bounds the handshakes one user keeps pending on
+    /// the nodes (root: no cap).
+    pub max_pending_per_user: usize,
 }
 
 impl Default for ScheddConfig {
@@ -54,6 +60,8 @@ impl Default for ScheddConfig {
             daemon_sock_dir: PathBuf::from("/var/lock/stj/daemon_sock"),
             relay_pairing_secs: 10,
             broker_addr: None,
+            max_sessions_per_user: 64,
+            max_pending_per_user: 32,
         }
     }
 }

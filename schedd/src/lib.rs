@@ -11,6 +11,7 @@ mod matchmaker;
 pub mod pki;
 pub mod queue;
 mod registry;
+mod session_limits;
 mod user_api;
 
 use std::future::Future;
@@ -41,6 +42,7 @@ pub struct Schedd {
     started: Instant,
     rendezvous: broker::rendezvous::Rendezvous,
     audit: audit::AuditLog,
+    limits: session_limits::SessionLimits,
     /// The port as clients on this host dial it.
     broker_addr: String,
 }
@@ -74,6 +76,7 @@ pub async fn run(config: ScheddConfig, shutdown: impl Future<Output = ()>) -> Re
     let uds = bind_user_socket(&config.socket)?;
     std::fs::write(config.state_dir.join(ADDR_FILE), local.to_string())?;
 
+    let limits = restore_limits(&queue, &config)?;
     let (changes, _) = watch::channel(0);
     let schedd = Arc::new(Schedd {
         secret: identity.secret_checker(),
@@ -85,6 +88,7 @@ pub async fn run(config: ScheddConfig, shutdown: impl Future<Output = ()>) -> Re
         started: Instant::now(),
         rendezvous: broker::rendezvous::Rendezvous::default(),
         audit,
+        limits,
         broker_addr: config.broker_addr.clone().unwrap_or_else(|| {
             let ip = if local.ip().is_unspecified() {
                 "127.0.0.1".parse().expect("literal")
@@ -112,6 +116,26 @@ pub async fn run(config: ScheddConfig, shutdown: impl Future<Output = ()>) -> Re
     }
     std::fs::remove_file(&schedd.config.socket).ok();
     Ok(())
+}
+
+/// The per-user session counts as the audit records left them: open
+/// sessions, and capabilities that may still be used.
+fn restore_limits(
+    queue: &queue::Queue,
+    config: &ScheddConfig,
+) -> Result<session_limits::SessionLimits> {
+    let ttl = config.capability_ttl_secs as i64;
+    let limits = session_limits::SessionLimits::default();
+    for s in queue
+        .live_sessions(queue::now() - ttl)
+        .context("cannot read the session records")?
+    {
+        let Ok(id) = <[u8; 16]>::try_from(hex::decode(&s.session_id).unwrap_or_default()) else {
+            continue;
+        };
+        limits.restore(s.uid, id, &s.node, s.started, s.issued_at + ttl);
+    }
+    Ok(limits)
 }
 
 /// `stj-schedd init-daemon-sock`: the directory clients make their

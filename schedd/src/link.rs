@@ -12,12 +12,14 @@ use ring::rand::{SecureRandom, SystemRandom};
 use stj_proto::framing::{decode, encode, link_codec};
 use stj_proto::starter::{
     schedd_message::Msg as Out, starter_message::Msg as In, ExitAck, Heartbeat, JobExited, KillJob,
-    Refused, ScheddMessage, StarterHello, StarterMessage, Welcome,
+    Refused, ScheddMessage, SessionEndAck, SessionEnded, SessionStarted, StarterHello,
+    StarterMessage, Welcome,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 
+use crate::audit::Event;
 use crate::registry::StarterHandle;
 use crate::Schedd;
 
@@ -100,7 +102,8 @@ where
     {
         let _pool = schedd.pool_lock.lock().await;
         schedd.registry.disconnect(&name);
-        let followups = reconcile(&schedd, &hello)?;
+        let mut followups = reconcile(&schedd, &hello)?;
+        followups.extend(reconcile_sessions(&schedd, &hello));
         framed
             .send(out(Out::Welcome(Welcome {
                 starter_key: starter_key.to_vec(),
@@ -160,6 +163,11 @@ where
                 Some(In::Started(s)) => {
                     tracing::info!(node = %name, job_id = s.job_id, "job started")
                 }
+                Some(In::SessionStarted(s)) => session_started(&schedd, &name, s),
+                Some(In::SessionEnded(e)) => {
+                    let ack = session_ended(&schedd, &name, e);
+                    schedd.registry.send(&name, ack);
+                }
                 Some(In::Heartbeat(_)) => {}
                 Some(In::Hello(_)) => bail!("second hello on one link"),
                 None => {
@@ -205,6 +213,12 @@ async fn starter_gone(schedd: Arc<Schedd>, node: String, grace: Duration) {
     let _pool = schedd.pool_lock.lock().await;
     if schedd.registry.is_connected(&node) {
         return;
+    }
+    for id in schedd.limits.node_gone(&node) {
+        schedd.audit.send(Event::Lost {
+            session_id: hex::encode(id),
+            note: format!("the starter on node {node} stopped; the session ended with it"),
+        });
     }
     let jobs = match schedd.queue.running_on(&node) {
         Ok(j) => j,
@@ -271,6 +285,64 @@ fn reconcile(schedd: &Schedd, hello: &StarterHello) -> Result<Vec<ScheddMessage>
         schedd.job_changed();
     }
     Ok(msgs)
+}
+
+fn session_id(raw: &[u8]) -> Option<[u8; 16]> {
+    raw.try_into().ok()
+}
+
+fn session_started(schedd: &Schedd, node: &str, s: SessionStarted) {
+    let Some(id) = session_id(&s.session_id) else {
+        return tracing::warn!(node = %node, "session report with a malformed id; ignored");
+    };
+    tracing::info!(node = %node, session_id = %hex::encode(id), job_id = s.job_id, path = %s.path, "session started");
+    schedd.limits.started(&id);
+    schedd.audit.send(Event::Started(s));
+}
+
+/// Records a session's end; returns the acknowledgement for the node.
+fn session_ended(schedd: &Schedd, node: &str, e: SessionEnded) -> ScheddMessage {
+    let ack = ScheddMessage {
+        msg: Some(Out::SessionEndAck(SessionEndAck {
+            session_id: e.session_id.clone(),
+        })),
+    };
+    let Some(id) = session_id(&e.session_id) else {
+        tracing::warn!(node = %node, "session report with a malformed id; ignored");
+        return ack;
+    };
+    tracing::info!(node = %node, session_id = %hex::encode(id), job_id = e.job_id, path = %e.path, bytes_from_client = e.bytes_from_client, bytes_to_client = e.bytes_to_client, error = %e.error, "session ended");
+    schedd.limits.ended(&id);
+    schedd.audit.send(Event::Ended(e));
+    ack
+}
+
+/// The node's sessions as it lists them in its hello: ends it could not
+/// report while the link was down, and what is open there now. A session
+/// we counted as open that it lists in neither ended without a report.
+fn reconcile_sessions(schedd: &Schedd, hello: &StarterHello) -> Vec<ScheddMessage> {
+    let mut acks = Vec::new();
+    for e in &hello.finished_sessions {
+        acks.push(session_ended(schedd, &hello.name, e.clone()));
+    }
+    let open: HashSet<[u8; 16]> = hello
+        .open_sessions
+        .iter()
+        .filter_map(|s| session_id(&s.session_id))
+        .collect();
+    for s in &hello.open_sessions {
+        schedd.audit.send(Event::Started(s.clone()));
+    }
+    for id in schedd.limits.reconcile(&hello.name, &open) {
+        schedd.audit.send(Event::Lost {
+            session_id: hex::encode(id),
+            note: format!(
+                "node {} no longer had the session when it registered again",
+                hello.name
+            ),
+        });
+    }
+    acks
 }
 
 fn job_exited(schedd: &Schedd, node: &str, exit: JobExited) -> Result<()> {

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use prost::Message;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use stj_proto::starter::JobExited;
-use stj_proto::user::{Job, JobSpec, JobState};
+use stj_proto::user::{AuditRecord, Job, JobSpec, JobState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -56,7 +56,43 @@ CREATE TABLE IF NOT EXISTS sessions (
     issued_at   INTEGER NOT NULL,
     outcome     TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS sessions_by_job ON sessions(job_id);
 ";
+
+/// Columns the session records grew after the first release: added to an
+/// older database when it is opened.
+const SESSION_COLUMNS: [(&str, &str); 7] = [
+    ("path", "TEXT NOT NULL DEFAULT ''"),
+    ("started_at", "INTEGER"),
+    ("ended_at", "INTEGER"),
+    ("bytes_from_client", "INTEGER NOT NULL DEFAULT 0"),
+    ("bytes_to_client", "INTEGER NOT NULL DEFAULT 0"),
+    ("exit_status", "INTEGER"),
+    ("end_note", "TEXT NOT NULL DEFAULT ''"),
+];
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let have: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('sessions')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (name, ty) in SESSION_COLUMNS {
+        if !have.iter().any(|h| h == name) {
+            conn.execute_batch(&format!("ALTER TABLE sessions ADD COLUMN {name} {ty}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// A granted session not known to have ended, for the per-user caps after a
+/// restart.
+pub struct LiveSession {
+    pub session_id: String,
+    pub uid: u32,
+    pub node: String,
+    pub issued_at: i64,
+    pub started: bool,
+}
 
 pub fn now() -> i64 {
     SystemTime::now()
@@ -98,6 +134,7 @@ impl Queue {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Queue {
             conn: Mutex::new(conn),
         })
@@ -109,19 +146,47 @@ impl Queue {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Audit records, oldest first, as (session_id, job_id, uid, node, issued_at, outcome).
-    pub fn sessions(&self) -> Result<Vec<(String, u64, u32, String, i64, String)>> {
+    /// Audit records, oldest first, of one job (0: all) and one uid (None: all).
+    pub fn sessions(&self, job_id: u64, uid: Option<u32>) -> Result<Vec<AuditRecord>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT session_id, job_id, uid, node, issued_at, outcome FROM sessions ORDER BY issued_at, rowid")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get::<_, i64>(1)? as u64,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
+        let mut stmt = conn.prepare_cached(
+            "SELECT session_id, job_id, uid, node, issued_at, outcome, path, started_at, ended_at, bytes_from_client, bytes_to_client, exit_status, end_note FROM sessions WHERE (?1 = 0 OR job_id = ?1) AND (?2 IS NULL OR uid = ?2) ORDER BY issued_at, rowid",
+        )?;
+        let rows = stmt.query_map(params![job_id as i64, uid], |r| {
+            Ok(AuditRecord {
+                session_id: r.get(0)?,
+                job_id: r.get::<_, i64>(1)? as u64,
+                uid: r.get(2)?,
+                node: r.get(3)?,
+                issued_at: r.get(4)?,
+                outcome: r.get(5)?,
+                path: r.get(6)?,
+                started_at: r.get::<_, Option<i64>>(7)?.unwrap_or(0),
+                ended_at: r.get::<_, Option<i64>>(8)?.unwrap_or(0),
+                bytes_from_client: r.get::<_, i64>(9)? as u64,
+                bytes_to_client: r.get::<_, i64>(10)? as u64,
+                exit_status: r.get(11)?,
+                end_note: r.get(12)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Granted sessions issued since `since` (still pending) or started and
+    /// not ended (open).
+    pub fn live_sessions(&self, since: i64) -> Result<Vec<LiveSession>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT session_id, uid, node, issued_at, started_at IS NOT NULL FROM sessions WHERE outcome = 'granted' AND ended_at IS NULL AND (started_at IS NOT NULL OR issued_at >= ?1)",
+        )?;
+        let rows = stmt.query_map(params![since], |r| {
+            Ok(LiveSession {
+                session_id: r.get(0)?,
+                uid: r.get(1)?,
+                node: r.get(2)?,
+                issued_at: r.get(3)?,
+                started: r.get(4)?,
+            })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }

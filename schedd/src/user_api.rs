@@ -7,9 +7,9 @@ use std::time::Duration;
 use stj_proto::starter::{schedd_message::Msg as Out, KillJob, ScheddMessage};
 use stj_proto::user::schedd_server::Schedd as ScheddApi;
 use stj_proto::user::{
-    AuditRecord, AuditReply, AuditRequest, ConnectBackReply, ConnectBackRequest, Job, JobSpec,
-    JobState, QueryReply, QueryRequest, RemoveReply, RemoveRequest, RequestSessionReply,
-    RequestSessionRequest, SubmitReply, SubmitRequest, WaitReply, WaitRequest,
+    AuditReply, AuditRequest, ConnectBackReply, ConnectBackRequest, Job, JobSpec, JobState,
+    QueryReply, QueryRequest, RemoveReply, RemoveRequest, ReportExitReply, ReportExitRequest,
+    RequestSessionReply, RequestSessionRequest, SubmitReply, SubmitRequest, WaitReply, WaitRequest,
 };
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
@@ -190,32 +190,52 @@ impl ScheddApi for UserApi {
         let who = caller(&req)?;
         let req = req.into_inner();
         let mut records = Vec::new();
-        for (session_id, job_id, uid, node, issued_at, outcome) in
-            self.schedd.queue.sessions().map_err(internal)?
+        let mut owners = std::collections::HashMap::new();
+        for r in self
+            .schedd
+            .queue
+            .sessions(req.job_id, req.uid)
+            .map_err(internal)?
         {
-            if (req.job_id != 0 && job_id != req.job_id) || req.uid.is_some_and(|u| u != uid) {
-                continue;
-            }
-            let visible = who.uid == 0
-                || uid == who.uid
-                || self
-                    .schedd
-                    .queue
-                    .get(job_id)
-                    .map_err(internal)?
-                    .is_some_and(|j| j.owner_uid == who.uid);
+            let visible = who.uid == 0 || r.uid == who.uid || {
+                let owner = match owners.get(&r.job_id) {
+                    Some(o) => *o,
+                    None => {
+                        let o = self
+                            .schedd
+                            .queue
+                            .get(r.job_id)
+                            .map_err(internal)?
+                            .map(|j| j.owner_uid);
+                        owners.insert(r.job_id, o);
+                        o
+                    }
+                };
+                owner == Some(who.uid)
+            };
             if visible {
-                records.push(AuditRecord {
-                    session_id,
-                    job_id,
-                    uid,
-                    node,
-                    issued_at,
-                    outcome,
-                });
+                records.push(r);
             }
         }
         Ok(Response::new(AuditReply { records }))
+    }
+
+    async fn report_exit(
+        &self,
+        req: Request<ReportExitRequest>,
+    ) -> Result<Response<ReportExitReply>, Status> {
+        let who = caller(&req)?;
+        let req = req.into_inner();
+        if req.session_id.len() != 16 {
+            return Err(Status::invalid_argument("session_id must be 16 bytes"));
+        }
+        // Checked in the update itself: only the granted uid's report, once.
+        self.schedd.audit.send(crate::audit::Event::Exit {
+            session_id: hex::encode(&req.session_id),
+            uid: who.uid,
+            status: req.exit_status,
+        });
+        Ok(Response::new(ReportExitReply {}))
     }
 
     async fn connect_back(

@@ -9,7 +9,7 @@ fn state(job: &Job) -> &'static str {
         .label()
 }
 
-fn time(t: i64) -> String {
+pub(crate) fn time(t: i64) -> String {
     if t == 0 {
         return "-".into();
     }
@@ -56,8 +56,13 @@ pub fn table(jobs: &[Job]) -> String {
     let header = [
         "ID", "OWNER", "STATE", "NODE", "STARTED", "EXIT", "COMMAND", "REASON",
     ];
+    aligned(&header, &rows)
+}
+
+/// Columns padded to their widest cell; the last column is left ragged.
+pub(crate) fn aligned<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(str::len);
-    for r in &rows {
+    for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
         }
@@ -73,8 +78,8 @@ pub fn table(jobs: &[Job]) -> String {
         }
         s.trim_end().to_string() + "\n"
     };
-    let mut out = line(&header);
-    for r in &rows {
+    let mut out = line(header);
+    for r in rows {
         out.push_str(&line(&r.iter().map(String::as_str).collect::<Vec<_>>()));
     }
     out

@@ -2,6 +2,7 @@
 //! data connection with its handshake, and running OpenSSH's own tools over it.
 
 pub mod attach;
+pub mod audit_view;
 pub mod fd_pass;
 pub mod jobs_view;
 pub mod logging;

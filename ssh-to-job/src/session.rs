@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use stj_proto::user::RemoveRequest;
+use stj_proto::user::{RemoveRequest, ReportExitRequest};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::attach::{self, Mode};
@@ -100,6 +100,27 @@ async fn remove_job(o: &Options) {
             ),
         },
         Err(e) => eprintln!("ssh-to-job: could not remove job {}: {e:#}", o.job),
+    }
+}
+
+/// Tells the schedd's audit record how the session ended. Best effort, and
+/// brief: the user is not kept waiting for an audit detail.
+async fn report_exit(socket: &std::path::Path, session_id: [u8; 16], exit_status: i32) {
+    let report = async {
+        let mut c = connect(socket).await?;
+        c.report_exit(ReportExitRequest {
+            session_id: session_id.to_vec(),
+            exit_status,
+        })
+        .await?;
+        Ok::<_, anyhow::Error>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(2), report).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(error = %format!("{e:#}"), "could not report the exit status")
+        }
+        Err(_) => tracing::debug!("reporting the exit status timed out"),
     }
 }
 
@@ -209,6 +230,7 @@ pub async fn run(o: &Options) -> Result<u8> {
             );
         }
         let _ = child.wait().await;
+        report_exit(&o.socket, session.session_id, 128 + sig).await;
         if o.remove_on_interrupt {
             remove_job(o).await;
         }
@@ -216,6 +238,7 @@ pub async fn run(o: &Options) -> Result<u8> {
         return Ok(128 + sig as u8);
     };
     drop(rt);
+    report_exit(&o.socket, session.session_id, status.code().unwrap_or(255)).await;
     // ssh's 255 is a connection failure. Through the relay that usually
     // means the schedd went away: say so, rather than leave a bare
     // "connection closed".

@@ -8,12 +8,9 @@ use std::time::Duration;
 use stj_proto::starter::{JobExited, RunJob};
 use tokio::sync::mpsc;
 
-use crate::container::{self, ContainerSpec, Exit, Launch};
+use crate::report::{Report, Reporter, Reports};
 
-pub enum JobEvent {
-    Started(u64),
-    Exited(JobExited),
-}
+use crate::container::{self, ContainerSpec, Exit, Launch};
 
 #[derive(Default)]
 struct Entry {
@@ -32,7 +29,7 @@ pub struct JobTarget {
 
 pub struct Jobs {
     table: Mutex<HashMap<u64, Entry>>,
-    events: mpsc::UnboundedSender<JobEvent>,
+    events: Reporter,
     work_dir: PathBuf,
     kill_grace: Duration,
     /// The sshd kit (mounted into image jobs, and home of the interactive
@@ -77,7 +74,7 @@ fn to_report(job_id: u64, e: Exit) -> JobExited {
 }
 
 impl Jobs {
-    pub fn new(c: JobsConfig) -> (Arc<Jobs>, mpsc::UnboundedReceiver<JobEvent>) {
+    pub fn new(c: JobsConfig) -> (Arc<Jobs>, Reports) {
         let (events, rx) = mpsc::unbounded_channel();
         let jobs = Arc::new(Jobs {
             table: Mutex::new(HashMap::new()),
@@ -88,6 +85,11 @@ impl Jobs {
             slot_users: c.slot_users,
         });
         (jobs, rx)
+    }
+
+    /// A sender for session reports into the same channel as the jobs'.
+    pub fn reporter(&self) -> Reporter {
+        self.events.clone()
     }
 
     /// Reserves the lowest slot-user uid no other job here uses.
@@ -142,7 +144,7 @@ impl Jobs {
             let exit = this.run(run).await;
             // Report first, forget second: a hello in between then lists the
             // job as running *and* finished, never as neither.
-            let _ = this.events.send(JobEvent::Exited(to_report(id, exit)));
+            let _ = this.events.send(Report::JobExited(to_report(id, exit)));
             this.table().remove(&id);
             std::fs::remove_dir_all(this.work_dir.join("jobs").join(id.to_string())).ok();
         });
@@ -258,7 +260,7 @@ impl Jobs {
             e.kill_requested
         };
         tracing::info!(job_id = id, owner = %run.owner_name, "job started");
-        let _ = self.events.send(JobEvent::Started(id));
+        let _ = self.events.send(Report::JobStarted(id));
         if kill_now {
             self.kill(id);
         }

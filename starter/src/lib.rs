@@ -6,6 +6,7 @@ pub mod container;
 mod jobs;
 pub mod kit;
 mod link;
+mod report;
 mod session;
 pub mod tls;
 

@@ -11,15 +11,16 @@ use stj_proto::framing::{decode, encode, link_codec};
 use stj_proto::preamble::{Preamble, Role};
 use stj_proto::starter::{
     schedd_message::Msg as In, starter_message::Msg as Out, Heartbeat, JobExited, JobStarted,
-    ScheddMessage, StarterHello, StarterMessage,
+    ScheddMessage, SessionEnded, StarterHello, StarterMessage,
 };
 use stj_proto::token::JoinToken;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 
-use crate::jobs::{JobEvent, Jobs};
+use crate::jobs::Jobs;
+use crate::report::{Report, Reports};
+use crate::session::DataPath;
 
 const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
 const WELCOME_DEADLINE: Duration = Duration::from_secs(10);
@@ -67,37 +68,54 @@ fn retry(e: impl std::fmt::Display) -> LinkError {
     LinkError::Retry(e.to_string())
 }
 
-/// What survives reconnects: exits the schedd has not acknowledged.
+/// Session ends kept for the schedd at most; beyond this (a link down for
+/// very long on a busy node) the oldest audit details are dropped.
+const MAX_UNACKED_SESSION_ENDS: usize = 10_000;
+
+/// What survives reconnects: exits and session ends the schedd has not
+/// acknowledged.
 struct State {
     pending_exits: BTreeMap<u64, JobExited>,
-    events: mpsc::UnboundedReceiver<JobEvent>,
+    pending_session_ends: BTreeMap<(i64, Vec<u8>), SessionEnded>,
+    events: Reports,
 }
 
 impl State {
-    fn absorb(&mut self, ev: JobEvent) -> Option<StarterMessage> {
-        match ev {
-            JobEvent::Started(id) => Some(StarterMessage {
-                msg: Some(Out::Started(JobStarted { job_id: id })),
-            }),
-            JobEvent::Exited(e) => {
+    fn absorb(&mut self, ev: Report) -> Option<StarterMessage> {
+        let msg = match ev {
+            Report::JobStarted(id) => Out::Started(JobStarted { job_id: id }),
+            Report::JobExited(e) => {
                 self.pending_exits.insert(e.job_id, e.clone());
-                Some(StarterMessage {
-                    msg: Some(Out::Exited(e)),
-                })
+                Out::Exited(e)
             }
-        }
+            // Lost while the link is down: the hello lists open sessions.
+            Report::SessionStarted(s) => Out::SessionStarted(s),
+            Report::SessionEnded(e) => {
+                if self.pending_session_ends.len() >= MAX_UNACKED_SESSION_ENDS {
+                    if let Some((_, old)) = self.pending_session_ends.pop_first() {
+                        tracing::warn!(session_id = %hex::encode(&old.session_id), "too many session ends unacknowledged by the schedd; dropping the oldest");
+                    }
+                }
+                self.pending_session_ends
+                    .insert((e.ended_at, e.session_id.clone()), e.clone());
+                Out::SessionEnded(e)
+            }
+        };
+        Some(StarterMessage { msg: Some(msg) })
+    }
+
+    fn session_end_acked(&mut self, id: &[u8]) {
+        self.pending_session_ends
+            .retain(|(_, sid), _| sid.as_slice() != id);
     }
 }
 
-pub async fn run(
-    params: LinkParams,
-    jobs: Arc<Jobs>,
-    events: mpsc::UnboundedReceiver<JobEvent>,
-) -> anyhow::Result<()> {
+pub async fn run(params: LinkParams, jobs: Arc<Jobs>, events: Reports) -> anyhow::Result<()> {
     let (tls, mismatch) = crate::tls::client_config(params.token.ca_sha256);
     let connector = TlsConnector::from(tls);
     let mut state = State {
         pending_exits: BTreeMap::new(),
+        pending_session_ends: BTreeMap::new(),
         events,
     };
     let mut backoff = Duration::from_secs(1);
@@ -144,10 +162,11 @@ fn dial_back(params: &LinkParams, preamble: Preamble) {
     let schedd = params.schedd.clone();
     let sessions = params.sessions.clone();
     tokio::spawn(async move {
-        let kind = match &preamble {
-            Preamble::Route { .. } => "reverse",
-            Preamble::Relay { .. } => "relay",
+        let path = match &preamble {
+            Preamble::Route { .. } => DataPath::Reverse,
+            Preamble::Relay { .. } => DataPath::Relay,
         };
+        let kind = path.as_str();
         let mut stream = match tokio::time::timeout(CONNECT_DEADLINE, TcpStream::connect(&schedd))
             .await
         {
@@ -170,7 +189,7 @@ fn dial_back(params: &LinkParams, preamble: Preamble) {
             .peer_addr()
             .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
         tracing::debug!(path = kind, %peer, "dialed back for a session");
-        sessions.serve(stream, peer).await;
+        sessions.serve(stream, peer, path).await;
     });
 }
 
@@ -222,6 +241,7 @@ async fn session(
     // Snapshot running jobs before collecting exits: a job ending in between
     // is then listed in both, which the schedd handles, never in neither.
     let running_jobs = jobs.running();
+    let open_sessions = params.sessions.open_list();
     while let Ok(ev) = state.events.try_recv() {
         state.absorb(ev);
     }
@@ -234,6 +254,8 @@ async fn session(
             running_jobs,
             finished_jobs: state.pending_exits.values().cloned().collect(),
             session_addr,
+            open_sessions,
+            finished_sessions: state.pending_session_ends.values().cloned().collect(),
         })),
     };
     framed.send(encode(&hello)).await.map_err(retry)?;
@@ -295,6 +317,7 @@ async fn session(
                     },
                     Some(In::KillJob(k)) => jobs.kill(k.job_id),
                     Some(In::ExitAck(a)) => { state.pending_exits.remove(&a.job_id); }
+                    Some(In::SessionEndAck(a)) => state.session_end_acked(&a.session_id),
                     Some(In::Heartbeat(_)) => {}
                     Some(In::Refused(r)) => return Err(LinkError::Fatal(format!("the schedd refused this starter: {}", r.reason))),
                     Some(In::Welcome(_)) => return Err(retry("second welcome on one link")),

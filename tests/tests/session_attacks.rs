@@ -73,16 +73,19 @@ fn another_user_gets_no_session() {
     // Records are written in batches within milliseconds.
     let q = stj_schedd::queue::Queue::open(&c.state_dir.join("queue.sqlite")).unwrap();
     let records = wait_until("both audit records", T, || {
-        let r = q.sessions().unwrap();
+        let r = q.sessions(id, None).unwrap();
         let denied = r
             .iter()
-            .any(|r| r.1 == id && r.2 == bob.uid && r.5.contains("only its owner or root"));
+            .any(|r| r.uid == bob.uid && r.outcome.contains("only its owner or root"));
         let granted = r
             .iter()
-            .any(|r| r.1 == id && r.2 == alice.uid && r.3 == "node1" && r.5 == "granted");
+            .any(|r| r.uid == alice.uid && r.node == "node1" && r.outcome == "granted");
         (denied && granted).then_some(r)
     });
-    assert!(records.iter().all(|r| !r.0.is_empty()), "{records:?}");
+    assert!(
+        records.iter().all(|r| !r.session_id.is_empty()),
+        "{records:?}"
+    );
 
     // `stj audit`: root and the job's owner see both; bob only his own.
     let audit = |user: Option<&TestUser>| -> Vec<serde_json::Value> {

@@ -47,6 +47,9 @@ pub async fn request(
 
 /// What a completed handshake established.
 pub struct Session {
+    /// The capability's session id (a fallback path may have used a fresh
+    /// capability, so the first grant's id is not necessarily this one).
+    pub session_id: [u8; 16],
     pub host_pubkey: [u8; 32],
     /// The account to log in as.
     pub user: String,
@@ -74,7 +77,11 @@ pub async fn handshake(
     write_message(stream, &proof).await?;
     let (ready, _) = read_message(stream).await?;
     let user = hs.on_ready(ready)?;
+    let session_id = Capability::decode(&grant.capability)
+        .map_err(|_| HandshakeError::Decode)?
+        .session_id;
     Ok(Session {
+        session_id,
         host_pubkey: host,
         user: if user.is_empty() {
             grant.user.clone()

@@ -180,29 +180,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .into_inner()
                 .records;
             if json {
-                let v: Vec<serde_json::Value> = records
-                    .iter()
-                    .map(|r| serde_json::json!({"session_id": r.session_id, "job": r.job_id, "uid": r.uid, "node": r.node, "issued_at": r.issued_at, "outcome": r.outcome}))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
                 println!(
-                    "{:<34} {:>6} {:>6} {:<12} {:<19} OUTCOME",
-                    "SESSION", "JOB", "UID", "NODE", "ISSUED"
+                    "{}",
+                    serde_json::to_string_pretty(&ssh_to_job::audit_view::json(&records))?
                 );
-                for r in records {
-                    let when = chrono::DateTime::from_timestamp(r.issued_at, 0)
-                        .map(|t| {
-                            t.with_timezone(&chrono::Local)
-                                .format("%Y-%m-%d %H:%M:%S")
-                                .to_string()
-                        })
-                        .unwrap_or_default();
-                    println!(
-                        "{:<34} {:>6} {:>6} {:<12} {:<19} {}",
-                        r.session_id, r.job_id, r.uid, r.node, when, r.outcome
-                    );
-                }
+            } else {
+                print!("{}", ssh_to_job::audit_view::table(&records));
             }
         }
         Cmd::GenerateDocs { dir } => {

@@ -4,14 +4,20 @@
 mod handshake;
 mod replay;
 mod sshd;
+mod traffic;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use stj_proto::starter::{SessionEnded, SessionStarted};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::jobs::Jobs;
+use crate::report::{Report, Reporter};
 
 /// The key the schedd gave this starter at its latest registration; it
 /// signs (HMAC) every capability for this node.
@@ -45,6 +51,34 @@ pub struct Sessions {
     /// once a Hello has arrived: a connection that says nothing holds no
     /// slot, and is dropped at the handshake deadline.
     pub(crate) pending: Semaphore,
+    /// Sessions whose sshd runs now, for the hello after a reconnect.
+    open: Mutex<HashMap<[u8; 16], SessionStarted>>,
+    reporter: Reporter,
+}
+
+/// How a data connection reached this node.
+#[derive(Clone, Copy, Debug)]
+pub enum DataPath {
+    Direct,
+    Reverse,
+    Relay,
+}
+
+impl DataPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataPath::Direct => "direct",
+            DataPath::Reverse => "reverse",
+            DataPath::Relay => "relay",
+        }
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 const MAX_PENDING_HANDSHAKES: usize = 256;
@@ -60,22 +94,59 @@ impl Sessions {
         Arc::new(Sessions {
             node,
             key,
-            jobs,
             sshd,
             kit,
             replay: replay::ReplayCache::default(),
             pending: Semaphore::new(MAX_PENDING_HANDSHAKES),
+            open: Mutex::new(HashMap::new()),
+            reporter: jobs.reporter(),
+            jobs,
         })
     }
 
     /// Runs the handshake on a fresh data connection and, if it succeeds,
     /// sshd inside the job on the same socket.
-    pub async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    pub async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, path: DataPath) {
         let accepted = handshake::run(&self, stream, peer).await;
         let Some(accepted) = accepted else { return };
-        if let Err(e) = sshd::run(&self, accepted).await {
-            tracing::error!(%peer, error = %format!("{e:#}"), "session failed");
-        }
+        let id = accepted.capability.session_id;
+        let started = SessionStarted {
+            session_id: id.to_vec(),
+            job_id: accepted.capability.job_id,
+            path: path.as_str().into(),
+            started_at: now(),
+        };
+        self.open_sessions().insert(id, started.clone());
+        let _ = self.reporter.send(Report::SessionStarted(started.clone()));
+        let (traffic, error) = match sshd::run(&self, accepted).await {
+            Ok(t) => (t, String::new()),
+            Err(e) => {
+                tracing::error!(%peer, error = %format!("{e:#}"), "session failed");
+                (Default::default(), format!("{e:#}"))
+            }
+        };
+        // Report first, forget second: a hello in between then lists the
+        // session as open *and* ended, never as neither.
+        let _ = self.reporter.send(Report::SessionEnded(SessionEnded {
+            session_id: started.session_id,
+            job_id: started.job_id,
+            path: started.path,
+            started_at: started.started_at,
+            ended_at: now(),
+            bytes_from_client: traffic.from_client,
+            bytes_to_client: traffic.to_client,
+            error,
+        }));
+        self.open_sessions().remove(&id);
+    }
+
+    fn open_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 16], SessionStarted>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The sessions open now, for the hello.
+    pub fn open_list(&self) -> Vec<SessionStarted> {
+        self.open_sessions().values().cloned().collect()
     }
 }
 
@@ -85,7 +156,7 @@ pub async fn listen(sessions: Arc<Sessions>, listener: TcpListener) {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 stream.set_nodelay(true).ok();
-                tokio::spawn(sessions.clone().serve(stream, peer));
+                tokio::spawn(sessions.clone().serve(stream, peer, DataPath::Direct));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "session accept failed; backing off");

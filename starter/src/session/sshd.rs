@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -17,6 +17,7 @@ use ssh_key::{LineEnding, PrivateKey, PublicKey};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::handshake::Accepted;
+use super::traffic::{self, Traffic};
 use super::Sessions;
 use crate::container::enter::EnterSpec;
 
@@ -94,7 +95,7 @@ pub fn config_text(
     c
 }
 
-pub async fn run(s: &Sessions, a: Accepted) -> Result<()> {
+pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
     let spec = &a.target.spec;
     let kit = s.kit.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
     let sid = a.capability.session_hex();
@@ -184,6 +185,8 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<()> {
 
     let socket: OwnedFd = a.stream.into_std()?.into();
     let socket_out = socket.try_clone()?;
+    // Our own copy, to read the connection's byte counters once sshd is done.
+    let probe = socket.try_clone()?;
     let pidfd = a.target.init.clone();
     let mut cmd = tokio::process::Command::new("/proc/self/exe");
     cmd.arg("session-enter")
@@ -215,9 +218,11 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<()> {
         }
     }
     let status = child.wait().await?;
+    let traffic = traffic::of(probe.as_fd());
+    drop(probe);
     // sshd -i exits 255 after every normal disconnect.
-    tracing::info!(session_id = %sid, job_id = spec.job_id, peer = %a.peer, %status, "session ended");
-    Ok(())
+    tracing::info!(session_id = %sid, job_id = spec.job_id, peer = %a.peer, %status, bytes_from_client = traffic.from_client, bytes_to_client = traffic.to_client, "session ended");
+    Ok(traffic)
 }
 
 /// The account sessions log in as, for the shim: the job's user, home = the

@@ -1,0 +1,241 @@
+//! Per-user caps on ssh-to-job sessions: how many may be open at once, and
+//! how many capabilities may be outstanding (granted, handshake not done
+//! yet). Every handshake needs a fresh capability, so the second cap bounds
+//! the handshakes one user can have pending on the nodes. Root is exempt.
+//!
+//! The table lives in memory and is rebuilt from the audit records when the
+//! schedd starts; the starters' reports (started, ended, and the open list
+//! in every hello) keep it right.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+pub type SessionId = [u8; 16];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Granted; the capability is good until `expiry` (unix seconds).
+    Pending {
+        expiry: i64,
+    },
+    Open,
+}
+
+struct Entry {
+    uid: u32,
+    node: String,
+    state: State,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_id: HashMap<SessionId, Entry>,
+    by_uid: HashMap<u32, HashSet<SessionId>>,
+}
+
+#[derive(Default)]
+pub struct SessionLimits {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Caps {
+    pub max_sessions: usize,
+    pub max_pending: usize,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    TooManyOpen(usize),
+    TooManyPending(usize),
+}
+
+impl Inner {
+    fn remove(&mut self, id: &SessionId) -> Option<Entry> {
+        let e = self.by_id.remove(id)?;
+        if let Some(set) = self.by_uid.get_mut(&e.uid) {
+            set.remove(id);
+            if set.is_empty() {
+                self.by_uid.remove(&e.uid);
+            }
+        }
+        Some(e)
+    }
+
+    fn insert(&mut self, id: SessionId, e: Entry) {
+        self.by_uid.entry(e.uid).or_default().insert(id);
+        self.by_id.insert(id, e);
+    }
+
+    /// (open, pending) for `uid`, dropping its expired capabilities.
+    fn counts(&mut self, uid: u32, now: i64) -> (usize, usize) {
+        let Some(ids) = self.by_uid.get(&uid) else {
+            return (0, 0);
+        };
+        let mut expired = Vec::new();
+        let (mut open, mut pending) = (0, 0);
+        for id in ids {
+            match self.by_id.get(id).map(|e| e.state) {
+                Some(State::Open) => open += 1,
+                Some(State::Pending { expiry }) if expiry >= now => pending += 1,
+                _ => expired.push(*id),
+            }
+        }
+        for id in expired {
+            self.remove(&id);
+        }
+        (open, pending)
+    }
+}
+
+impl SessionLimits {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits a new capability for `uid` if it is within the caps, counting
+    /// it as pending from now on.
+    pub fn admit(
+        &self,
+        uid: u32,
+        id: SessionId,
+        node: &str,
+        expiry: i64,
+        now: i64,
+        caps: Caps,
+    ) -> Result<(), Refusal> {
+        let mut inner = self.lock();
+        if uid != 0 {
+            let (open, pending) = inner.counts(uid, now);
+            if open >= caps.max_sessions {
+                return Err(Refusal::TooManyOpen(open));
+            }
+            if pending >= caps.max_pending {
+                return Err(Refusal::TooManyPending(pending));
+            }
+        }
+        inner.insert(
+            id,
+            Entry {
+                uid,
+                node: node.to_string(),
+                state: State::Pending { expiry },
+            },
+        );
+        Ok(())
+    }
+
+    /// Restores an entry at start-up (from the audit records).
+    pub fn restore(&self, uid: u32, id: SessionId, node: &str, open: bool, expiry: i64) {
+        let state = if open {
+            State::Open
+        } else {
+            State::Pending { expiry }
+        };
+        self.lock().insert(
+            id,
+            Entry {
+                uid,
+                node: node.to_string(),
+                state,
+            },
+        );
+    }
+
+    /// The node says the session's sshd runs.
+    pub fn started(&self, id: &SessionId) {
+        if let Some(e) = self.lock().by_id.get_mut(id) {
+            e.state = State::Open;
+        }
+    }
+
+    pub fn ended(&self, id: &SessionId) {
+        self.lock().remove(id);
+    }
+
+    /// The node registered and listed what is open there: sessions it does
+    /// not list are over (they ended while the link was down). Returns them.
+    pub fn reconcile(&self, node: &str, open_there: &HashSet<SessionId>) -> Vec<SessionId> {
+        let mut inner = self.lock();
+        for id in open_there {
+            if let Some(e) = inner.by_id.get_mut(id) {
+                e.state = State::Open;
+            }
+        }
+        let gone: Vec<SessionId> = inner
+            .by_id
+            .iter()
+            .filter(|(id, e)| e.node == node && e.state == State::Open && !open_there.contains(*id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &gone {
+            inner.remove(id);
+        }
+        gone
+    }
+
+    /// The node's starter is gone, and its sessions with it. Returns them.
+    pub fn node_gone(&self, node: &str) -> Vec<SessionId> {
+        self.reconcile(node, &HashSet::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CAPS: Caps = Caps {
+        max_sessions: 2,
+        max_pending: 1,
+    };
+
+    fn id(n: u8) -> SessionId {
+        [n; 16]
+    }
+
+    #[test]
+    fn pending_cap_then_open_cap() {
+        let t = SessionLimits::default();
+        t.admit(1000, id(1), "n", 100, 0, CAPS).unwrap();
+        // One outstanding capability is the cap.
+        assert_eq!(
+            t.admit(1000, id(2), "n", 100, 0, CAPS),
+            Err(Refusal::TooManyPending(1))
+        );
+        // Another user is not affected, nor is root.
+        t.admit(1001, id(3), "n", 100, 0, CAPS).unwrap();
+        t.admit(0, id(4), "n", 100, 0, CAPS).unwrap();
+        t.admit(0, id(5), "n", 100, 0, CAPS).unwrap();
+        t.started(&id(1));
+        t.admit(1000, id(2), "n", 100, 0, CAPS).unwrap();
+        t.started(&id(2));
+        assert_eq!(
+            t.admit(1000, id(6), "n", 100, 0, CAPS),
+            Err(Refusal::TooManyOpen(2))
+        );
+        t.ended(&id(1));
+        t.admit(1000, id(6), "n", 100, 0, CAPS).unwrap();
+    }
+
+    #[test]
+    fn expired_capabilities_stop_counting() {
+        let t = SessionLimits::default();
+        t.admit(1000, id(1), "n", 10, 0, CAPS).unwrap();
+        assert!(t.admit(1000, id(2), "n", 20, 10, CAPS).is_err());
+        t.admit(1000, id(2), "n", 20, 11, CAPS).unwrap();
+    }
+
+    #[test]
+    fn reconcile_ends_what_the_node_no_longer_has() {
+        let t = SessionLimits::default();
+        for n in 1..=3 {
+            t.admit(0, id(n), if n == 3 { "other" } else { "n" }, 100, 0, CAPS)
+                .unwrap();
+            t.started(&id(n));
+        }
+        let gone = t.reconcile("n", &HashSet::from([id(1)]));
+        assert_eq!(gone, vec![id(2)]);
+        assert_eq!(t.node_gone("n"), vec![id(1)]);
+        assert_eq!(t.node_gone("other"), vec![id(3)]);
+    }
+}

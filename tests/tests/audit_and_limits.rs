@@ -1,0 +1,211 @@
+//! One full audit record per session (path, start, end, bytes each way,
+//! exit status), and the per-user caps on open sessions and unused
+//! capabilities, attacked.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use stj_tests::{wait_until, Cluster, TestUser};
+
+const T: Duration = Duration::from_secs(30);
+
+fn audit(c: &Cluster, user: Option<&TestUser>, job: u64) -> Vec<Value> {
+    let out = c.stj(
+        user,
+        c.path(),
+        &["audit", "--job", &job.to_string(), "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn every_session_leaves_one_record_with_path_times_bytes_and_exit_status() {
+    let mut c = Cluster::new();
+    c.start_starter("node1", 1);
+    let alice = TestUser::alice();
+    let job = c.submit(&alice, &["--", "sleep", "86431"]);
+    c.wait_state(job, "running", T);
+    let input = c.path().join("input");
+    std::fs::write(&input, vec![b'x'; 300_000]).unwrap();
+    std::fs::set_permissions(&input, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+
+    let id = job.to_string();
+    let runs = [
+        (
+            "direct",
+            "head -c 2000000 /dev/zero; cat >/dev/null; exit 7",
+            7,
+        ),
+        ("reverse", "cat >/dev/null; exit 3", 3),
+        ("relay", "head -c 1000000 /dev/zero; cat >/dev/null", 0),
+    ];
+    for (mode, cmd, code) in runs {
+        let out = c.ssh_to_job(&alice, &["--mode", mode, &id, cmd], Some(&input));
+        assert_eq!(out.status.code(), Some(code), "{mode}: {}", stderr(&out));
+    }
+
+    // The node reports the end, the client the exit status: both arrive
+    // within moments of the session's end.
+    let records = wait_until("three complete session records", T, || {
+        let r = audit(&c, Some(&alice), job);
+        (r.len() == 3
+            && r.iter()
+                .all(|x| x["ended_at"].is_i64() && x["exit_status"].is_i64()))
+        .then_some(r)
+    });
+    for ((mode, _, code), r) in runs.iter().zip(&records) {
+        assert_eq!(r["outcome"], "granted", "{r}");
+        assert_eq!(r["path"], *mode, "{r}");
+        assert_eq!(r["node"], "node1");
+        assert_eq!(r["uid"], alice.uid);
+        assert_eq!(r["exit_status"], *code, "{r}");
+        assert_eq!(r["end_note"], "", "{r}");
+        let (issued, started, ended) = (
+            r["issued_at"].as_i64().unwrap(),
+            r["started_at"].as_i64().unwrap(),
+            r["ended_at"].as_i64().unwrap(),
+        );
+        assert!(issued <= started && started <= ended, "{r}");
+        // The 300 KB sent in, and what the command wrote out, plus SSH's
+        // own overhead.
+        let up = r["bytes_from_client"].as_u64().unwrap();
+        let down = r["bytes_to_client"].as_u64().unwrap();
+        assert!((300_000..400_000).contains(&up), "{mode}: up {up}");
+        let want_down = match *mode {
+            "direct" => 2_000_000,
+            "relay" => 1_000_000,
+            _ => 0,
+        };
+        assert!(
+            down >= want_down && down < want_down + 100_000,
+            "{mode}: down {down}"
+        );
+    }
+
+    // The table for people has every column.
+    let out = c.stj(Some(&alice), c.path(), &["audit", "--job", &id]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "PATH", "DURATION", "UP", "DOWN", "EXIT", "reverse", "1.9 MiB",
+    ] {
+        assert!(table.contains(word), "{word} missing:\n{table}");
+    }
+}
+
+/// `ssh-to-job J 'echo up; sleep 600'`, returned once the session answered.
+pub fn open_session(c: &Cluster, user: &TestUser, job: u64) -> std::process::Child {
+    let mut child = c
+        .ssh_to_job_cmd(user, &[&job.to_string(), "echo up; sleep 600"], None)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "up\n");
+    child
+}
+
+#[test]
+fn per_user_caps_on_open_sessions_and_unused_capabilities() {
+    let mut c = Cluster::with_schedd_config("max_sessions_per_user = 1\nmax_pending_per_user = 1");
+    c.start_starter("node1", 1);
+    let alice = TestUser::alice();
+    let job = c.submit(&alice, &["--", "sleep", "86432"]);
+    c.wait_state(job, "running", T);
+    let id = job.to_string();
+
+    // One open session is alice's cap: a second is refused, and says which
+    // knob holds it.
+    let mut first = open_session(&c, &alice, job);
+    wait_until("the node to report the session open", T, || {
+        audit(&c, None, job)
+            .iter()
+            .any(|r| r["started_at"].is_i64())
+            .then_some(())
+    });
+    let out = c.ssh_to_job(&alice, &[&id, "true"], None);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        stderr(&out).contains("max_sessions_per_user"),
+        "{}",
+        stderr(&out)
+    );
+    // Root is not capped.
+    let root = TestUser::get("root");
+    let out = c.ssh_to_job(&root, &[&id, "echo root-in"], None);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("root-in"),
+        "{}",
+        stderr(&out)
+    );
+
+    // When the session ends, the slot is free again. (SIGTERM: ssh-to-job
+    // passes it on to ssh; a SIGKILL would leave ssh running the session.)
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    first.wait().unwrap();
+    let out = wait_until("alice to get a session again", T, || {
+        let out = c.ssh_to_job(&alice, &[&id, "echo again"], None);
+        out.status.success().then_some(out)
+    });
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "again\n");
+
+    // A capability that was granted and never used counts until it
+    // expires: a run that fails after the grant (its reverse socket cannot
+    // be made) holds alice's one unused capability.
+    let out = c.ssh_to_job(
+        &alice,
+        &[
+            "--mode",
+            "reverse",
+            "--daemon-sock-dir",
+            "/nonexistent/stj",
+            &id,
+            "true",
+        ],
+        None,
+    );
+    assert_ne!(out.status.code(), Some(0));
+    let out = c.ssh_to_job(&alice, &[&id, "true"], None);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        stderr(&out).contains("max_pending_per_user"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Both refusals are in the audit records, with their reasons.
+    let records = wait_until("the refusals in the audit records", T, || {
+        let r = audit(&c, Some(&alice), job);
+        let has = |knob: &str| {
+            r.iter()
+                .any(|x| x["outcome"].as_str().unwrap().contains(knob))
+        };
+        (has("max_sessions_per_user") && has("max_pending_per_user")).then_some(r)
+    });
+    assert!(records
+        .iter()
+        .filter(|r| r["outcome"] != "granted")
+        .all(|r| r["path"].is_null() && r["started_at"].is_null()));
+}
