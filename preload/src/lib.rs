@@ -10,6 +10,10 @@
 //! working directory (so sessions start where the job runs), and the shim
 //! replaces a `nologin`/`false` (or missing) shell with a usable one. Both
 //! choices are documented in README.
+//!
+//! One more thing, cosmetic: a program started through the kit's loader
+//! (`ld-linux-x86-64.so.2 /.stj/bin/sshd ...`) is named after the loader in
+//! `ps`/`top` inside the job. A constructor renames it after its own argv[0].
 
 use std::cell::RefCell;
 use std::ffi::{CStr, CString};
@@ -18,6 +22,50 @@ use std::sync::OnceLock;
 use libc::{c_char, c_int, gid_t, passwd, size_t, uid_t};
 
 pub const ENV: &str = "STJ_PASSWD";
+
+/// The process name (`comm`) for a program whose argv[0] is `argv0`, if the
+/// current one is the loader's (`ld-...`); at most 15 bytes, as the kernel
+/// keeps.
+pub fn own_name(current: &[u8], argv0: &[u8]) -> Option<Vec<u8>> {
+    if !current.starts_with(b"ld-") {
+        return None;
+    }
+    let base = argv0.rsplit(|&b| b == b'/').next().unwrap_or(argv0);
+    if base.is_empty() || base.starts_with(b"ld-") {
+        return None;
+    }
+    Some(base[..base.len().min(15)].to_vec())
+}
+
+/// Runs when the shim is loaded, with the program's argc and argv (glibc
+/// passes them to `.init_array` functions).
+extern "C" fn rename_after_argv0(argc: c_int, argv: *const *const c_char, _env: *const *const c_char) {
+    if argc < 1 || argv.is_null() {
+        return;
+    }
+    // SAFETY: glibc hands constructors the process's argv; argv[0] is a C
+    // string. PR_GET_NAME writes at most 16 bytes into `current`.
+    unsafe {
+        let argv0 = *argv;
+        if argv0.is_null() {
+            return;
+        }
+        let mut current = [0u8; 17];
+        if libc::prctl(libc::PR_GET_NAME, current.as_mut_ptr()) != 0 {
+            return;
+        }
+        let len = current.iter().position(|&b| b == 0).unwrap_or(16);
+        if let Some(name) = own_name(&current[..len], CStr::from_ptr(argv0).to_bytes()) {
+            if let Ok(c) = CString::new(name) {
+                libc::prctl(libc::PR_SET_NAME, c.as_ptr());
+            }
+        }
+    }
+}
+
+#[used]
+#[link_section = ".init_array"]
+static RENAME: extern "C" fn(c_int, *const *const c_char, *const *const c_char) = rename_after_argv0;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -250,6 +298,20 @@ pub unsafe extern "C" fn getpwuid(uid: uid_t) -> *mut passwd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renames_only_what_the_loader_started() {
+        assert_eq!(
+            own_name(b"ld-linux-x86-64", b"/.stj/bin/sshd"),
+            Some(b"sshd".to_vec())
+        );
+        assert_eq!(own_name(b"sshd", b"/usr/sbin/sshd"), None);
+        assert_eq!(own_name(b"ld-linux-x86-64", b"ld-linux-x86-64.so.2"), None);
+        assert_eq!(
+            own_name(b"ld-linux-x86-64", b"/x/a-very-long-program-name"),
+            Some(b"a-very-long-pro".to_vec())
+        );
+    }
 
     #[test]
     fn parses_a_passwd_line() {

@@ -48,6 +48,9 @@ fn the_session_is_inside_the_job() {
         "same PID namespace: the job's own command is listed: {out}"
     );
     assert!(lines.contains(&"stj-init"), "{out}");
+    // The session's sshd shows under its own name, not as the kit's loader.
+    assert!(lines.contains(&"sshd"), "{out}");
+    assert!(!out.contains("ld-linux"), "{out}");
     assert!(
         !out.contains("stj-starter") && !out.contains("stj-schedd"),
         "no host processes: {out}"

@@ -2,6 +2,9 @@
 //! run on this machine, printed as one markdown table.
 //!
 //!   cargo build --workspace --release && target/release/stj-bench [--quick]
+//!   target/release/stj-bench --only relay,issuance    # some sections only
+//!
+//! Sections: attach, bulk, relay, issuance, scale.
 //!
 //! Needs root (it makes users, namespaces and a pool like the tests do).
 
@@ -140,7 +143,18 @@ fn timed(c: &Cluster, user: &TestUser, script: &str) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .map(|i| {
+            args.get(i + 1)
+                .map(|v| v.split(',').map(String::from).collect())
+                .context("--only needs a list: attach,bulk,relay,issuance,scale")
+        })
+        .transpose()?;
+    let run = |section: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == section));
     stj_tests::raise_fd_limit(65536);
     let rt = tokio::runtime::Runtime::new()?;
     let mut rows = Vec::new();
@@ -164,20 +178,22 @@ fn main() -> Result<()> {
 
     // 1. attach latency, interleaved
     let (mut a, mut b) = (Vec::new(), Vec::new());
-    for _ in 0..attach_runs {
+    for _ in 0..if run("attach") { attach_runs } else { 0 } {
         a.push(timed(&c, &alice, &format!("{stj} {job} true"))? * 1000.0);
         b.push(timed(&c, &alice, &format!("{} true", plain.ssh(&alice)))? * 1000.0);
     }
-    let (ma, mb) = (median(&mut a), median(&mut b));
-    rows.push(Row {
-        what: format!(
+    if run("attach") {
+        let (ma, mb) = (median(&mut a), median(&mut b));
+        rows.push(Row {
+            what: format!(
             "attach: `ssh-to-job J true` vs `ssh host true` (ms, median of {attach_runs}; range)"
         ),
-        stj: format!("{ma:.0} ({})", spread(&a)),
-        baseline: format!("{mb:.0} ({})", spread(&b)),
-        ratio: format!("{:.2}×", ma / mb),
-        target: "≤ 1.3×".into(),
-    });
+            stj: format!("{ma:.0} ({})", spread(&a)),
+            baseline: format!("{mb:.0} ({})", spread(&b)),
+            ratio: format!("{:.2}×", ma / mb),
+            target: "≤ 1.3×".into(),
+        });
+    }
 
     // 2. bulk throughput per path, up and down, against plain ssh
     let bytes = size_mib << 20;
@@ -194,7 +210,12 @@ fn main() -> Result<()> {
         ("relay, --copy", format!("{stj} --mode relay --copy {job}")),
     ];
     let plain_cmd = plain.ssh(&alice);
-    for (dir, make) in [("up", &up as &dyn Fn(&str) -> String), ("down", &down)] {
+    let bulk: &[(&str, &dyn Fn(&str) -> String)] = if run("bulk") {
+        &[("up", &up), ("down", &down)]
+    } else {
+        &[]
+    };
+    for (dir, make) in bulk {
         for (name, cmd) in &paths {
             let (mut s, mut p) = (Vec::new(), Vec::new());
             for _ in 0..runs {
@@ -222,10 +243,17 @@ fn main() -> Result<()> {
     let token = JoinToken::parse(&std::fs::read_to_string(&sim.token_file)?)?;
     let addr = sim.addr.clone().context("schedd address")?;
     let relay_bytes: u64 = if quick { 64 << 20 } else { 1 << 30 };
-    rows.push(rt.block_on(relay_cost(&sim, &token, &addr, &alice, relay_bytes))?);
-    rows.extend(rt.block_on(issuance(&sim, if quick { 1 } else { 5 }))?);
-    let (starters, sessions) = if quick { (500, 50) } else { (10_000, 500) };
-    rows.extend(rt.block_on(scale(&mut sim, &token, &addr, starters, sessions))?);
+    if run("relay") {
+        let rounds = if quick { 1 } else { 5 };
+        rows.extend(rt.block_on(relay_cost(&sim, &token, &addr, &alice, relay_bytes, rounds))?);
+    }
+    if run("issuance") {
+        rows.extend(rt.block_on(issuance(&sim, if quick { 1 } else { 5 }))?);
+    }
+    if run("scale") {
+        let (starters, sessions) = if quick { (500, 50) } else { (10_000, 500) };
+        rows.extend(rt.block_on(scale(&mut sim, &token, &addr, starters, sessions))?);
+    }
 
     println!("| measurement | ssh-to-job | baseline | ratio | target |");
     println!("|---|---|---|---|---|");
@@ -300,32 +328,75 @@ async fn pump(
     Ok((bytes as f64 / (1 << 20) as f64) / t.elapsed().as_secs_f64())
 }
 
+/// CPU seconds (user + system) `pid` has used so far.
+fn cpu_secs(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').context("odd /proc stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+/// Relay vs loopback TCP, interleaved rounds, with the CPU each party used:
+/// on a box with few cores the relay's share of the CPU sets the ceiling.
 async fn relay_cost(
     c: &Cluster,
     token: &JoinToken,
     addr: &str,
     user: &TestUser,
     bytes: u64,
-) -> Result<Row> {
+    rounds: usize,
+) -> Result<Vec<Row>> {
     let mut s = sim_starter::register(addr, token, "sim-relay", 1, true).await?;
     let job = c.submit(user, &["--", "sleep", "86400"]);
     c.wait_state(job, "running", Duration::from_secs(30));
-    let (a, b) = relay_pair(c, job, &mut s).await?;
-    let relayed = pump(a, b, bytes).await?;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let a = tokio::net::TcpStream::connect(l.local_addr()?).await?;
-    let (b, _) = l.accept().await?;
-    let direct = pump(a, b, bytes).await?;
-    Ok(Row {
-        what: format!(
-            "relay cost: {} MiB raw through the broker relay vs loopback TCP (MiB/s)",
-            bytes >> 20
-        ),
-        stj: format!("{relayed:.0}"),
-        baseline: format!("{direct:.0}"),
-        ratio: format!("{:.2}×", relayed / direct),
-        target: "≥ 0.9×".into(),
-    })
+    let schedd = c.schedd_pid().context("schedd pid")?;
+    let me = std::process::id();
+    let (mut relayed, mut direct) = (Vec::new(), Vec::new());
+    // CPU seconds per GiB: endpoints (this process) and relay (the schedd).
+    let (mut ends_r, mut relay_cpu, mut ends_d) = (0.0, 0.0, 0.0);
+    for _ in 0..rounds {
+        let (a, b) = relay_pair(c, job, &mut s).await?;
+        let (m0, s0) = (cpu_secs(me)?, cpu_secs(schedd)?);
+        relayed.push(pump(a, b, bytes).await?);
+        ends_r += cpu_secs(me)? - m0;
+        relay_cpu += cpu_secs(schedd)? - s0;
+
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let a = tokio::net::TcpStream::connect(l.local_addr()?).await?;
+        let (b, _) = l.accept().await?;
+        let m0 = cpu_secs(me)?;
+        direct.push(pump(a, b, bytes).await?);
+        ends_d += cpu_secs(me)? - m0;
+    }
+    let gib = (rounds as u64 * bytes) as f64 / (1u64 << 30) as f64;
+    let (ends_r, relay_cpu, ends_d) = (ends_r / gib, relay_cpu / gib, ends_d / gib);
+    let (mr, md) = (median(&mut relayed), median(&mut direct));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Ok(vec![
+        Row {
+            what: format!(
+                "relay cost: {} MiB raw through the broker relay vs loopback TCP (MiB/s, median of {rounds}; range)",
+                bytes >> 20
+            ),
+            stj: format!("{mr:.0} ({})", spread(&relayed)),
+            baseline: format!("{md:.0} ({})", spread(&direct)),
+            ratio: format!("{:.2}×", mr / md),
+            target: "≥ 0.9×".into(),
+        },
+        Row {
+            what: format!(
+                "relay cost, CPU per GiB moved: endpoints + relay vs endpoints alone (CPU-s; {cores} cores)"
+            ),
+            stj: format!("{ends_r:.2} + {relay_cpu:.2}"),
+            baseline: format!("{ends_d:.2}"),
+            ratio: format!("{:.2}×", ends_d / (ends_r + relay_cpu)),
+            target: "–".into(),
+        },
+    ])
 }
 
 async fn issuance(c: &Cluster, secs: u64) -> Result<Vec<Row>> {
