@@ -39,7 +39,11 @@ pub fn own_name(current: &[u8], argv0: &[u8]) -> Option<Vec<u8>> {
 
 /// Runs when the shim is loaded, with the program's argc and argv (glibc
 /// passes them to `.init_array` functions).
-extern "C" fn rename_after_argv0(argc: c_int, argv: *const *const c_char, _env: *const *const c_char) {
+extern "C" fn rename_after_argv0(
+    argc: c_int,
+    argv: *const *const c_char,
+    _env: *const *const c_char,
+) {
     if argc < 1 || argv.is_null() {
         return;
     }
@@ -65,7 +69,8 @@ extern "C" fn rename_after_argv0(argc: c_int, argv: *const *const c_char, _env: 
 
 #[used]
 #[link_section = ".init_array"]
-static RENAME: extern "C" fn(c_int, *const *const c_char, *const *const c_char) = rename_after_argv0;
+static RENAME: extern "C" fn(c_int, *const *const c_char, *const *const c_char) =
+    rename_after_argv0;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {

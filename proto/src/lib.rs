@@ -3,6 +3,7 @@
 //! the starter link with its size limits.
 
 pub mod capability;
+pub mod expiring;
 pub mod framing;
 pub mod handshake;
 pub mod job_state;

@@ -31,10 +31,13 @@ pub enum Event {
     Started(SessionStarted),
     /// The node's own report: always wins over an inferred end.
     Ended(SessionEnded),
-    /// The node went away (or forgot the session while its link was down):
-    /// the end is inferred, and kept only if the node never reports one.
+    /// Sessions on `node` recorded as open, except `still_open`, ended
+    /// without a report: the node's starter died, or the node registered
+    /// again without them. The end is inferred, and kept only if the node
+    /// never reports one.
     Lost {
-        session_id: String,
+        node: String,
+        still_open: Vec<Vec<u8>>,
         note: String,
     },
     /// The client's exit status; only the granted user's, only once.
@@ -101,11 +104,28 @@ fn apply(tx: &rusqlite::Transaction<'_>, event: &Event, at: i64) -> rusqlite::Re
                 e.bytes_to_client as i64,
                 e.error
             ]),
-        Event::Lost { session_id, note } => tx
-            .prepare_cached(
+        Event::Lost {
+            node,
+            still_open,
+            note,
+        } => {
+            let open: Vec<String> = tx
+                .prepare_cached(
+                    "SELECT session_id FROM sessions WHERE node = ?1 AND started_at IS NOT NULL AND ended_at IS NULL",
+                )?
+                .query_map(params![node], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let keep: std::collections::HashSet<String> =
+                still_open.iter().map(hex::encode).collect();
+            let mut end = tx.prepare_cached(
                 "UPDATE sessions SET ended_at = ?2, end_note = ?3 WHERE session_id = ?1 AND ended_at IS NULL",
-            )?
-            .execute(params![session_id, at, note]),
+            )?;
+            let mut n = 0;
+            for id in open.iter().filter(|id| !keep.contains(*id)) {
+                n += end.execute(params![id, at, note])?;
+            }
+            Ok(n)
+        }
         Event::Exit {
             session_id,
             uid,
@@ -192,8 +212,15 @@ mod tests {
         let sid = [1u8; 16];
         let id = hex::encode(sid);
         log.send(issued(&id, 1000));
+        log.send(Event::Started(SessionStarted {
+            session_id: sid.to_vec(),
+            job_id: 1,
+            path: "relay".into(),
+            started_at: 5,
+        }));
         log.send(Event::Lost {
-            session_id: id.clone(),
+            node: "n".into(),
+            still_open: vec![],
             note: "node went away".into(),
         });
         log.send(Event::Ended(SessionEnded {

@@ -214,12 +214,12 @@ async fn starter_gone(schedd: Arc<Schedd>, node: String, grace: Duration) {
     if schedd.registry.is_connected(&node) {
         return;
     }
-    for id in schedd.limits.node_gone(&node) {
-        schedd.audit.send(Event::Lost {
-            session_id: hex::encode(id),
-            note: format!("the starter on node {node} stopped; the session ended with it"),
-        });
-    }
+    schedd.limits.node_gone(&node);
+    schedd.audit.send(Event::Lost {
+        node: node.clone(),
+        still_open: vec![],
+        note: format!("the starter on node {node} stopped; the session ended with it"),
+    });
     let jobs = match schedd.queue.running_on(&node) {
         Ok(j) => j,
         Err(e) => return tracing::error!(error = %e, "cannot read the queue"),
@@ -333,15 +333,19 @@ fn reconcile_sessions(schedd: &Schedd, hello: &StarterHello) -> Vec<ScheddMessag
     for s in &hello.open_sessions {
         schedd.audit.send(Event::Started(s.clone()));
     }
-    for id in schedd.limits.reconcile(&hello.name, &open) {
-        schedd.audit.send(Event::Lost {
-            session_id: hex::encode(id),
-            note: format!(
-                "node {} no longer had the session when it registered again",
-                hello.name
-            ),
-        });
-    }
+    schedd.limits.reconcile(&hello.name, &open);
+    schedd.audit.send(Event::Lost {
+        node: hello.name.clone(),
+        still_open: hello
+            .open_sessions
+            .iter()
+            .map(|s| s.session_id.clone())
+            .collect(),
+        note: format!(
+            "node {} no longer had the session when it registered again",
+            hello.name
+        ),
+    });
     acks
 }
 

@@ -81,6 +81,10 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             conn.execute_batch(&format!("ALTER TABLE sessions ADD COLUMN {name} {ty}"))?;
         }
     }
+    // Small: only open sessions are in it (for the ends inferred per node).
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS sessions_open ON sessions(node) WHERE started_at IS NOT NULL AND ended_at IS NULL",
+    )?;
     Ok(())
 }
 
@@ -201,20 +205,19 @@ impl Queue {
     }
 
     pub fn get(&self, id: u64) -> Result<Option<Job>> {
+        // Cached statements: `get` runs on every RequestSession, and parsing
+        // the SQL each time showed up in the issuance profile.
         let conn = self.conn();
         let row = conn
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
-                [id as i64],
-                job_from_row,
-            )
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"))?
+            .query_row([id as i64], job_from_row)
             .optional()?;
         row.map(with_spec).transpose()
     }
 
     fn select(&self, where_clause: &str, args: impl rusqlite::Params) -> Result<Vec<Job>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM jobs {where_clause} ORDER BY id"
         ))?;
         let rows = stmt.query_map(args, job_from_row)?;
@@ -237,18 +240,18 @@ impl Queue {
     }
 
     pub fn count_running_on(&self, node: &str) -> Result<u32> {
-        let n: i64 = self.conn().query_row(
-            "SELECT COUNT(*) FROM jobs WHERE state = ?1 AND node = ?2",
-            params![JobState::Running as i32, node],
-            |r| r.get(0),
-        )?;
+        let n: i64 = self
+            .conn()
+            .prepare_cached("SELECT COUNT(*) FROM jobs WHERE state = ?1 AND node = ?2")?
+            .query_row(params![JobState::Running as i32, node], |r| r.get(0))?;
         Ok(n as u32)
     }
 
     /// idle → running on `node`. False when the job was no longer idle.
     pub fn assign(&self, id: u64, node: &str) -> Result<bool> {
-        let n = self.conn().execute(
-            "UPDATE jobs SET state = ?1, node = ?2, start_time = ?3, reason = '' WHERE id = ?4 AND state = ?5",
+        let n = self.conn().prepare_cached(
+            "UPDATE jobs SET state = ?1, node = ?2, start_time = ?3, reason = '' WHERE id = ?4 AND state = ?5"
+        )?.execute(
             params![JobState::Running as i32, node, now(), id as i64, JobState::Idle as i32],
         )?;
         Ok(n == 1)
@@ -258,13 +261,16 @@ impl Queue {
     /// becomes completed; a removed one keeps its state but gains the exit
     /// status. Reports from a node the job is not on change nothing.
     pub fn finish(&self, node: &str, exit: &JobExited) -> Result<bool> {
-        let n = self.conn().execute(
-            "UPDATE jobs SET state = CASE WHEN state = ?1 THEN ?2 ELSE state END,
+        let n = self
+            .conn()
+            .prepare_cached(
+                "UPDATE jobs SET state = CASE WHEN state = ?1 THEN ?2 ELSE state END,
                  exit_code = ?3, exit_signal = ?4,
                  reason = CASE WHEN state = ?1 THEN ?5 ELSE reason END,
                  end_time = CASE WHEN end_time = 0 THEN ?6 ELSE end_time END
              WHERE id = ?7 AND node = ?8 AND state IN (?1, ?9)",
-            params![
+            )?
+            .execute(params![
                 JobState::Running as i32,
                 JobState::Completed as i32,
                 exit.exit_code,
@@ -274,15 +280,15 @@ impl Queue {
                 exit.job_id as i64,
                 node,
                 JobState::Removed as i32
-            ],
-        )?;
+            ])?;
         Ok(n == 1)
     }
 
     /// running on `node` → idle, with the reason recorded for `stj q`.
     pub fn requeue(&self, id: u64, node: &str, reason: &str) -> Result<bool> {
-        let n = self.conn().execute(
-            "UPDATE jobs SET state = ?1, node = '', start_time = 0, reason = ?2 WHERE id = ?3 AND node = ?4 AND state = ?5",
+        let n = self.conn().prepare_cached(
+            "UPDATE jobs SET state = ?1, node = '', start_time = 0, reason = ?2 WHERE id = ?3 AND node = ?4 AND state = ?5"
+        )?.execute(
             params![JobState::Idle as i32, reason, id as i64, node, JobState::Running as i32],
         )?;
         Ok(n == 1)
@@ -296,8 +302,9 @@ impl Queue {
         };
         let state = JobState::try_from(before.state).unwrap_or(JobState::Unspecified);
         if !state.is_terminal() {
-            self.conn().execute(
-                "UPDATE jobs SET state = ?1, end_time = ?2, reason = ?3 WHERE id = ?4 AND state = ?5",
+            self.conn().prepare_cached(
+                "UPDATE jobs SET state = ?1, end_time = ?2, reason = ?3 WHERE id = ?4 AND state = ?5"
+            )?.execute(
                 params![
                     JobState::Removed as i32,
                     now(),

@@ -104,15 +104,17 @@ impl SessionLimits {
         now: i64,
         caps: Caps,
     ) -> Result<(), Refusal> {
+        // Root is not capped, so not counted either.
+        if uid == 0 {
+            return Ok(());
+        }
         let mut inner = self.lock();
-        if uid != 0 {
-            let (open, pending) = inner.counts(uid, now);
-            if open >= caps.max_sessions {
-                return Err(Refusal::TooManyOpen(open));
-            }
-            if pending >= caps.max_pending {
-                return Err(Refusal::TooManyPending(pending));
-            }
+        let (open, pending) = inner.counts(uid, now);
+        if open >= caps.max_sessions {
+            return Err(Refusal::TooManyOpen(open));
+        }
+        if pending >= caps.max_pending {
+            return Err(Refusal::TooManyPending(pending));
         }
         inner.insert(
             id,
@@ -127,6 +129,9 @@ impl SessionLimits {
 
     /// Restores an entry at start-up (from the audit records).
     pub fn restore(&self, uid: u32, id: SessionId, node: &str, open: bool, expiry: i64) {
+        if uid == 0 {
+            return;
+        }
         let state = if open {
             State::Open
         } else {
@@ -154,8 +159,8 @@ impl SessionLimits {
     }
 
     /// The node registered and listed what is open there: sessions it does
-    /// not list are over (they ended while the link was down). Returns them.
-    pub fn reconcile(&self, node: &str, open_there: &HashSet<SessionId>) -> Vec<SessionId> {
+    /// not list are over (they ended while the link was down).
+    pub fn reconcile(&self, node: &str, open_there: &HashSet<SessionId>) {
         let mut inner = self.lock();
         for id in open_there {
             if let Some(e) = inner.by_id.get_mut(id) {
@@ -171,12 +176,17 @@ impl SessionLimits {
         for id in &gone {
             inner.remove(id);
         }
-        gone
     }
 
-    /// The node's starter is gone, and its sessions with it. Returns them.
-    pub fn node_gone(&self, node: &str) -> Vec<SessionId> {
+    /// The node's starter is gone, and its sessions with it.
+    pub fn node_gone(&self, node: &str) {
         self.reconcile(node, &HashSet::new())
+    }
+
+    /// Sessions counted (open or pending) for `uid`.
+    #[cfg(test)]
+    fn tracked(&self, uid: u32) -> usize {
+        self.lock().by_uid.get(&uid).map_or(0, |s| s.len())
     }
 }
 
@@ -202,10 +212,11 @@ mod tests {
             t.admit(1000, id(2), "n", 100, 0, CAPS),
             Err(Refusal::TooManyPending(1))
         );
-        // Another user is not affected, nor is root.
+        // Another user is not affected, nor is root (not even counted).
         t.admit(1001, id(3), "n", 100, 0, CAPS).unwrap();
         t.admit(0, id(4), "n", 100, 0, CAPS).unwrap();
         t.admit(0, id(5), "n", 100, 0, CAPS).unwrap();
+        assert_eq!(t.tracked(0), 0);
         t.started(&id(1));
         t.admit(1000, id(2), "n", 100, 0, CAPS).unwrap();
         t.started(&id(2));
@@ -228,14 +239,27 @@ mod tests {
     #[test]
     fn reconcile_ends_what_the_node_no_longer_has() {
         let t = SessionLimits::default();
+        let caps = Caps {
+            max_sessions: 10,
+            max_pending: 10,
+        };
         for n in 1..=3 {
-            t.admit(0, id(n), if n == 3 { "other" } else { "n" }, 100, 0, CAPS)
-                .unwrap();
+            t.admit(
+                1000,
+                id(n),
+                if n == 3 { "other" } else { "n" },
+                100,
+                0,
+                caps,
+            )
+            .unwrap();
             t.started(&id(n));
         }
-        let gone = t.reconcile("n", &HashSet::from([id(1)]));
-        assert_eq!(gone, vec![id(2)]);
-        assert_eq!(t.node_gone("n"), vec![id(1)]);
-        assert_eq!(t.node_gone("other"), vec![id(3)]);
+        t.reconcile("n", &HashSet::from([id(1)]));
+        assert_eq!(t.tracked(1000), 2);
+        t.node_gone("n");
+        assert_eq!(t.tracked(1000), 1, "only the other node's is left");
+        t.node_gone("other");
+        assert_eq!(t.tracked(1000), 0);
     }
 }

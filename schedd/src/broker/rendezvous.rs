@@ -2,11 +2,11 @@
 //! when it expires. Tokens are compared in constant time (HMAC tags under a
 //! per-process key), never logged.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
+use stj_proto::expiring::ExpiringMap;
 use stj_proto::preamble::TOKEN_LEN;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -17,7 +17,6 @@ pub struct Pending {
     pub node: String,
     /// The uid that was granted the capability.
     pub uid: u32,
-    pub expiry: u64,
     client_tag: hmac::Tag,
     starter_tag: hmac::Tag,
     /// The starter's relay token, sent to it over its link on demand.
@@ -35,8 +34,8 @@ pub struct Route {
 
 pub struct Rendezvous {
     key: hmac::Key,
-    sessions: Mutex<HashMap<[u8; 16], Pending>>,
-    routes: Mutex<HashMap<String, Route>>,
+    sessions: Mutex<ExpiringMap<[u8; 16], Pending>>,
+    routes: Mutex<ExpiringMap<String, Route>>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -63,8 +62,8 @@ impl Default for Rendezvous {
         let _ = SystemRandom::new().fill(&mut k);
         Rendezvous {
             key: hmac::Key::new(hmac::HMAC_SHA256, &k),
-            sessions: Mutex::new(HashMap::new()),
-            routes: Mutex::new(HashMap::new()),
+            sessions: Mutex::default(),
+            routes: Mutex::default(),
         }
     }
 }
@@ -84,30 +83,27 @@ impl Rendezvous {
     ) -> [u8; TOKEN_LEN] {
         let client = random_token();
         let starter = random_token();
-        let mut s = lock(&self.sessions);
-        let t = now();
-        s.retain(|_, p| p.expiry >= t);
-        s.insert(
+        lock(&self.sessions).insert(
             session_id,
+            expiry,
             Pending {
                 node: node.to_string(),
                 uid,
-                expiry,
                 client_tag: hmac::sign(&self.key, &client),
                 starter_tag: hmac::sign(&self.key, &starter),
                 starter_token: starter,
                 waiting: None,
                 client_arrived: false,
             },
+            now(),
         );
         client
     }
 
     /// (node, uid) of a live pending session.
     pub fn lookup(&self, session_id: &[u8; 16]) -> Option<(String, u32)> {
-        let s = lock(&self.sessions);
-        s.get(session_id)
-            .filter(|p| p.expiry >= now())
+        lock(&self.sessions)
+            .get(session_id, now())
             .map(|p| (p.node.clone(), p.uid))
     }
 
@@ -121,8 +117,7 @@ impl Rendezvous {
     ) -> Result<(String, [u8; TOKEN_LEN], oneshot::Receiver<TcpStream>), RendezvousError> {
         let mut s = lock(&self.sessions);
         let p = s
-            .get_mut(session_id)
-            .filter(|p| p.expiry >= now())
+            .get_mut(session_id, now())
             .ok_or(RendezvousError::Unknown)?;
         hmac::verify(&self.key, token, p.client_tag.as_ref())
             .map_err(|_| RendezvousError::BadToken)?;
@@ -144,7 +139,7 @@ impl Rendezvous {
         stream: TcpStream,
     ) -> Result<(), (RendezvousError, TcpStream)> {
         let mut s = lock(&self.sessions);
-        let Some(p) = s.get_mut(session_id).filter(|p| p.expiry >= now()) else {
+        let Some(p) = s.get_mut(session_id, now()) else {
             return Err((RendezvousError::Unknown, stream));
         };
         if hmac::verify(&self.key, token, p.starter_tag.as_ref()).is_err() {
@@ -157,17 +152,12 @@ impl Rendezvous {
     }
 
     pub fn add_route(&self, name: &str, route: Route) {
-        let mut r = lock(&self.routes);
-        let t = now();
-        r.retain(|_, v| v.expiry >= t);
-        r.insert(name.to_string(), route);
+        lock(&self.routes).insert(name.to_string(), route.expiry, route, now());
     }
 
     /// Takes the route for `name`: each is used once.
     pub fn take_route(&self, name: &str) -> Option<Route> {
-        lock(&self.routes)
-            .remove(name)
-            .filter(|r| r.expiry >= now())
+        lock(&self.routes).remove(&name.to_string(), now())
     }
 }
 

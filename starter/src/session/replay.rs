@@ -1,23 +1,24 @@
 //! Each session id is accepted once. Entries live until their capability
 //! expires; after that the expiry check refuses the capability anyway.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
+
+use stj_proto::expiring::ExpiringMap;
 
 #[derive(Default)]
 pub struct ReplayCache {
-    seen: Mutex<HashMap<[u8; 16], u64>>,
+    seen: Mutex<ExpiringMap<[u8; 16], ()>>,
 }
 
 impl ReplayCache {
     /// Records `id`; false if it was already used.
     pub fn first_use(&self, id: [u8; 16], expiry: u64, now: u64) -> bool {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.retain(|_, exp| *exp >= now);
+        seen.prune(now);
         if seen.contains_key(&id) {
             return false;
         }
-        seen.insert(id, expiry);
+        seen.insert(id, expiry, (), now);
         true
     }
 

@@ -215,16 +215,29 @@ fn main() -> Result<()> {
     } else {
         &[]
     };
+    let schedd = c.schedd_pid().context("schedd pid")?;
     for (dir, make) in bulk {
         for (name, cmd) in &paths {
             let (mut s, mut p) = (Vec::new(), Vec::new());
+            // The schedd's CPU while ssh-to-job runs: the relay's share of
+            // the machine on the relay paths (near zero on the others).
+            let (mut schedd_cpu, mut wall) = (0.0, 0.0);
             for _ in 0..runs {
-                s.push(size_mib as f64 / timed(&c, &alice, &make(cmd))?);
+                let c0 = cpu_secs(schedd)?;
+                let t = timed(&c, &alice, &make(cmd))?;
+                schedd_cpu += cpu_secs(schedd)? - c0;
+                wall += t;
+                s.push(size_mib as f64 / t);
                 p.push(size_mib as f64 / timed(&c, &alice, &make(&plain_cmd))?);
             }
             let (ms, mp) = (median(&mut s), median(&mut p));
+            let relay_share = if name.starts_with("relay") {
+                format!("; relay used {:.2} cores", schedd_cpu / wall)
+            } else {
+                String::new()
+            };
             rows.push(Row {
-                what: format!("bulk {size_mib} MiB {dir}, {name} (MiB/s, {CIPHER})"),
+                what: format!("bulk {size_mib} MiB {dir}, {name} (MiB/s, {CIPHER}{relay_share})"),
                 stj: format!("{ms:.0}"),
                 baseline: format!("{mp:.0}"),
                 ratio: format!("{:.2}×", ms / mp),
@@ -248,7 +261,13 @@ fn main() -> Result<()> {
         rows.extend(rt.block_on(relay_cost(&sim, &token, &addr, &alice, relay_bytes, rounds))?);
     }
     if run("issuance") {
-        rows.extend(rt.block_on(issuance(&sim, if quick { 1 } else { 5 }))?);
+        rows.extend(rt.block_on(issuance(
+            &sim,
+            &token,
+            &addr,
+            &alice,
+            if quick { 1 } else { 5 },
+        ))?);
     }
     if run("scale") {
         let (starters, sessions) = if quick { (500, 50) } else { (10_000, 500) };
@@ -340,6 +359,67 @@ fn cpu_secs(pid: u32) -> Result<f64> {
     Ok(ticks / hz)
 }
 
+/// The least a relay can do: two blocking threads, each splicing one
+/// direction through a pipe, no runtime, no bookkeeping. Measured beside
+/// ours, it shows what the second TCP hop itself costs on this machine.
+fn minimal_relay() -> Result<std::net::SocketAddr> {
+    use nix::fcntl::{splice, SpliceFFlags};
+    use std::os::fd::{AsFd, AsRawFd};
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    std::thread::spawn(move || -> Result<()> {
+        let (a, _) = l.accept()?;
+        let (b, _) = l.accept()?;
+        let (a2, b2) = (a.try_clone()?, b.try_clone()?);
+        let one_way = |from: std::net::TcpStream, to: std::net::TcpStream| {
+            std::thread::spawn(move || -> Result<()> {
+                let (r, w) = nix::unistd::pipe()?;
+                // SAFETY: fcntl on a pipe we own.
+                unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+                loop {
+                    let mut n = splice(
+                        from.as_fd(),
+                        None,
+                        w.as_fd(),
+                        None,
+                        1 << 20,
+                        SpliceFFlags::SPLICE_F_MOVE,
+                    )?;
+                    if n == 0 {
+                        to.shutdown(std::net::Shutdown::Write).ok();
+                        return Ok(());
+                    }
+                    while n > 0 {
+                        n -= splice(
+                            r.as_fd(),
+                            None,
+                            to.as_fd(),
+                            None,
+                            n,
+                            SpliceFFlags::SPLICE_F_MOVE,
+                        )?;
+                    }
+                }
+            })
+        };
+        let t1 = one_way(a, b2);
+        let t2 = one_way(b, a2);
+        t1.join().ok();
+        t2.join().ok();
+        Ok(())
+    });
+    Ok(addr)
+}
+
+/// A raw connection pair through `minimal_relay`.
+async fn minimal_pair() -> Result<(tokio::net::TcpStream, tokio::net::TcpStream)> {
+    let addr = minimal_relay()?;
+    let a = tokio::net::TcpStream::connect(addr).await?;
+    // The relay accepts in order: `a` is its first side, `b` its second.
+    let b = tokio::net::TcpStream::connect(addr).await?;
+    Ok((a, b))
+}
+
 /// Relay vs loopback TCP, interleaved rounds, with the CPU each party used:
 /// on a box with few cores the relay's share of the CPU sets the ceiling.
 async fn relay_cost(
@@ -355,7 +435,7 @@ async fn relay_cost(
     c.wait_state(job, "running", Duration::from_secs(30));
     let schedd = c.schedd_pid().context("schedd pid")?;
     let me = std::process::id();
-    let (mut relayed, mut direct) = (Vec::new(), Vec::new());
+    let (mut relayed, mut direct, mut minimal) = (Vec::new(), Vec::new(), Vec::new());
     // CPU seconds per GiB: endpoints (this process) and relay (the schedd).
     let (mut ends_r, mut relay_cpu, mut ends_d) = (0.0, 0.0, 0.0);
     for _ in 0..rounds {
@@ -371,10 +451,17 @@ async fn relay_cost(
         let m0 = cpu_secs(me)?;
         direct.push(pump(a, b, bytes).await?);
         ends_d += cpu_secs(me)? - m0;
+
+        let (a, b) = minimal_pair().await?;
+        minimal.push(pump(a, b, bytes).await?);
     }
     let gib = (rounds as u64 * bytes) as f64 / (1u64 << 30) as f64;
     let (ends_r, relay_cpu, ends_d) = (ends_r / gib, relay_cpu / gib, ends_d / gib);
-    let (mr, md) = (median(&mut relayed), median(&mut direct));
+    let (mr, md, mm) = (
+        median(&mut relayed),
+        median(&mut direct),
+        median(&mut minimal),
+    );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     Ok(vec![
         Row {
@@ -389,6 +476,15 @@ async fn relay_cost(
         },
         Row {
             what: format!(
+                "relay floor: the same through a minimal relay (2 blocking splice threads, no runtime) vs loopback TCP (MiB/s, median of {rounds}; range)"
+            ),
+            stj: format!("{mm:.0} ({})", spread(&minimal)),
+            baseline: format!("{md:.0}"),
+            ratio: format!("{:.2}× (ours: {:.2}× of it)", mm / md, mr / mm),
+            target: "–".into(),
+        },
+        Row {
+            what: format!(
                 "relay cost, CPU per GiB moved: endpoints + relay vs endpoints alone (CPU-s; {cores} cores)"
             ),
             stj: format!("{ends_r:.2} + {relay_cpu:.2}"),
@@ -399,15 +495,16 @@ async fn relay_cost(
     ])
 }
 
-async fn issuance(c: &Cluster, secs: u64) -> Result<Vec<Row>> {
-    let job = {
-        let q = c.stj(None, c.path(), &["q", "--json"]);
-        let v: serde_json::Value = serde_json::from_slice(&q.stdout)?;
-        v.as_array()
-            .and_then(|a| a.first())
-            .and_then(|j| j["id"].as_u64())
-            .context("a running job")?
-    };
+async fn issuance(
+    c: &Cluster,
+    token: &JoinToken,
+    addr: &str,
+    user: &TestUser,
+    secs: u64,
+) -> Result<Vec<Row>> {
+    let _node = sim_starter::register(addr, token, "sim-issue", 1, false).await?;
+    let job = c.submit(user, &["--", "sleep", "86400"]);
+    c.wait_state(job, "running", Duration::from_secs(30));
     let mut rows = Vec::new();
     for callers in [1usize, 16] {
         let deadline = Instant::now() + Duration::from_secs(secs);
