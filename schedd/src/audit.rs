@@ -148,7 +148,11 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<(Event, i64)>) {
             }
         }
         let result = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
+            // IMMEDIATE: take the write lock up front, waiting (busy
+            // timeout) for the queue's own writes. A deferred transaction
+            // that reads first cannot wait when it upgrades: it failed with
+            // "database is locked" when a requeue committed in between.
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for (event, at) in &batch {
                 apply(&tx, event, *at)?;
             }

@@ -17,7 +17,7 @@ use stj_proto::starter::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use crate::audit::Event;
 use crate::registry::StarterHandle;
@@ -28,14 +28,40 @@ const HELLO_DEADLINE: Duration = Duration::from_secs(10);
 const OUTBOX: usize = 1024;
 const LINK_BUFFER: usize = 128;
 
-pub async fn serve<S>(schedd: Arc<Schedd>, stream: S, peer: SocketAddr)
+/// Registers a starter, then hands its link to a task of its own. `keep`
+/// (the listener's connection permit) lives as long as the link.
+pub async fn serve<S, K>(schedd: Arc<Schedd>, stream: S, peer: SocketAddr, keep: K)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    K: Send + 'static,
 {
-    match handle(schedd, stream, peer).await {
-        Ok(name) => tracing::info!(%peer, node = %name, "starter disconnected"),
+    match register(schedd, stream, peer).await {
+        // The registration's state machine is several KiB (the hello, its
+        // reconciliation); the link's steady state needs far less. A fresh
+        // task sized for the steady state alone is what each of thousands
+        // of idle starters costs (measured: 6.2 KB → under 1 KB per link).
+        Ok(link) => {
+            tokio::spawn(async move {
+                let _keep = keep;
+                match link.run().await {
+                    Ok(name) => tracing::info!(%peer, node = %name, "starter disconnected"),
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %format!("{e:#}"), "starter link ended")
+                    }
+                }
+            });
+        }
         Err(e) => tracing::warn!(%peer, error = %format!("{e:#}"), "starter link ended"),
     }
+}
+
+/// A registered starter's link.
+struct Link<S> {
+    schedd: Arc<Schedd>,
+    framed: Framed<S, LengthDelimitedCodec>,
+    rx: mpsc::Receiver<Box<ScheddMessage>>,
+    name: String,
+    conn_id: u64,
 }
 
 fn out(msg: Out) -> bytes::Bytes {
@@ -49,7 +75,7 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
-async fn handle<S>(schedd: Arc<Schedd>, stream: S, peer: SocketAddr) -> Result<String>
+async fn register<S>(schedd: Arc<Schedd>, stream: S, peer: SocketAddr) -> Result<Link<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -97,7 +123,7 @@ where
 
     // Boxed: the channel's first block holds 32 slots, so small slots keep
     // an idle link's outbox small.
-    let (tx, mut rx) = mpsc::channel::<Box<ScheddMessage>>(OUTBOX);
+    let (tx, rx) = mpsc::channel::<Box<ScheddMessage>>(OUTBOX);
     let conn_id = schedd.registry.next_conn_id();
     {
         let _pool = schedd.pool_lock.lock().await;
@@ -126,73 +152,95 @@ where
     }
     tracing::info!(%peer, node = %name, slots = hello.slots, running = hello.running_jobs.len(), "starter registered");
     schedd.schedule.notify_one();
+    Ok(Link {
+        schedd,
+        framed,
+        rx,
+        name,
+        conn_id,
+    })
+}
 
-    let (mut sink, mut stream) = framed.split();
-    let heartbeat = Duration::from_secs(schedd.config.heartbeat_secs.into());
-    let writer = async {
-        let mut tick = tokio::time::interval(heartbeat);
-        let mut seq = 0;
-        loop {
-            let msg = tokio::select! {
-                m = rx.recv() => match m {
-                    Some(m) => *m,
-                    None => return Ok::<_, anyhow::Error>(()), // replaced by a newer registration
-                },
-                _ = tick.tick() => {
-                    seq += 1;
-                    ScheddMessage { msg: Some(Out::Heartbeat(Heartbeat { seq })) }
-                }
-            };
-            sink.send(encode(&msg)).await?;
-        }
-    };
-    let reader = async {
-        loop {
-            // Three missed heartbeats: the starter or the path to it is dead.
-            let frame = match tokio::time::timeout(heartbeat * 3, stream.next()).await {
-                // Silence: maybe a network cut; the starter and its jobs may
-                // live on, so the job lease decides.
-                Err(_) => return Ok(End::Silent),
-                // Closed or reset: the starter process is gone (killed,
-                // crashed, stopped), and its jobs died with it.
-                Ok(None) | Ok(Some(Err(_))) => return Ok(End::PeerClosed),
-                Ok(Some(Ok(f))) => f,
-            };
-            match decode::<StarterMessage>(frame)?.msg {
-                Some(In::Exited(exit)) => job_exited(&schedd, &name, exit)?,
-                Some(In::Started(s)) => {
-                    tracing::info!(node = %name, job_id = s.job_id, "job started")
-                }
-                Some(In::SessionStarted(s)) => session_started(&schedd, &name, s),
-                Some(In::SessionEnded(e)) => {
-                    let ack = session_ended(&schedd, &name, e);
-                    schedd.registry.send(&name, ack);
-                }
-                Some(In::Heartbeat(_)) => {}
-                Some(In::Hello(_)) => bail!("second hello on one link"),
-                None => {
-                    tracing::debug!(node = %name, "ignoring a message kind this schedd does not know")
+impl<S> Link<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Heartbeats both ways and the starter's reports, until the link ends.
+    async fn run(self) -> Result<String> {
+        let Link {
+            schedd,
+            framed,
+            mut rx,
+            name,
+            conn_id,
+        } = self;
+        let (mut sink, mut stream) = framed.split();
+        let heartbeat = Duration::from_secs(schedd.config.heartbeat_secs.into());
+        let writer = async {
+            let mut tick = tokio::time::interval(heartbeat);
+            let mut seq = 0;
+            loop {
+                let msg = tokio::select! {
+                    m = rx.recv() => match m {
+                        Some(m) => *m,
+                        None => return Ok::<_, anyhow::Error>(()), // replaced by a newer registration
+                    },
+                    _ = tick.tick() => {
+                        seq += 1;
+                        ScheddMessage { msg: Some(Out::Heartbeat(Heartbeat { seq })) }
+                    }
+                };
+                sink.send(encode(&msg)).await?;
+            }
+        };
+        let reader = async {
+            loop {
+                // Three missed heartbeats: the starter or the path to it is dead.
+                let frame = match tokio::time::timeout(heartbeat * 3, stream.next()).await {
+                    // Silence: maybe a network cut; the starter and its jobs may
+                    // live on, so the job lease decides.
+                    Err(_) => return Ok(End::Silent),
+                    // Closed or reset: the starter process is gone (killed,
+                    // crashed, stopped), and its jobs died with it.
+                    Ok(None) | Ok(Some(Err(_))) => return Ok(End::PeerClosed),
+                    Ok(Some(Ok(f))) => f,
+                };
+                match decode::<StarterMessage>(frame)?.msg {
+                    Some(In::Exited(exit)) => job_exited(&schedd, &name, exit)?,
+                    Some(In::Started(s)) => {
+                        tracing::info!(node = %name, job_id = s.job_id, "job started")
+                    }
+                    Some(In::SessionStarted(s)) => session_started(&schedd, &name, s),
+                    Some(In::SessionEnded(e)) => {
+                        let ack = session_ended(&schedd, &name, e);
+                        schedd.registry.send(&name, ack);
+                    }
+                    Some(In::Heartbeat(_)) => {}
+                    Some(In::Hello(_)) => bail!("second hello on one link"),
+                    None => {
+                        tracing::debug!(node = %name, "ignoring a message kind this schedd does not know")
+                    }
                 }
             }
+        };
+        let result = tokio::select! {
+            r = writer => r.map(|()| End::Replaced).or(Ok(End::PeerClosed)),
+            r = reader => r,
+        };
+        schedd.registry.remove_if(&name, conn_id);
+        match result? {
+            End::Replaced => {}
+            End::Silent => {
+                tracing::warn!(node = %name, silent_secs = heartbeat.as_secs() * 3, "no heartbeat from the starter; its jobs keep their lease")
+            }
+            End::PeerClosed => {
+                let schedd = schedd.clone();
+                let node = name.clone();
+                tokio::spawn(async move { starter_gone(schedd, node, heartbeat * 3).await });
+            }
         }
-    };
-    let result = tokio::select! {
-        r = writer => r.map(|()| End::Replaced).or(Ok(End::PeerClosed)),
-        r = reader => r,
-    };
-    schedd.registry.remove_if(&name, conn_id);
-    match result? {
-        End::Replaced => {}
-        End::Silent => {
-            tracing::warn!(node = %name, silent_secs = heartbeat.as_secs() * 3, "no heartbeat from the starter; its jobs keep their lease")
-        }
-        End::PeerClosed => {
-            let schedd = schedd.clone();
-            let node = name.clone();
-            tokio::spawn(async move { starter_gone(schedd, node, heartbeat * 3).await });
-        }
+        Ok(name)
     }
-    Ok(name)
 }
 
 enum End {

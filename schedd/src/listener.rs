@@ -12,7 +12,7 @@ use std::time::Duration;
 use stj_proto::preamble::{Preamble, MAX_LEN};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::Schedd;
@@ -48,10 +48,7 @@ pub async fn run(schedd: Arc<Schedd>, listener: TcpListener, tls: Arc<rustls::Se
         tcp.set_nodelay(true).ok();
         let acceptor = acceptor.clone();
         let schedd = schedd.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            dispatch(schedd, acceptor, tcp, peer).await;
-        });
+        tokio::spawn(dispatch(schedd, acceptor, tcp, peer, permit));
     }
 }
 
@@ -60,6 +57,8 @@ async fn dispatch(
     acceptor: TlsAcceptor,
     mut tcp: TcpStream,
     peer: SocketAddr,
+    // Held for as long as the connection lives, wherever it goes.
+    permit: OwnedSemaphorePermit,
 ) {
     let mut first = [0u8; 1];
     match tokio::time::timeout(PREAMBLE_DEADLINE, tcp.peek(&mut first)).await {
@@ -72,7 +71,7 @@ async fn dispatch(
     }
     if first[0] == TLS_HANDSHAKE_RECORD {
         match tokio::time::timeout(TLS_DEADLINE, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => crate::link::serve(schedd, tls, peer).await,
+            Ok(Ok(tls)) => crate::link::serve(schedd, tls, peer, permit).await,
             Ok(Err(e)) => tracing::warn!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
         }
