@@ -169,6 +169,19 @@ mod tests {
     use super::*;
     use crate::queue::Queue;
 
+    /// The records once `n` are written (the writer is asynchronous).
+    fn wait_records(q: &Queue, n: usize) -> Vec<stj_proto::user::AuditRecord> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let r = q.sessions(0, None).unwrap();
+            if r.len() == n {
+                return r;
+            }
+            assert!(std::time::Instant::now() < deadline, "records not written");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     fn issued(id: &str, uid: u32) -> Event {
         Event::Issued(Record {
             session_id: id.into(),
@@ -195,15 +208,7 @@ mod tests {
         log.send(exit(1000, 7));
         log.send(exit(1000, 9)); // a second report: ignored
         log.send(issued("s2", 1000)); // marks the end of the updates above
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let records = loop {
-            let r = q.sessions(0, None).unwrap();
-            if r.len() == 2 {
-                break r;
-            }
-            assert!(std::time::Instant::now() < deadline, "records not written");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        };
+        let records = wait_records(&q, 2);
         assert_eq!(records[0].exit_status, Some(7));
     }
 
@@ -238,15 +243,7 @@ mod tests {
             error: String::new(),
         }));
         log.send(issued("marker", 1000));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let r = loop {
-            let r = q.sessions(0, None).unwrap();
-            if r.len() == 2 {
-                break r;
-            }
-            assert!(std::time::Instant::now() < deadline, "records not written");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        };
+        let r = wait_records(&q, 2);
         let s = &r[0];
         assert_eq!((s.path.as_str(), s.started_at, s.ended_at), ("relay", 5, 9));
         assert_eq!((s.bytes_from_client, s.bytes_to_client), (10, 20));

@@ -369,6 +369,23 @@ impl Cluster {
         v[0].clone()
     }
 
+    /// `stj audit --job ID --json` as `user` (root when None).
+    pub fn audit(&self, user: Option<&TestUser>, job: u64) -> Vec<serde_json::Value> {
+        let out = self.stj(
+            user,
+            self.path(),
+            &["audit", "--job", &job.to_string(), "--json"],
+        );
+        assert!(
+            out.status.success(),
+            "stj audit failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("stj audit --json is JSON");
+        v.as_array().cloned().unwrap_or_default()
+    }
+
     /// Waits (with `stj wait`, which blocks server-side) for a job state.
     pub fn wait_state(&self, id: u64, state: &str, timeout: Duration) -> serde_json::Value {
         let out = self.stj(

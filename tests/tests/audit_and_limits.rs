@@ -6,31 +6,18 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::Value;
 use stj_tests::{wait_until, Cluster, TestUser};
 
 const T: Duration = Duration::from_secs(30);
 
-fn audit(c: &Cluster, user: Option<&TestUser>, job: u64) -> Vec<Value> {
-    let out = c.stj(
-        user,
-        c.path(),
-        &["audit", "--job", &job.to_string(), "--json"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice::<Value>(&out.stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The run was refused, and the message names the knob that refused it.
+fn refused_by(out: &std::process::Output, knob: &str) {
+    assert_eq!(out.status.code(), Some(255));
+    assert!(stderr(out).contains(knob), "{}", stderr(out));
 }
 
 #[test]
@@ -62,7 +49,7 @@ fn every_session_leaves_one_record_with_path_times_bytes_and_exit_status() {
     // The node reports the end, the client the exit status: both arrive
     // within moments of the session's end.
     let records = wait_until("three complete session records", T, || {
-        let r = audit(&c, Some(&alice), job);
+        let r = c.audit(Some(&alice), job);
         (r.len() == 3
             && r.iter()
                 .all(|x| x["ended_at"].is_i64() && x["exit_status"].is_i64()))
@@ -136,17 +123,14 @@ fn per_user_caps_on_open_sessions_and_unused_capabilities() {
     // knob holds it.
     let mut first = open_session(&c, &alice, job);
     wait_until("the node to report the session open", T, || {
-        audit(&c, None, job)
+        c.audit(None, job)
             .iter()
             .any(|r| r["started_at"].is_i64())
             .then_some(())
     });
-    let out = c.ssh_to_job(&alice, &[&id, "true"], None);
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr(&out).contains("max_sessions_per_user"),
-        "{}",
-        stderr(&out)
+    refused_by(
+        &c.ssh_to_job(&alice, &[&id, "true"], None),
+        "max_sessions_per_user",
     );
     // Root is not capped.
     let root = TestUser::get("root");
@@ -187,17 +171,14 @@ fn per_user_caps_on_open_sessions_and_unused_capabilities() {
         None,
     );
     assert_ne!(out.status.code(), Some(0));
-    let out = c.ssh_to_job(&alice, &[&id, "true"], None);
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr(&out).contains("max_pending_per_user"),
-        "{}",
-        stderr(&out)
+    refused_by(
+        &c.ssh_to_job(&alice, &[&id, "true"], None),
+        "max_pending_per_user",
     );
 
     // Both refusals are in the audit records, with their reasons.
     let records = wait_until("the refusals in the audit records", T, || {
-        let r = audit(&c, Some(&alice), job);
+        let r = c.audit(Some(&alice), job);
         let has = |knob: &str| {
             r.iter()
                 .any(|x| x["outcome"].as_str().unwrap().contains(knob))

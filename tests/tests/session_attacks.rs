@@ -88,25 +88,8 @@ fn another_user_gets_no_session() {
     );
 
     // `stj audit`: root and the job's owner see both; bob only his own.
-    let audit = |user: Option<&TestUser>| -> Vec<serde_json::Value> {
-        let out = c.stj(
-            user,
-            c.path(),
-            &["audit", "--job", &id.to_string(), "--json"],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .clone()
-    };
     for viewer in [None, Some(&alice)] {
-        let r = audit(viewer);
+        let r = c.audit(viewer, id);
         assert!(
             r.iter()
                 .any(|x| x["outcome"] == "granted" && x["uid"] == alice.uid),
@@ -118,7 +101,7 @@ fn another_user_gets_no_session() {
             "{r:?}"
         );
     }
-    let r = audit(Some(&bob));
+    let r = c.audit(Some(&bob), id);
     assert!(
         !r.is_empty() && r.iter().all(|x| x["uid"] == bob.uid),
         "bob sees only his own: {r:?}"
