@@ -81,7 +81,8 @@ struct State {
 }
 
 impl State {
-    fn absorb(&mut self, ev: Report) -> Option<StarterMessage> {
+    /// Keeps what must survive a reconnect; returns the message to send.
+    fn absorb(&mut self, ev: Report) -> StarterMessage {
         let msg = match ev {
             Report::JobStarted(id) => Out::Started(JobStarted { job_id: id }),
             Report::JobExited(e) => {
@@ -101,7 +102,7 @@ impl State {
                 Out::SessionEnded(e)
             }
         };
-        Some(StarterMessage { msg: Some(msg) })
+        StarterMessage { msg: Some(msg) }
     }
 
     fn session_end_acked(&mut self, id: &[u8]) {
@@ -325,9 +326,8 @@ async fn session(
                 }
             }
             Some(ev) = state.events.recv() => {
-                if let Some(msg) = state.absorb(ev) {
-                    framed.send(encode(&msg)).await.map_err(retry)?;
-                }
+                let msg = state.absorb(ev);
+                framed.send(encode(&msg)).await.map_err(retry)?;
             }
             _ = tick.tick() => {
                 seq += 1;
