@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEV="$PWD/stj-dev"
+# Jobs get a private /tmp: the starter's files must live elsewhere.
+case "$PWD" in /tmp | /tmp/*) DEV=/var/tmp/stj-demo ;; esac
 export STJ_SCHEDD_SOCKET="$DEV/schedd.sock"
 
 stop() {

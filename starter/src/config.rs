@@ -104,6 +104,18 @@ pub fn load(path: Option<&Path>) -> Result<StarterConfig> {
     })
 }
 
+/// Checks what the file and the flags set together.
+pub fn validate(c: &StarterConfig) -> Result<()> {
+    // Lexically, and through symlinks when it exists already.
+    let real = std::fs::canonicalize(&c.work_dir).unwrap_or_else(|_| c.work_dir.clone());
+    anyhow::ensure!(
+        !c.work_dir.starts_with("/tmp") && !real.starts_with("/tmp"),
+        "work_dir {} is under /tmp, but every job gets a private, empty /tmp: the sshd kit and session files there would be invisible inside jobs; set work_dir in the [starter] config (or --work-dir) to a directory outside /tmp, e.g. /var/lib/stj/starter",
+        c.work_dir.display()
+    );
+    Ok(())
+}
+
 pub fn parse(text: &str) -> Result<StarterConfig> {
     let file: FileConfig = toml::from_str(text)?;
     Ok(file.starter)
@@ -120,5 +132,14 @@ mod tests {
         assert_eq!(c.slots, Some(3));
         let e = parse("[starter]\nslot = 3\n").unwrap_err();
         assert!(format!("{e:#}").contains("slot"));
+    }
+
+    #[test]
+    fn a_work_dir_under_tmp_is_refused_with_the_knob_to_change() {
+        let mut c = parse("").unwrap();
+        validate(&c).unwrap();
+        c.work_dir = "/tmp/stj/node".into();
+        let e = format!("{:#}", validate(&c).unwrap_err());
+        assert!(e.contains("private, empty /tmp") && e.contains("--work-dir"), "{e}");
     }
 }

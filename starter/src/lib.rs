@@ -103,6 +103,7 @@ pub async fn run_with(
             "stj-starter must run as root: it creates namespaces and runs jobs as their owners"
         );
     }
+    config::validate(&config)?;
     let token_text = std::fs::read_to_string(&config.token_file).with_context(|| {
         format!(
             "cannot read the join token file {} (write the output of `stj-schedd token` there, or set token_file / --token-file)",

@@ -93,6 +93,21 @@ fn malformed_token_and_config_are_named() {
         err.contains("broken.toml") && err.contains("lisen"),
         "{err}"
     );
+
+    // A starter work dir under /tmp would be invisible inside jobs (each
+    // has a private /tmp): refused at start-up, naming the knob.
+    let out = Command::new(bin("stj-starter"))
+        .args(["--work-dir", "/tmp/stj-node", "--token-file"])
+        .arg(&c.token_file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/tmp/stj-node") && err.contains("--work-dir"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new("/tmp/stj-node").exists(), "nothing made");
 }
 
 #[test]
