@@ -55,15 +55,17 @@ pub struct AuditLog {
 const MAX_BATCH: usize = 4096;
 
 impl AuditLog {
-    /// Opens a second connection to the queue database for the writer thread.
-    pub fn open(db: &Path) -> rusqlite::Result<AuditLog> {
+    /// Opens a second connection to the queue database for the writer
+    /// thread, which also drops records older than `retention_days` (0:
+    /// keep all) at start-up and hourly.
+    pub fn open(db: &Path, retention_days: u64) -> rusqlite::Result<AuditLog> {
         let conn = Connection::open(db)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let (tx, rx) = mpsc::channel::<(Event, i64)>();
         std::thread::Builder::new()
             .name("stj-audit".into())
-            .spawn(move || writer(conn, rx))
+            .spawn(move || writer(conn, rx, retention_days))
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         Ok(AuditLog { tx })
     }
@@ -138,8 +140,33 @@ fn apply(tx: &rusqlite::Transaction<'_>, event: &Event, at: i64) -> rusqlite::Re
     }
 }
 
-fn writer(mut conn: Connection, rx: mpsc::Receiver<(Event, i64)>) {
-    while let Ok(first) = rx.recv() {
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Deletes records issued more than `days` ago; returns how many.
+fn prune(conn: &Connection, days: u64, now: i64) -> rusqlite::Result<usize> {
+    if days == 0 {
+        return Ok(0);
+    }
+    let cutoff = now.saturating_sub(days.saturating_mul(86_400) as i64);
+    conn.execute("DELETE FROM sessions WHERE issued_at < ?1", params![cutoff])
+}
+
+fn writer(mut conn: Connection, rx: mpsc::Receiver<(Event, i64)>, retention_days: u64) {
+    let mut next_prune = std::time::Instant::now();
+    loop {
+        if std::time::Instant::now() >= next_prune {
+            match prune(&conn, retention_days, now()) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(records = n, retention_days, "old audit records dropped"),
+                Err(e) => tracing::error!(error = %e, "cannot drop old audit records"),
+            }
+            next_prune = std::time::Instant::now() + PRUNE_EVERY;
+        }
+        let first = match rx.recv_timeout(PRUNE_EVERY) {
+            Ok(e) => e,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -197,7 +224,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("q.sqlite");
         let q = Queue::open(&db).unwrap();
-        let log = AuditLog::open(&db).unwrap();
+        let log = AuditLog::open(&db, 0).unwrap();
         let exit = |uid, status| Event::Exit {
             session_id: "s1".into(),
             uid,
@@ -213,11 +240,33 @@ mod tests {
     }
 
     #[test]
+    fn records_older_than_the_retention_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("q.sqlite");
+        let q = Queue::open(&db).unwrap();
+        let log = AuditLog::open(&db, 0).unwrap();
+        log.send(issued("old", 1000));
+        log.send(issued("new", 1000));
+        wait_records(&q, 2);
+        let conn = Connection::open(&db).unwrap();
+        conn.execute(
+            "UPDATE sessions SET issued_at = issued_at - 31 * 86400 WHERE session_id = 'old'",
+            [],
+        )
+        .unwrap();
+        assert_eq!(prune(&conn, 0, now()).unwrap(), 0, "0 keeps everything");
+        assert_eq!(prune(&conn, 30, now()).unwrap(), 1);
+        let left = q.sessions(0, None).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].session_id, "new");
+    }
+
+    #[test]
     fn a_nodes_report_wins_over_an_inferred_end() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("q.sqlite");
         let q = Queue::open(&db).unwrap();
-        let log = AuditLog::open(&db).unwrap();
+        let log = AuditLog::open(&db, 0).unwrap();
         let sid = [1u8; 16];
         let id = hex::encode(sid);
         log.send(issued(&id, 1000));

@@ -45,6 +45,8 @@ pub struct ScheddConfig {
     /// done, not expired): bounds the handshakes one user keeps pending on
     /// the nodes (root: no cap).
     pub max_pending_per_user: usize,
+    /// Audit records older than this are dropped (0: keep them all).
+    pub audit_retention_days: u64,
 }
 
 impl Default for ScheddConfig {
@@ -62,6 +64,7 @@ impl Default for ScheddConfig {
             broker_addr: None,
             max_sessions_per_user: 64,
             max_pending_per_user: 32,
+            audit_retention_days: 365,
         }
     }
 }

@@ -63,7 +63,7 @@ pub async fn run(config: ScheddConfig, shutdown: impl Future<Output = ()>) -> Re
     let db_path = config.state_dir.join("queue.sqlite");
     let queue = queue::Queue::open(&db_path)
         .with_context(|| format!("cannot open the job queue {}", db_path.display()))?;
-    let audit = audit::AuditLog::open(&db_path)
+    let audit = audit::AuditLog::open(&db_path, config.audit_retention_days)
         .with_context(|| format!("cannot open the audit log in {}", db_path.display()))?;
 
     let tcp = TcpListener::bind(config.listen).await.with_context(|| {

@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     outcome     TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sessions_by_job ON sessions(job_id);
+CREATE INDEX IF NOT EXISTS sessions_by_time ON sessions(issued_at);
 ";
 
 /// Columns the session records grew after the first release: added to an

@@ -140,6 +140,9 @@ mod tests {
         validate(&c).unwrap();
         c.work_dir = "/tmp/stj/node".into();
         let e = format!("{:#}", validate(&c).unwrap_err());
-        assert!(e.contains("private, empty /tmp") && e.contains("--work-dir"), "{e}");
+        assert!(
+            e.contains("private, empty /tmp") && e.contains("--work-dir"),
+            "{e}"
+        );
     }
 }

@@ -107,7 +107,10 @@ fn malformed_token_and_config_are_named() {
         err.contains("/tmp/stj-node") && err.contains("--work-dir"),
         "{err}"
     );
-    assert!(!std::path::Path::new("/tmp/stj-node").exists(), "nothing made");
+    assert!(
+        !std::path::Path::new("/tmp/stj-node").exists(),
+        "nothing made"
+    );
 }
 
 #[test]
