@@ -38,7 +38,7 @@ fn the_session_is_inside_the_job() {
         &alice,
         &[
             &jid,
-            "ps -eo comm; echo \"VAR=$STJ_TEST_VAR\"; echo JOB=$STJ_JOB_ID; pwd; id -u",
+            "ps -eo comm; ps -eo uid= | sed 's/^ */UID /'; echo \"VAR=$STJ_TEST_VAR\"; echo JOB=$STJ_JOB_ID; pwd; id -u",
         ],
         None,
     ));
@@ -48,6 +48,12 @@ fn the_session_is_inside_the_job() {
         "same PID namespace: the job's own command is listed: {out}"
     );
     assert!(lines.contains(&"stj-init"), "{out}");
+    // Nothing in the job runs as root: not its init, not the session's sshd.
+    let uids: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("UID ")).collect();
+    assert!(
+        !uids.is_empty() && uids.iter().all(|u| *u == alice.uid.to_string()),
+        "{out}"
+    );
     // The session's sshd shows under its own name, not as the kit's loader.
     assert!(lines.contains(&"sshd"), "{out}");
     assert!(!out.contains("ld-linux"), "{out}");

@@ -179,6 +179,12 @@ fn init(spec: &ContainerSpec) -> Result<i32> {
         bail!("{msg}");
     }
     status("started");
+    // Nothing in a job runs as root, pid 1 included: what is left for it to
+    // do (reap, forward signals, kill what the job left) needs no privilege
+    // over the job's own processes. Changing uid clears the parent-death
+    // signal, so it is set again.
+    become_job_user(spec, &groups)?;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
 
     loop {
         let sig = sigs.wait()?;
@@ -462,23 +468,29 @@ fn open_output(path: &str) -> Result<OwnedFd> {
 }
 
 /// Becomes the job: only returns on failure.
+/// Becomes the job's user for good (groups, gid, uid), checked.
+fn become_job_user(spec: &ContainerSpec, groups: &[Gid]) -> Result<()> {
+    if spec.uid == 0 {
+        bail!("refusing to run a job as root");
+    }
+    nix::unistd::setgroups(groups).context("setgroups")?;
+    nix::unistd::setgid(Gid::from_raw(spec.gid)).context("setgid")?;
+    nix::unistd::setuid(Uid::from_raw(spec.uid)).context("setuid")?;
+    if nix::unistd::geteuid().is_root() || nix::unistd::getegid().as_raw() != spec.gid {
+        bail!(
+            "could not drop privileges to uid {} gid {}",
+            spec.uid,
+            spec.gid
+        );
+    }
+    Ok(())
+}
+
 fn exec_job(spec: &ContainerSpec, groups: &[Gid]) -> anyhow::Error {
     let r = (|| -> Result<std::convert::Infallible> {
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
         nix::unistd::setsid()?;
-        if spec.uid == 0 {
-            bail!("refusing to run a job as root");
-        }
-        nix::unistd::setgroups(groups).context("setgroups")?;
-        nix::unistd::setgid(Gid::from_raw(spec.gid)).context("setgid")?;
-        nix::unistd::setuid(Uid::from_raw(spec.uid)).context("setuid")?;
-        if nix::unistd::geteuid().is_root() || nix::unistd::getegid().as_raw() != spec.gid {
-            bail!(
-                "could not drop privileges to uid {} gid {}",
-                spec.uid,
-                spec.gid
-            );
-        }
+        become_job_user(spec, groups)?;
         nix::unistd::chdir(spec.cwd.as_str()).with_context(|| {
             let hint = if spec.image.is_none() && (spec.cwd == "/tmp" || spec.cwd.starts_with("/tmp/")) {
                 " (a job's /tmp is private and starts empty: submit from, or pass --cwd, a directory outside /tmp)"
