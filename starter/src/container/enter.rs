@@ -50,6 +50,9 @@ fn enter(spec_path: &Path) -> Result<i32> {
         }
         _ => vec![],
     };
+    // Opened on the node: inside the job's mount namespace a root process
+    // opens nothing (an image's /dev may be the job user's to shape).
+    let null = std::fs::File::open("/dev/null")?;
     // SAFETY: fd 3 was placed here by the starter and is ours alone.
     let pidfd = unsafe { OwnedFd::from_raw_fd(3) };
     setns(
@@ -75,7 +78,6 @@ fn enter(spec_path: &Path) -> Result<i32> {
         ForkResult::Parent { child } => {
             // Only sshd holds the socket now, so the connection closes the
             // moment sshd exits.
-            let null = std::fs::File::open("/dev/null")?;
             nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0)?;
             nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1)?;
             loop {
