@@ -210,7 +210,9 @@ fn main() -> Result<()> {
         ("relay, --copy", format!("{stj} --mode relay --copy {job}")),
     ];
     let plain_cmd = plain.ssh(&alice);
-    let bulk: &[(&str, &dyn Fn(&str) -> String)] = if run("bulk") {
+    // (direction, the shell line that moves the bytes through a command)
+    type Transfer<'a> = (&'a str, &'a dyn Fn(&str) -> String);
+    let bulk: &[Transfer] = if run("bulk") {
         &[("up", &up), ("down", &down)]
     } else {
         &[]
