@@ -70,10 +70,6 @@ impl AuditLog {
         Ok(AuditLog { tx })
     }
 
-    pub fn record(&self, r: Record) {
-        self.send(Event::Issued(r));
-    }
-
     pub fn send(&self, e: Event) {
         if self.tx.send((e, now())).is_err() {
             tracing::error!("audit writer is gone; a record was lost");

@@ -7,9 +7,9 @@ use stj_proto::capability::{derive_k, Capability};
 use stj_proto::user::{JobState, RequestSessionReply, RequestSessionRequest};
 use tonic::Status;
 
-use crate::audit::Record;
+use crate::audit::{Event, Record};
 use crate::queue::now;
-use crate::session_limits::{Caps, Refusal};
+use crate::session_limits::Refusal;
 use crate::Schedd;
 
 /// ConnectBack: the client of a granted session asks its starter to dial
@@ -91,13 +91,13 @@ pub fn issue(
         // A denial has no session; it still gets an id of its own.
         let mut id = [0u8; 8];
         let _ = SystemRandom::new().fill(&mut id);
-        schedd.audit.record(Record {
+        schedd.audit.send(Event::Issued(Record {
             session_id: format!("denied-{}", hex::encode(id)),
             job_id: job.id,
             uid,
             node: job.node.clone(),
             outcome: status.message().to_string(),
-        });
+        }));
         tracing::warn!(job_id = job.id, uid, reason = %status.message(), "session denied");
         Err(status)
     };
@@ -155,13 +155,9 @@ pub fn issue(
         client_pubkey,
         starter_id: job.node.clone(),
     };
-    let caps = Caps {
-        max_sessions: schedd.config.max_sessions_per_user,
-        max_pending: schedd.config.max_pending_per_user,
-    };
     if let Err(r) = schedd
         .limits
-        .admit(uid, session_id, &job.node, cap.expiry as i64, now(), caps)
+        .admit(uid, session_id, &job.node, cap.expiry as i64, now())
     {
         return deny(Status::resource_exhausted(match r {
             Refusal::TooManyOpen(n) => format!(
@@ -179,13 +175,13 @@ pub fn issue(
     let relay_token = schedd
         .rendezvous
         .grant(session_id, &job.node, uid, cap.expiry);
-    schedd.audit.record(Record {
+    schedd.audit.send(Event::Issued(Record {
         session_id: sid.clone(),
         job_id: job.id,
         uid,
         node: job.node.clone(),
         outcome: "granted".into(),
-    });
+    }));
     tracing::info!(session_id = %sid, job_id = job.id, uid, node = %job.node, "session granted");
     Ok(RequestSessionReply {
         capability: encoded,

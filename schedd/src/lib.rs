@@ -125,7 +125,10 @@ fn restore_limits(
     config: &ScheddConfig,
 ) -> Result<session_limits::SessionLimits> {
     let ttl = config.capability_ttl_secs as i64;
-    let limits = session_limits::SessionLimits::default();
+    let limits = session_limits::SessionLimits::new(session_limits::Caps {
+        max_sessions: config.max_sessions_per_user,
+        max_pending: config.max_pending_per_user,
+    });
     for s in queue
         .live_sessions(queue::now() - ttl)
         .context("cannot read the session records")?

@@ -263,12 +263,12 @@ async fn starter_gone(schedd: Arc<Schedd>, node: String, grace: Duration) {
     if schedd.registry.is_connected(&node) {
         return;
     }
-    schedd.limits.node_gone(&node);
-    schedd.audit.send(Event::Lost {
-        node: node.clone(),
-        still_open: vec![],
-        note: format!("the starter on node {node} stopped; the session ended with it"),
-    });
+    sessions_lost(
+        &schedd,
+        &node,
+        &[],
+        format!("the starter on node {node} stopped; the session ended with it"),
+    );
     let jobs = match schedd.queue.running_on(&node) {
         Ok(j) => j,
         Err(e) => return tracing::error!(error = %e, "cannot read the queue"),
@@ -374,28 +374,35 @@ fn reconcile_sessions(schedd: &Schedd, hello: &StarterHello) -> Vec<ScheddMessag
     for e in &hello.finished_sessions {
         acks.push(session_ended(schedd, &hello.name, e.clone()));
     }
-    let open: HashSet<[u8; 16]> = hello
-        .open_sessions
-        .iter()
-        .filter_map(|s| session_id(&s.session_id))
-        .collect();
     for s in &hello.open_sessions {
         schedd.audit.send(Event::Started(s.clone()));
     }
-    schedd.limits.reconcile(&hello.name, &open);
-    schedd.audit.send(Event::Lost {
-        node: hello.name.clone(),
-        still_open: hello
-            .open_sessions
-            .iter()
-            .map(|s| s.session_id.clone())
-            .collect(),
-        note: format!(
+    sessions_lost(
+        schedd,
+        &hello.name,
+        &hello.open_sessions,
+        format!(
             "node {} no longer had the session when it registered again",
             hello.name
         ),
-    });
+    );
     acks
+}
+
+/// Sessions open on `node`, other than `still_open`, ended without a report
+/// from it: they stop counting for the caps, and their records are closed
+/// with `note` (unless the node reports the end after all).
+fn sessions_lost(schedd: &Schedd, node: &str, still_open: &[SessionStarted], note: String) {
+    let open: HashSet<[u8; 16]> = still_open
+        .iter()
+        .filter_map(|s| session_id(&s.session_id))
+        .collect();
+    schedd.limits.reconcile(node, &open);
+    schedd.audit.send(Event::Lost {
+        node: node.to_string(),
+        still_open: still_open.iter().map(|s| s.session_id.clone()).collect(),
+        note,
+    });
 }
 
 fn job_exited(schedd: &Schedd, node: &str, exit: JobExited) -> Result<()> {

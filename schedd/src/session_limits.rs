@@ -33,8 +33,8 @@ struct Inner {
     by_uid: HashMap<u32, HashSet<SessionId>>,
 }
 
-#[derive(Default)]
 pub struct SessionLimits {
+    caps: Caps,
     inner: Mutex<Inner>,
 }
 
@@ -89,6 +89,13 @@ impl Inner {
 }
 
 impl SessionLimits {
+    pub fn new(caps: Caps) -> SessionLimits {
+        SessionLimits {
+            caps,
+            inner: Mutex::default(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -102,7 +109,6 @@ impl SessionLimits {
         node: &str,
         expiry: i64,
         now: i64,
-        caps: Caps,
     ) -> Result<(), Refusal> {
         // Root is not capped, so not counted either.
         if uid == 0 {
@@ -110,10 +116,10 @@ impl SessionLimits {
         }
         let mut inner = self.lock();
         let (open, pending) = inner.counts(uid, now);
-        if open >= caps.max_sessions {
+        if open >= self.caps.max_sessions {
             return Err(Refusal::TooManyOpen(open));
         }
-        if pending >= caps.max_pending {
+        if pending >= self.caps.max_pending {
             return Err(Refusal::TooManyPending(pending));
         }
         inner.insert(
@@ -158,8 +164,8 @@ impl SessionLimits {
         self.lock().remove(id);
     }
 
-    /// The node registered and listed what is open there: sessions it does
-    /// not list are over (they ended while the link was down).
+    /// Sessions open on `node` other than `open_there` are over: the node
+    /// registered again without them, or (an empty set) its starter died.
     pub fn reconcile(&self, node: &str, open_there: &HashSet<SessionId>) {
         let mut inner = self.lock();
         for id in open_there {
@@ -176,11 +182,6 @@ impl SessionLimits {
         for id in &gone {
             inner.remove(id);
         }
-    }
-
-    /// The node's starter is gone, and its sessions with it.
-    pub fn node_gone(&self, node: &str) {
-        self.reconcile(node, &HashSet::new())
     }
 
     /// Sessions counted (open or pending) for `uid`.
@@ -205,61 +206,53 @@ mod tests {
 
     #[test]
     fn pending_cap_then_open_cap() {
-        let t = SessionLimits::default();
-        t.admit(1000, id(1), "n", 100, 0, CAPS).unwrap();
+        let t = SessionLimits::new(CAPS);
+        t.admit(1000, id(1), "n", 100, 0).unwrap();
         // One outstanding capability is the cap.
         assert_eq!(
-            t.admit(1000, id(2), "n", 100, 0, CAPS),
+            t.admit(1000, id(2), "n", 100, 0),
             Err(Refusal::TooManyPending(1))
         );
         // Another user is not affected, nor is root (not even counted).
-        t.admit(1001, id(3), "n", 100, 0, CAPS).unwrap();
-        t.admit(0, id(4), "n", 100, 0, CAPS).unwrap();
-        t.admit(0, id(5), "n", 100, 0, CAPS).unwrap();
+        t.admit(1001, id(3), "n", 100, 0).unwrap();
+        t.admit(0, id(4), "n", 100, 0).unwrap();
+        t.admit(0, id(5), "n", 100, 0).unwrap();
         assert_eq!(t.tracked(0), 0);
         t.started(&id(1));
-        t.admit(1000, id(2), "n", 100, 0, CAPS).unwrap();
+        t.admit(1000, id(2), "n", 100, 0).unwrap();
         t.started(&id(2));
         assert_eq!(
-            t.admit(1000, id(6), "n", 100, 0, CAPS),
+            t.admit(1000, id(6), "n", 100, 0),
             Err(Refusal::TooManyOpen(2))
         );
         t.ended(&id(1));
-        t.admit(1000, id(6), "n", 100, 0, CAPS).unwrap();
+        t.admit(1000, id(6), "n", 100, 0).unwrap();
     }
 
     #[test]
     fn expired_capabilities_stop_counting() {
-        let t = SessionLimits::default();
-        t.admit(1000, id(1), "n", 10, 0, CAPS).unwrap();
-        assert!(t.admit(1000, id(2), "n", 20, 10, CAPS).is_err());
-        t.admit(1000, id(2), "n", 20, 11, CAPS).unwrap();
+        let t = SessionLimits::new(CAPS);
+        t.admit(1000, id(1), "n", 10, 0).unwrap();
+        assert!(t.admit(1000, id(2), "n", 20, 10).is_err());
+        t.admit(1000, id(2), "n", 20, 11).unwrap();
     }
 
     #[test]
     fn reconcile_ends_what_the_node_no_longer_has() {
-        let t = SessionLimits::default();
-        let caps = Caps {
+        let t = SessionLimits::new(Caps {
             max_sessions: 10,
             max_pending: 10,
-        };
+        });
         for n in 1..=3 {
-            t.admit(
-                1000,
-                id(n),
-                if n == 3 { "other" } else { "n" },
-                100,
-                0,
-                caps,
-            )
-            .unwrap();
+            t.admit(1000, id(n), if n == 3 { "other" } else { "n" }, 100, 0)
+                .unwrap();
             t.started(&id(n));
         }
         t.reconcile("n", &HashSet::from([id(1)]));
         assert_eq!(t.tracked(1000), 2);
-        t.node_gone("n");
+        t.reconcile("n", &HashSet::new());
         assert_eq!(t.tracked(1000), 1, "only the other node's is left");
-        t.node_gone("other");
+        t.reconcile("other", &HashSet::new());
         assert_eq!(t.tracked(1000), 0);
     }
 }
