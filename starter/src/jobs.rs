@@ -8,9 +8,8 @@ use std::time::Duration;
 use stj_proto::starter::{JobExited, RunJob};
 use tokio::sync::mpsc;
 
-use crate::report::{Report, Reporter, Reports};
-
 use crate::container::{self, ContainerSpec, Exit, Launch};
+use crate::report::{Report, Reporter, Reports};
 
 #[derive(Default)]
 struct Entry {

@@ -467,7 +467,6 @@ fn open_output(path: &str) -> Result<OwnedFd> {
     Ok(f.into())
 }
 
-/// Becomes the job: only returns on failure.
 /// Becomes the job's user for good (groups, gid, uid), checked.
 fn become_job_user(spec: &ContainerSpec, groups: &[Gid]) -> Result<()> {
     if spec.uid == 0 {
@@ -486,6 +485,7 @@ fn become_job_user(spec: &ContainerSpec, groups: &[Gid]) -> Result<()> {
     Ok(())
 }
 
+/// Becomes the job: only returns on failure.
 fn exec_job(spec: &ContainerSpec, groups: &[Gid]) -> anyhow::Error {
     let r = (|| -> Result<std::convert::Infallible> {
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;

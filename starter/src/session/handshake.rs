@@ -2,7 +2,6 @@
 //! (through the proofs), expiry, node, job running here, and single use.
 
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use stj_proto::capability::Capability;
@@ -13,7 +12,7 @@ use stj_proto::handshake::{
 use stj_proto::session::ErrorCode;
 use tokio::net::TcpStream;
 
-use super::Sessions;
+use super::{now, Sessions};
 use crate::jobs::JobTarget;
 
 pub struct Accepted {
@@ -23,13 +22,6 @@ pub struct Accepted {
     pub target: JobTarget,
     /// Seed of the one-time ed25519 host key.
     pub host_seed: [u8; 32],
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 struct Refusal(ErrorCode, String);

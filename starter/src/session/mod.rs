@@ -74,10 +74,11 @@ impl DataPath {
     }
 }
 
-fn now() -> i64 {
+/// Unix seconds, as capabilities and session reports count time.
+fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
@@ -114,7 +115,7 @@ impl Sessions {
             session_id: id.to_vec(),
             job_id: accepted.capability.job_id,
             path: path.as_str().into(),
-            started_at: now(),
+            started_at: now() as i64,
         };
         self.open_sessions().insert(id, started.clone());
         let _ = self.reporter.send(Report::SessionStarted(started.clone()));
@@ -132,7 +133,7 @@ impl Sessions {
             job_id: started.job_id,
             path: started.path,
             started_at: started.started_at,
-            ended_at: now(),
+            ended_at: now() as i64,
             bytes_from_client: traffic.from_client,
             bytes_to_client: traffic.to_client,
             error,
