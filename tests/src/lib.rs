@@ -22,6 +22,15 @@ pub fn raise_fd_limit(n: u64) {
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
 }
 
+/// A single-threaded tokio runtime, for tests that drive the client library
+/// (grants, handshakes) directly.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
 /// The stdout of a command that must have succeeded; fails the test with
 /// both streams otherwise.
 pub fn ok(o: std::process::Output) -> String {

@@ -130,10 +130,7 @@ fn without_the_daemon_sock_dir_reverse_says_what_to_do_and_auto_uses_the_relay()
 fn a_third_party_with_the_relay_session_id_gets_nothing_and_disturbs_nothing() {
     let (c, _alice, id) = natted_job();
     let net = c.net.as_ref().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = stj_tests::rt();
     // Root may open sessions into any job; the test plays both the real client and the intruder.
     let grant = rt
         .block_on(attach::request(&c.socket, id, [7; 32]))
@@ -166,10 +163,7 @@ fn a_third_party_with_the_relay_session_id_gets_nothing_and_disturbs_nothing() {
     // The real client still gets its session through the relay.
     let g = grant.clone();
     let user = net.within(&net.submit.clone(), move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = stj_tests::rt();
         rt.block_on(async move {
             let mut s = tokio::net::TcpStream::connect(broker).await.unwrap();
             let token: [u8; 32] = g.relay_token.as_slice().try_into().unwrap();
@@ -195,10 +189,7 @@ fn a_third_party_with_the_relay_session_id_gets_nothing_and_disturbs_nothing() {
 fn routing_names_that_could_escape_or_impersonate_are_refused() {
     let (c, _alice, id) = natted_job();
     let bob = TestUser::bob();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = stj_tests::rt();
     let grant = rt
         .block_on(attach::request(&c.socket, id, [7; 32]))
         .unwrap();

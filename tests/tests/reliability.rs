@@ -190,10 +190,7 @@ fn no_secret_reaches_any_log_even_with_debug() {
         client_logs.push_str(&String::from_utf8_lossy(&out.stderr));
     }
     // A session whose k and relay token this test knows, through the relay.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = stj_tests::rt();
     let grant = rt
         .block_on(attach::request(&c.socket, job, [7; 32]))
         .unwrap();

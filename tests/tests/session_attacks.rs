@@ -12,16 +12,9 @@ use ssh_to_job::attach;
 use stj_proto::capability::Capability;
 use stj_proto::handshake::{read_message, write_message, ClientHandshake, HandshakeError};
 use stj_proto::session::{handshake_message::Msg, ErrorCode, HandshakeMessage, Proof};
-use stj_tests::{bin, wait_until, Cluster, TestUser};
+use stj_tests::{bin, rt, wait_until, Cluster, TestUser};
 
 const T: Duration = Duration::from_secs(30);
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn pool(schedd_toml: &str) -> (Cluster, TestUser, u64) {
     let mut c = Cluster::with_schedd_config(schedd_toml);

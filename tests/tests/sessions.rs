@@ -49,7 +49,10 @@ fn the_session_is_inside_the_job() {
     );
     assert!(lines.contains(&"stj-init"), "{out}");
     // Nothing in the job runs as root: not its init, not the session's sshd.
-    let uids: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("UID ")).collect();
+    let uids: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("UID "))
+        .collect();
     assert!(
         !uids.is_empty() && uids.iter().all(|u| *u == alice.uid.to_string()),
         "{out}"
