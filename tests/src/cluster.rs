@@ -387,6 +387,9 @@ impl Cluster {
     }
 
     /// Waits (with `stj wait`, which blocks server-side) for a job state.
+    /// For "running" also until its node reported the job started: the
+    /// queue says running once the job is assigned, and a session asked for
+    /// before the node has started it is told "still starting".
     pub fn wait_state(&self, id: u64, state: &str, timeout: Duration) -> serde_json::Value {
         let out = self.stj(
             None,
@@ -406,7 +409,23 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr),
             self.job(id)
         );
-        self.job(id)
+        let job = self.job(id);
+        if state == "running" {
+            let node = format!("node={}", job["node"].as_str().unwrap_or_default());
+            let job_id = format!("job_id={id}");
+            wait_until("the node to report the job started", timeout, || {
+                self.schedd_log()
+                    .lines()
+                    .any(|l| {
+                        l.contains("job started") && {
+                            let words: Vec<&str> = l.split_whitespace().collect();
+                            words.contains(&node.as_str()) && words.contains(&job_id.as_str())
+                        }
+                    })
+                    .then_some(())
+            });
+        }
+        job
     }
 }
 

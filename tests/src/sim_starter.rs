@@ -1,6 +1,6 @@
 //! A lightweight simulated starter for the benchmark: it registers over the
-//! real TLS link protocol, answers heartbeats, accepts jobs without running
-//! them, and on DialRelay dials the relay and hands the raw connection to
+//! real TLS link protocol, answers heartbeats, reports jobs started at once
+//! without running them, and on DialRelay dials the relay and hands the raw connection to
 //! the benchmark (no sshd), so the broker can be measured alone and at scale.
 
 use std::sync::Arc;
@@ -11,8 +11,8 @@ use futures::{SinkExt, StreamExt};
 use stj_proto::framing::{decode, encode, link_codec};
 use stj_proto::preamble::{Preamble, Role};
 use stj_proto::starter::{
-    schedd_message::Msg as In, starter_message::Msg as Out, Heartbeat, ScheddMessage, StarterHello,
-    StarterMessage,
+    schedd_message::Msg as In, starter_message::Msg as Out, Heartbeat, JobStarted, ScheddMessage,
+    StarterHello, StarterMessage,
 };
 use stj_proto::token::JoinToken;
 use tokio::io::AsyncWriteExt;
@@ -68,7 +68,18 @@ pub async fn register(
             tokio::select! {
                 f = framed.next() => {
                     let Some(Ok(f)) = f else { return };
-                    if let Ok(ScheddMessage { msg: Some(In::DialRelay(d)) }) = decode::<ScheddMessage>(f) {
+                    let d = match decode::<ScheddMessage>(f).map(|m| m.msg) {
+                        Ok(Some(In::DialRelay(d))) => d,
+                        Ok(Some(In::RunJob(r))) => {
+                            let started = StarterMessage { msg: Some(Out::Started(JobStarted { job_id: r.job_id })) };
+                            if framed.send(encode(&started)).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        _ => continue,
+                    };
+                    {
                         let (Ok(session_id), Ok(token)) = (d.session_id.as_slice().try_into(), d.token.as_slice().try_into()) else { continue };
                         let tx = tx.clone();
                         let schedd = schedd.clone();
