@@ -15,6 +15,7 @@ PKGS=(
   passwd              # useradd, for test users
   git                 # git over ssh-to-job (tests)
   bsdutils            # script(1): a real pty for the interactive tests
+  python3             # attack scripts in the tests (raw sockets as another user)
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = s.challenge([1; 32], [2; 32]);
     }
     if let Ok(m) = decode_message(data) {
-        let (c, _) = ClientHandshake::start(vec![0; 80], &[9; 32], [3; 32]);
+        let (mut c, _) = ClientHandshake::start(vec![0; 80], &[9; 32], [3; 32]);
         // Random bytes must never pass as the starter's proof.
         assert!(c.on_challenge(m).is_err());
     }

@@ -4,10 +4,18 @@
 //! starter key: a genuine starter) and binds its one-time host key to this
 //! session. Neither `k` nor any private key crosses the network.
 //!
-//! transcript = SHA-256("stj-handshake-v1" | len(hello) u32 | hello frame
+//! hello mac     = HMAC(k, "stj-hello-v2" | len(capability) u32 | capability
+//!                      | client_nonce)
+//! transcript    = SHA-256("stj-handshake-v2" | len(hello) u32 | hello frame
 //!                      | starter_nonce | host_pubkey)
 //! starter proof = HMAC(k, "starter" | transcript)
 //! client proof  = HMAC(k, "client" | transcript)
+//! ready mac     = HMAC(k, "ready" | transcript | user)
+//!
+//! The hello mac lets the starter refuse a connection that holds no real
+//! capability before it takes any handshake slot; the ready mac binds the
+//! login name, the last field the client acts on, to the session. Only an
+//! Error is unauthenticated, and all it can do is end the attempt.
 
 use std::time::Duration;
 
@@ -20,7 +28,7 @@ use crate::session::{
     handshake_message::Msg, Challenge, ErrorCode, HandshakeMessage, Hello, Proof, Ready,
 };
 
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Largest handshake message; anything bigger is an attack or a bug.
 pub const MAX_MESSAGE: usize = 4096;
 /// The whole handshake must finish within this.
@@ -99,9 +107,22 @@ pub fn decode_message(body: &[u8]) -> Result<HandshakeMessage, HandshakeError> {
     HandshakeMessage::decode(body).map_err(|_| HandshakeError::Decode)
 }
 
+fn hello_mac_input(capability: &[u8], client_nonce: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16 + capability.len() + client_nonce.len());
+    v.extend_from_slice(b"stj-hello-v2");
+    v.extend_from_slice(&(capability.len() as u32).to_be_bytes());
+    v.extend_from_slice(capability);
+    v.extend_from_slice(client_nonce);
+    v
+}
+
+fn ready_mac_input(t: &[u8; 32], user: &str) -> Vec<u8> {
+    [b"ready".as_slice(), t.as_slice(), user.as_bytes()].concat()
+}
+
 fn transcript(hello: &[u8], starter_nonce: &[u8], host_pubkey: &[u8]) -> [u8; 32] {
     let mut ctx = digest::Context::new(&digest::SHA256);
-    ctx.update(b"stj-handshake-v1");
+    ctx.update(b"stj-handshake-v2");
     ctx.update(&(hello.len() as u32).to_be_bytes());
     ctx.update(hello);
     ctx.update(starter_nonce);
@@ -129,6 +150,8 @@ fn remote_error(m: HandshakeMessage, expected: &'static str) -> HandshakeError {
 pub struct ClientHandshake {
     k: hmac::Key,
     hello: Vec<u8>,
+    /// Set once the starter's proof checked out.
+    transcript: Option<[u8; 32]>,
 }
 
 impl ClientHandshake {
@@ -138,14 +161,18 @@ impl ClientHandshake {
         k: &[u8; 32],
         client_nonce: [u8; NONCE_LEN],
     ) -> (Self, HandshakeMessage) {
+        let k = hmac::Key::new(hmac::HMAC_SHA256, k);
+        let mac = hmac::sign(&k, &hello_mac_input(&capability, &client_nonce));
         let hello = msg(Msg::Hello(Hello {
             version: VERSION,
             capability,
             client_nonce: client_nonce.to_vec(),
+            mac: mac.as_ref().to_vec(),
         }));
         let state = ClientHandshake {
-            k: hmac::Key::new(hmac::HMAC_SHA256, k),
+            k,
             hello: hello.encode_to_vec(),
+            transcript: None,
         };
         (state, hello)
     }
@@ -153,7 +180,7 @@ impl ClientHandshake {
     /// Checks the starter's proof. On success returns the Proof to send and
     /// the session's host key, now known to be the genuine starter's.
     pub fn on_challenge(
-        &self,
+        &mut self,
         m: HandshakeMessage,
     ) -> Result<(HandshakeMessage, [u8; 32]), HandshakeError> {
         let Some(Msg::Challenge(c)) = m.msg else {
@@ -170,6 +197,7 @@ impl ClientHandshake {
         let t = transcript(&self.hello, &c.starter_nonce, &host);
         hmac::verify(&self.k, &proof_input(b"starter", &t), &c.proof)
             .map_err(|_| HandshakeError::BadProof)?;
+        self.transcript = Some(t);
         let proof = hmac::sign(&self.k, &proof_input(b"client", &t));
         Ok((
             msg(Msg::Proof(Proof {
@@ -179,10 +207,18 @@ impl ClientHandshake {
         ))
     }
 
-    /// Returns the account to log in as.
+    /// Returns the account to log in as, once the starter's MAC shows that
+    /// the genuine starter sent it.
     pub fn on_ready(&self, m: HandshakeMessage) -> Result<String, HandshakeError> {
+        let Some(t) = self.transcript else {
+            return Err(HandshakeError::Unexpected("challenge first"));
+        };
         match m.msg {
-            Some(Msg::Ready(r)) => Ok(r.user),
+            Some(Msg::Ready(r)) => {
+                hmac::verify(&self.k, &ready_mac_input(&t, &r.user), &r.mac)
+                    .map_err(|_| HandshakeError::BadProof)?;
+                Ok(r.user)
+            }
             _ => Err(remote_error(m, "ready")),
         }
     }
@@ -197,9 +233,11 @@ pub struct StarterHandshake {
 }
 
 impl StarterHandshake {
-    /// Decodes the Hello (given as received bytes) and derives `k` with this
-    /// starter's key. The caller then checks policy (expiry, node, job,
-    /// replay) on `capability` before calling `challenge`.
+    /// Decodes the Hello (given as received bytes), derives `k` with this
+    /// starter's key and checks the Hello's MAC: `BadProof` means the sender
+    /// does not hold this capability's k (a forged or altered capability).
+    /// The caller then checks policy (expiry, node, job, replay) on
+    /// `capability` before calling `challenge`.
     pub fn on_hello(hello_body: &[u8], starter_key: &[u8]) -> Result<Self, HandshakeError> {
         let m = decode_message(hello_body)?;
         let Some(Msg::Hello(h)) = m.msg else {
@@ -213,10 +251,12 @@ impl StarterHandshake {
         }
         let capability =
             Capability::decode(&h.capability).map_err(|_| HandshakeError::Capability)?;
-        let k = derive_k(starter_key, &h.capability);
+        let k = hmac::Key::new(hmac::HMAC_SHA256, &derive_k(starter_key, &h.capability));
+        hmac::verify(&k, &hello_mac_input(&h.capability, &h.client_nonce), &h.mac)
+            .map_err(|_| HandshakeError::BadProof)?;
         Ok(StarterHandshake {
             capability,
-            k: hmac::Key::new(hmac::HMAC_SHA256, &k),
+            k,
             hello: hello_body.to_vec(),
             transcript: None,
         })
@@ -249,10 +289,16 @@ impl StarterHandshake {
             .map_err(|_| HandshakeError::BadProof)
     }
 
-    pub fn ready(user: &str) -> HandshakeMessage {
-        msg(Msg::Ready(Ready {
+    /// The Ready for `user`; only after `on_proof` succeeded.
+    pub fn ready(&self, user: &str) -> Result<HandshakeMessage, HandshakeError> {
+        let Some(t) = self.transcript else {
+            return Err(HandshakeError::Unexpected("challenge first"));
+        };
+        let mac = hmac::sign(&self.k, &ready_mac_input(&t, user));
+        Ok(msg(Msg::Ready(Ready {
             user: user.to_string(),
-        }))
+            mac: mac.as_ref().to_vec(),
+        })))
     }
 }
 
@@ -276,32 +322,58 @@ mod tests {
 
     fn run(client_k: [u8; 32], starter_key: [u8; 32]) -> Result<[u8; 32], HandshakeError> {
         let enc = cap().encode().unwrap();
-        let (client, hello) = ClientHandshake::start(enc, &client_k, [1; 32]);
+        let (mut client, hello) = ClientHandshake::start(enc, &client_k, [1; 32]);
         let mut starter = StarterHandshake::on_hello(&hello.encode_to_vec(), &starter_key)?;
         assert_eq!(starter.capability, cap());
         let ch = starter.challenge([2; 32], [8; 32]);
         let (proof, host) = client.on_challenge(ch)?;
         starter.on_proof(proof)?;
-        assert_eq!(client.on_ready(StarterHandshake::ready("alice"))?, "alice");
+        assert_eq!(client.on_ready(starter.ready("alice")?)?, "alice");
         Ok(host)
+    }
+
+    fn k() -> [u8; 32] {
+        derive_k(&KEY, &cap().encode().unwrap())
     }
 
     #[test]
     fn genuine_parties_agree_on_the_host_key() {
-        let k = derive_k(&KEY, &cap().encode().unwrap());
-        assert_eq!(run(k, KEY).unwrap(), [8; 32]);
+        assert_eq!(run(k(), KEY).unwrap(), [8; 32]);
+    }
+
+    #[test]
+    fn a_hello_without_k_is_refused_before_anything_else() {
+        // A forged capability (or a real one without its k) fails the
+        // Hello's MAC: the starter learns it before giving it any slot.
+        assert!(matches!(run([0; 32], KEY), Err(HandshakeError::BadProof)));
+        // So does a starter with another key (it cannot derive this k).
+        assert!(matches!(run(k(), [6; 32]), Err(HandshakeError::BadProof)));
     }
 
     #[test]
     fn a_fake_starter_without_the_key_is_caught_by_the_client() {
-        let k = derive_k(&KEY, &cap().encode().unwrap());
-        assert!(matches!(run(k, [6; 32]), Err(HandshakeError::BadProof)));
+        let (mut client, _) = ClientHandshake::start(cap().encode().unwrap(), &k(), [1; 32]);
+        let fake = msg(Msg::Challenge(Challenge {
+            starter_nonce: vec![2; 32],
+            host_pubkey: vec![8; 32],
+            proof: vec![0; 32],
+        }));
+        assert!(matches!(
+            client.on_challenge(fake),
+            Err(HandshakeError::BadProof)
+        ));
+        // A Ready before a verified challenge is refused too.
+        assert!(client
+            .on_ready(msg(Msg::Ready(Ready {
+                user: "root".into(),
+                mac: vec![0; 32]
+            })))
+            .is_err());
     }
 
     #[test]
-    fn a_client_without_k_is_caught_by_the_starter() {
-        let enc = cap().encode().unwrap();
-        let (_, hello) = ClientHandshake::start(enc, &[0; 32], [1; 32]);
+    fn a_client_proof_without_k_is_caught_by_the_starter() {
+        let (_, hello) = ClientHandshake::start(cap().encode().unwrap(), &k(), [1; 32]);
         let mut starter = StarterHandshake::on_hello(&hello.encode_to_vec(), &KEY).unwrap();
         let _ = starter.challenge([2; 32], [8; 32]);
         let forged = msg(Msg::Proof(Proof { proof: vec![0; 32] }));
@@ -312,18 +384,36 @@ mod tests {
     }
 
     #[test]
+    fn a_rewritten_login_name_in_ready_is_caught() {
+        let (mut client, hello) = ClientHandshake::start(cap().encode().unwrap(), &k(), [1; 32]);
+        let mut starter = StarterHandshake::on_hello(&hello.encode_to_vec(), &KEY).unwrap();
+        let (proof, _) = client
+            .on_challenge(starter.challenge([2; 32], [8; 32]))
+            .unwrap();
+        starter.on_proof(proof).unwrap();
+        let Some(Msg::Ready(mut r)) = starter.ready("alice").unwrap().msg else {
+            panic!("ready")
+        };
+        r.user = "bob".into();
+        assert!(matches!(
+            client.on_ready(msg(Msg::Ready(r))),
+            Err(HandshakeError::BadProof)
+        ));
+    }
+
+    #[test]
     fn proof_before_challenge_is_refused() {
-        let k = derive_k(&KEY, &cap().encode().unwrap());
-        let (_, hello) = ClientHandshake::start(cap().encode().unwrap(), &k, [1; 32]);
+        let (_, hello) = ClientHandshake::start(cap().encode().unwrap(), &k(), [1; 32]);
         let starter = StarterHandshake::on_hello(&hello.encode_to_vec(), &KEY).unwrap();
         assert!(starter
             .on_proof(msg(Msg::Proof(Proof { proof: vec![] })))
             .is_err());
+        assert!(starter.ready("alice").is_err(), "no Ready before the proof");
     }
 
     #[test]
     fn remote_errors_reach_the_client() {
-        let (client, _) = ClientHandshake::start(vec![], &[0; 32], [1; 32]);
+        let (mut client, _) = ClientHandshake::start(vec![], &[0; 32], [1; 32]);
         match client.on_challenge(error_message(ErrorCode::Expired, "capability expired")) {
             Err(HandshakeError::Remote { code, message }) => {
                 assert_eq!(code, ErrorCode::Expired);
@@ -345,13 +435,13 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip_and_leave_following_bytes_unread() {
         let mut buf = Vec::new();
-        write_message(&mut buf, &StarterHandshake::ready("u"))
+        write_message(&mut buf, &error_message(ErrorCode::Busy, "u"))
             .await
             .unwrap();
         buf.extend_from_slice(b"SSH-2.0-");
         let mut r: &[u8] = &buf;
         let (m, _) = read_message(&mut r).await.unwrap();
-        assert!(matches!(m.msg, Some(Msg::Ready(_))));
+        assert!(matches!(m.msg, Some(Msg::Error(_))));
         assert_eq!(r, b"SSH-2.0-");
     }
 
@@ -362,7 +452,7 @@ mod tests {
         fn tampered_hello_never_completes(bit in 0usize..(120 * 8)) {
             let enc = cap().encode().unwrap();
             let k = derive_k(&KEY, &enc);
-            let (client, hello) = ClientHandshake::start(enc, &k, [1; 32]);
+            let (mut client, hello) = ClientHandshake::start(enc, &k, [1; 32]);
             let mut body = hello.encode_to_vec();
             prop_assume!(bit / 8 < body.len());
             body[bit / 8] ^= 1 << (bit % 8);

@@ -3,17 +3,21 @@
 //! and relay halves apart.
 //!
 //! ```text
-//! route: "STJR" | version u8 | name_len u8 | name            (starter → client's socket)
+//! route: "STJR" | version u8 | name_len u8 | name | token[32]   (starter → client's socket)
 //! relay: "STJL" | version u8 | role u8 | session_id[16] | token[32]
 //! ```
+//!
+//! Both carry a 32-byte token the schedd handed out for exactly this
+//! connection: a routing name is visible to every local user
+//! (`/proc/net/unix`), so the name alone must never be enough.
 
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 pub const ROUTE_MAGIC: &[u8; 4] = b"STJR";
 pub const RELAY_MAGIC: &[u8; 4] = b"STJL";
 pub const MAX_NAME: usize = 64;
 pub const TOKEN_LEN: usize = 32;
 /// Longest preamble; a peer that sends more before being routed is broken.
-pub const MAX_LEN: usize = 6 + MAX_NAME;
+pub const MAX_LEN: usize = 6 + MAX_NAME + TOKEN_LEN;
 const RELAY_LEN: usize = 6 + 16 + TOKEN_LEN;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +30,7 @@ pub enum Role {
 pub enum Preamble {
     Route {
         name: String,
+        token: [u8; TOKEN_LEN],
     },
     Relay {
         role: Role,
@@ -60,11 +65,12 @@ pub fn valid_name(name: &str) -> bool {
 impl Preamble {
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Preamble::Route { name } => {
+            Preamble::Route { name, token } => {
                 let mut v = ROUTE_MAGIC.to_vec();
                 v.push(VERSION);
                 v.push(name.len() as u8);
                 v.extend_from_slice(name.as_bytes());
+                v.extend_from_slice(token);
                 v
             }
             Preamble::Relay {
@@ -97,7 +103,7 @@ impl Preamble {
                 if n == 0 || n > MAX_NAME {
                     return Err(PreambleError::BadName);
                 }
-                Ok(6 + n)
+                Ok(6 + n + TOKEN_LEN)
             }
             m if m == RELAY_MAGIC => Ok(RELAY_LEN),
             _ => Err(PreambleError::BadMagic),
@@ -114,12 +120,16 @@ impl Preamble {
             return Err(PreambleError::BadMagic);
         }
         if &b[..4] == ROUTE_MAGIC {
-            let name = std::str::from_utf8(&b[6..]).map_err(|_| PreambleError::BadName)?;
+            let (name, token) = b[6..].split_at(b.len() - 6 - TOKEN_LEN);
+            let name = std::str::from_utf8(name).map_err(|_| PreambleError::BadName)?;
             if !valid_name(name) {
                 return Err(PreambleError::BadName);
             }
+            let mut t = [0u8; TOKEN_LEN];
+            t.copy_from_slice(token);
             return Ok(Preamble::Route {
                 name: name.to_string(),
+                token: t,
             });
         }
         let role = match b[5] {
@@ -166,14 +176,18 @@ mod tests {
 
     #[test]
     fn bad_preambles() {
-        let mut r = Preamble::Route { name: "ok".into() }.encode();
+        let route = Preamble::Route {
+            name: "ok".into(),
+            token: [0; 32],
+        };
+        let mut r = route.encode();
         r[6] = b'/';
         assert_eq!(Preamble::decode(&r), Err(PreambleError::BadName));
         assert_eq!(
             Preamble::decode(b"GET / HTTP/1.1"),
             Err(PreambleError::BadMagic)
         );
-        let mut v = Preamble::Route { name: "ok".into() }.encode();
+        let mut v = route.encode();
         v[4] = 9;
         assert_eq!(Preamble::decode(&v), Err(PreambleError::Version(9)));
         let mut l = Preamble::Relay {
@@ -190,7 +204,7 @@ mod tests {
         #[test]
         fn round_trip(name in "[A-Za-z0-9_-]{1,64}", sid: [u8; 16], token: [u8; 32], client: bool) {
             for p in [
-                Preamble::Route { name: name.clone() },
+                Preamble::Route { name: name.clone(), token },
                 Preamble::Relay { role: if client { Role::Client } else { Role::Starter }, session_id: sid, token },
             ] {
                 let e = p.encode();

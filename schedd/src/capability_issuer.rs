@@ -43,14 +43,9 @@ pub fn connect_back(
     crate::broker::shared_port::open_socket(dir, &req.route_name, owner)
         .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
     let expiry = crate::broker::now() + schedd.config.relay_pairing_secs.max(10);
-    schedd.rendezvous.add_route(
-        &req.route_name,
-        crate::broker::rendezvous::Route {
-            session_id: sid,
-            uid: owner,
-            expiry,
-        },
-    );
+    let token = schedd
+        .rendezvous
+        .add_route(&req.route_name, sid, owner, expiry);
     let sent = schedd.registry.send(
         &node,
         stj_proto::starter::ScheddMessage {
@@ -58,6 +53,7 @@ pub fn connect_back(
                 stj_proto::starter::DialRoute {
                     session_id: sid.to_vec(),
                     name: req.route_name.clone(),
+                    token: token.to_vec(),
                 },
             )),
         },

@@ -89,7 +89,7 @@ async fn dispatch(
         }
     };
     match preamble {
-        Preamble::Route { name } => route(&schedd, tcp, peer, &name),
+        Preamble::Route { name, token } => route(&schedd, tcp, peer, &name, &token),
         Preamble::Relay {
             role,
             session_id,
@@ -108,10 +108,15 @@ async fn read_preamble(tcp: &mut TcpStream) -> anyhow::Result<Preamble> {
     Ok(Preamble::decode(&buf[..len])?)
 }
 
-fn route(schedd: &Schedd, tcp: TcpStream, peer: SocketAddr, name: &str) {
-    let Some(r) = schedd.rendezvous.take_route(name) else {
-        tracing::warn!(%peer, name, "routing to a name nobody asked for; refused");
-        return;
+fn route(schedd: &Schedd, tcp: TcpStream, peer: SocketAddr, name: &str, token: &[u8]) {
+    let r = match schedd.rendezvous.take_route(name, token) {
+        Ok(r) => r,
+        Err(e) => {
+            // An impostor who read the name in /proc/net/unix lands here
+            // and leaves the route for the genuine starter.
+            tracing::warn!(%peer, name, error = %e, "shared port: route refused");
+            return;
+        }
     };
     let sid = hex::encode(r.session_id);
     let result =

@@ -308,9 +308,9 @@ async fn session(
                 silent_until = tokio::time::Instant::now() + deadline;
                 match decode::<ScheddMessage>(frame).map_err(retry)?.msg {
                     Some(In::RunJob(run)) => jobs.start(run),
-                    Some(In::DialRoute(d)) => match <[u8; 16]>::try_from(d.session_id.as_slice()) {
-                        Ok(_) => dial_back(params, Preamble::Route { name: d.name }),
-                        Err(_) => tracing::warn!("dial-route with a malformed session id; ignored"),
+                    Some(In::DialRoute(d)) => match (<[u8; 16]>::try_from(d.session_id.as_slice()), <[u8; 32]>::try_from(d.token.as_slice())) {
+                        (Ok(_), Ok(token)) => dial_back(params, Preamble::Route { name: d.name, token }),
+                        _ => tracing::warn!("dial-route with a malformed session id or token; ignored"),
                     },
                     Some(In::DialRelay(d)) => match (<[u8; 16]>::try_from(d.session_id.as_slice()), <[u8; 32]>::try_from(d.token.as_slice())) {
                         (Ok(session_id), Ok(token)) => dial_back(params, Preamble::Relay { role: Role::Starter, session_id, token }),

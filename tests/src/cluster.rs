@@ -177,6 +177,30 @@ impl Cluster {
         }
     }
 
+    /// The pid of starter `name`'s process.
+    pub fn starter_pid(&self, name: &str) -> Option<u32> {
+        self.starters
+            .iter()
+            .rev()
+            .find(|s| s.name == name)
+            .map(|s| s.child.id())
+    }
+
+    /// The address starter `name` accepts direct sessions on, from its log.
+    pub fn session_listen_addr(&self, name: &str) -> String {
+        wait_until(
+            "the starter to say where it listens",
+            Duration::from_secs(20),
+            || {
+                self.starter_log(name)
+                    .lines()
+                    .find(|l| l.contains("accepting direct session connections"))
+                    .and_then(|l| l.split("listen=").nth(1))
+                    .map(|a| a.split_whitespace().next().unwrap_or("").to_string())
+            },
+        )
+    }
+
     pub fn schedd_pid(&self) -> Option<u32> {
         self.schedd.as_ref().map(|c| c.id())
     }

@@ -230,6 +230,7 @@ fn routing_names_that_could_escape_or_impersonate_are_refused() {
         s.write_all(
             &Preamble::Route {
                 name: "real".into(),
+                token: [0; 32],
             }
             .encode(),
         )

@@ -153,7 +153,7 @@ fn a_capability_with_one_byte_changed_gets_no_session() {
                 .await
                 .unwrap();
             let k: [u8; 32] = grant.k.as_slice().try_into().unwrap();
-            let (hs, hello) = ClientHandshake::start(forged.capability.clone(), &k, [1; 32]);
+            let (mut hs, hello) = ClientHandshake::start(forged.capability.clone(), &k, [1; 32]);
             write_message(&mut s, &hello).await.unwrap();
             let (reply, _) = read_message(&mut s).await.unwrap();
             if let Some(Msg::Error(e)) = reply.msg {
@@ -290,4 +290,249 @@ fn another_uid_gets_no_fd_from_the_client_socket() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&owner.stdout), "for the owner only");
     rt.block_on(serving).unwrap().unwrap();
+}
+
+/// A Hello for job `id` on node1 that looks right in every field but is
+/// signed with a guessed k: what an attacker who read `stj q` can forge.
+fn forged_hello(id: u64, session: u8) -> HandshakeMessage {
+    let cap = Capability {
+        session_id: [session; 16],
+        job_id: id,
+        owner_uid: TestUser::alice().uid,
+        expiry: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600,
+        client_pubkey: [7; 32],
+        starter_id: "node1".into(),
+    };
+    ClientHandshake::start(cap.encode().unwrap(), &[session; 32], [1; 32]).1
+}
+
+#[test]
+fn forged_hellos_hold_no_handshake_slot() {
+    let (c, alice, id) = pool("");
+    let addr = c.session_listen_addr("node1");
+    let rt = rt();
+    // 300 connections (more than the node's 256 slots) each send a forged
+    // Hello and stay open. Every one is refused at once, before any slot.
+    let conns = rt.block_on(async {
+        let mut conns = Vec::new();
+        for i in 0..300u32 {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            write_message(&mut s, &forged_hello(id, i as u8))
+                .await
+                .unwrap();
+            conns.push(s);
+        }
+        for s in conns.iter_mut() {
+            let (reply, _) = tokio::time::timeout(T, read_message(s))
+                .await
+                .expect("a forged Hello is answered at once")
+                .unwrap();
+            match reply.msg {
+                Some(Msg::Error(e)) => assert_eq!(e.code, ErrorCode::BadProof as i32),
+                other => panic!("a forged Hello got {other:?}"),
+            }
+        }
+        conns
+    });
+    // With the forgers still connected, the owner gets a session.
+    let out = c.ssh_to_job(
+        &alice,
+        &["--mode", "direct", &id.to_string(), "echo in"],
+        None,
+    );
+    assert_eq!(stj_tests::ok(out), "in\n");
+    drop(conns);
+}
+
+#[test]
+fn one_users_stalled_handshakes_do_not_lock_others_out() {
+    let mut c = Cluster::new();
+    c.start_starter("node1", 4);
+    let (alice, bob) = (TestUser::alice(), TestUser::bob());
+    let bobs = c.submit(&bob, &["--", "sleep", "86406"]);
+    let alices = c.submit(&alice, &["--", "sleep", "86407"]);
+    c.wait_state(bobs, "running", T);
+    c.wait_state(alices, "running", T);
+    let rt = rt();
+    // 40 real capabilities into bob's job (root's requests are not capped
+    // by the schedd), each handshake stalled after its Hello.
+    let stalled = rt.block_on(async {
+        let mut v = Vec::new();
+        for _ in 0..40 {
+            let grant = attach::request(&c.socket, bobs, [7; 32]).await.unwrap();
+            let k: [u8; 32] = grant.k.as_slice().try_into().unwrap();
+            let mut s = tokio::net::TcpStream::connect(&grant.direct_addr)
+                .await
+                .unwrap();
+            let (_, hello) = ClientHandshake::start(grant.capability.clone(), &k, [1; 32]);
+            write_message(&mut s, &hello).await.unwrap();
+            v.push(s);
+        }
+        // 32 (the per-user share) get their Challenge; the rest wait.
+        let mut challenged = 0;
+        for s in v.iter_mut() {
+            if let Ok(r) = tokio::time::timeout(Duration::from_millis(300), read_message(s)).await {
+                assert!(matches!(r.unwrap().0.msg, Some(Msg::Challenge(_))));
+                challenged += 1;
+            }
+        }
+        assert_eq!(challenged, 32, "one user's share of the node's handshakes");
+        v
+    });
+    // Meanwhile alice attaches to her own job on the same node.
+    let out = c.ssh_to_job(
+        &alice,
+        &["--mode", "direct", &alices.to_string(), "echo mine"],
+        None,
+    );
+    assert_eq!(stj_tests::ok(out), "mine\n");
+    drop(stalled);
+}
+
+#[test]
+fn a_rewritten_login_name_is_caught_before_ssh_runs() {
+    // A man in the middle between client and starter that forwards the
+    // handshake but changes the login name in Ready.
+    let mitm = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mitm_addr = mitm.local_addr().unwrap().to_string();
+    let mut c = Cluster::new();
+    c.start_starter_with(
+        "node1",
+        1,
+        &[
+            "--session-listen",
+            "127.0.0.1:0",
+            "--session-advertise",
+            &mitm_addr,
+        ],
+    );
+    let real = c.session_listen_addr("node1");
+    let relay = std::thread::spawn(move || {
+        let (client, _) = mitm.accept().unwrap();
+        let rt = rt();
+        rt.block_on(async move {
+            client.set_nonblocking(true).unwrap();
+            let mut client = tokio::net::TcpStream::from_std(client).unwrap();
+            let mut node = tokio::net::TcpStream::connect(&real).await.unwrap();
+            let (hello, _) = read_message(&mut client).await.unwrap();
+            write_message(&mut node, &hello).await.unwrap();
+            let (challenge, _) = read_message(&mut node).await.unwrap();
+            write_message(&mut client, &challenge).await.unwrap();
+            let (proof, _) = read_message(&mut client).await.unwrap();
+            write_message(&mut node, &proof).await.unwrap();
+            let (ready, _) = read_message(&mut node).await.unwrap();
+            let Some(Msg::Ready(mut r)) = ready.msg else {
+                panic!("expected Ready, got {ready:?}")
+            };
+            r.user = "stjtest-bob".into();
+            let forged = HandshakeMessage {
+                msg: Some(Msg::Ready(r)),
+            };
+            write_message(&mut client, &forged).await.unwrap();
+            // Whatever the client sends next would be SSH.
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(
+                T,
+                tokio::io::AsyncReadExt::read_to_end(&mut client, &mut rest),
+            )
+            .await;
+            rest
+        })
+    });
+    let alice = TestUser::alice();
+    let id = c.submit(&alice, &["--", "sleep", "86408"]);
+    c.wait_state(id, "running", T);
+    let out = c.ssh_to_job(
+        &alice,
+        &["--mode", "direct", &id.to_string(), "echo reached"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(255));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("could not prove"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("reached"));
+    assert!(
+        relay.join().unwrap().is_empty(),
+        "no SSH bytes after a tampered Ready"
+    );
+}
+
+#[test]
+fn a_local_user_cannot_hijack_a_reverse_connection() {
+    let (c, alice, id) = pool("");
+    let bob = TestUser::bob();
+    let starter = nix::unistd::Pid::from_raw(c.starter_pid("node1").unwrap() as i32);
+    // Hold the starter so the impostor surely comes first.
+    nix::sys::signal::kill(starter, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let mut session = c
+        .ssh_to_job_cmd(
+            &alice,
+            &["--mode", "reverse", &id.to_string(), "echo genuine"],
+            None,
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The client's socket name is public: /proc/net/unix lists it.
+    let dir = c.daemon_sock.to_string_lossy().into_owned();
+    let name = wait_until("the client's reverse socket", T, || {
+        fs::read_to_string("/proc/net/unix")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(7))
+            .find_map(|p| p.strip_prefix(&format!("{dir}/")).map(str::to_string))
+    });
+    wait_until("the schedd to expect the reverse connection", T, || {
+        c.schedd_log()
+            .contains("reverse connection requested")
+            .then_some(())
+    });
+    // Bob dials the schedd's port and names that socket, with a guessed token.
+    let addr = c.addr.clone().unwrap();
+    let impostor = Command::new("python3")
+        .args([
+            "-c",
+            "import socket,sys; s=socket.create_connection((sys.argv[1], int(sys.argv[2]))); \
+             n=sys.argv[3].encode(); s.sendall(b'STJR\\x02'+bytes([len(n)])+n+b'\\x00'*32); \
+             s.settimeout(10); print(len(s.recv(100)))",
+            addr.split(':').next().unwrap(),
+            addr.split(':').nth(1).unwrap(),
+            &name,
+        ])
+        .uid(bob.uid)
+        .gid(bob.gid)
+        .output()
+        .unwrap();
+    assert_eq!(
+        stj_tests::ok(impostor).trim(),
+        "0",
+        "the impostor is not routed"
+    );
+    wait_until("the schedd to refuse the impostor", T, || {
+        c.schedd_log().contains("wrong route token").then_some(())
+    });
+    nix::sys::signal::kill(starter, nix::sys::signal::Signal::SIGCONT).unwrap();
+    // The genuine starter still reaches the client.
+    let done = wait_until("the session to end", T, || session.try_wait().unwrap());
+    let mut out = String::new();
+    session
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    session
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(done.success(), "{err}");
+    assert_eq!(out, "genuine\n");
 }

@@ -29,7 +29,8 @@ pub struct Pending {
 pub struct Route {
     pub session_id: [u8; 16],
     pub uid: u32,
-    pub expiry: u64,
+    /// Tag of the token the starter must present with the name.
+    token_tag: hmac::Tag,
 }
 
 pub struct Rendezvous {
@@ -46,6 +47,8 @@ pub enum RendezvousError {
     BadToken,
     #[error("this session's client half is already at the relay")]
     Taken,
+    #[error("wrong route token")]
+    BadRouteToken,
 }
 
 pub fn random_token() -> [u8; TOKEN_LEN] {
@@ -151,13 +154,34 @@ impl Rendezvous {
         }
     }
 
-    pub fn add_route(&self, name: &str, route: Route) {
-        lock(&self.routes).insert(name.to_string(), route.expiry, route, now());
+    /// Records a reverse route to the client socket `name`; returns the
+    /// token the starter must present to be routed there.
+    pub fn add_route(
+        &self,
+        name: &str,
+        session_id: [u8; 16],
+        uid: u32,
+        expiry: u64,
+    ) -> [u8; TOKEN_LEN] {
+        let token = random_token();
+        let route = Route {
+            session_id,
+            uid,
+            token_tag: hmac::sign(&self.key, &token),
+        };
+        lock(&self.routes).insert(name.to_string(), expiry, route, now());
+        token
     }
 
-    /// Takes the route for `name`: each is used once.
-    pub fn take_route(&self, name: &str) -> Option<Route> {
-        lock(&self.routes).remove(&name.to_string(), now())
+    /// Takes the route for `name` if `token` is its token: each route is
+    /// used once, and a wrong token leaves it for the genuine starter.
+    pub fn take_route(&self, name: &str, token: &[u8]) -> Result<Route, RendezvousError> {
+        let mut routes = lock(&self.routes);
+        let key = name.to_string();
+        let r = routes.get(&key, now()).ok_or(RendezvousError::Unknown)?;
+        hmac::verify(&self.key, token, r.token_tag.as_ref())
+            .map_err(|_| RendezvousError::BadRouteToken)?;
+        routes.remove(&key, now()).ok_or(RendezvousError::Unknown)
     }
 }
 
@@ -183,6 +207,26 @@ mod tests {
         assert_eq!(
             r.client_arrives(&sid, &token).err(),
             Some(RendezvousError::Taken)
+        );
+    }
+
+    #[test]
+    fn a_route_is_taken_only_with_its_token_and_once() {
+        let r = Rendezvous::default();
+        let token = r.add_route("stj-1", [1; 16], 1000, now() + 60);
+        assert_eq!(
+            r.take_route("stj-1", &[0; 32]).err(),
+            Some(RendezvousError::BadRouteToken)
+        );
+        assert_eq!(
+            r.take_route("stj-2", &token).err(),
+            Some(RendezvousError::Unknown)
+        );
+        // The impostor's attempt left the route for the genuine starter.
+        assert_eq!(r.take_route("stj-1", &token).unwrap().uid, 1000);
+        assert_eq!(
+            r.take_route("stj-1", &token).err(),
+            Some(RendezvousError::Unknown)
         );
     }
 

@@ -70,7 +70,7 @@ pub async fn handshake(
     SystemRandom::new()
         .fill(&mut nonce)
         .map_err(|_| HandshakeError::Decode)?;
-    let (hs, hello) = ClientHandshake::start(grant.capability.clone(), &k, nonce);
+    let (mut hs, hello) = ClientHandshake::start(grant.capability.clone(), &k, nonce);
     write_message(stream, &hello).await?;
     let (challenge, _) = read_message(stream).await?;
     let (proof, host) = hs.on_challenge(challenge)?;
@@ -101,6 +101,8 @@ pub struct Impersonation {
 
 pub fn explain(e: HandshakeError, job_id: u64, node: &str) -> anyhow::Error {
     match e {
+        // The starter's proof, or its Ready, did not verify: whoever
+        // answered does not hold this session's key.
         HandshakeError::BadProof => Impersonation {
             node: node.to_string(),
             job_id,

@@ -59,16 +59,6 @@ type Outcome = Result<(Capability, JobTarget, [u8; 32]), Result<Refusal, Handsha
 async fn exchange(s: &Sessions, stream: &mut TcpStream) -> Outcome {
     let refuse = |code, msg: String| Err(Ok(Refusal(code, msg)));
     let (_, hello) = read_message(stream).await.map_err(Err)?;
-    // Only a connection that spoke gets a working slot.
-    let Ok(_permit) = s.pending.try_acquire() else {
-        return refuse(
-            ErrorCode::Unavailable,
-            format!(
-                "node {} is busy with other handshakes; retry in a moment",
-                s.node
-            ),
-        );
-    };
     let Some(key) = s.key.get() else {
         return refuse(
             ErrorCode::Unavailable,
@@ -78,11 +68,28 @@ async fn exchange(s: &Sessions, stream: &mut TcpStream) -> Outcome {
             ),
         );
     };
+    // The Hello's MAC proves the sender holds the capability's k; nothing
+    // below (no slot, no work) is given to a connection that cannot.
     let mut hs = match StarterHandshake::on_hello(&hello, &key) {
         Ok(h) => h,
+        Err(HandshakeError::BadProof) => {
+            return refuse(
+                ErrorCode::BadProof,
+                "the Hello does not prove it holds this capability's key (forged or altered capability)".into(),
+            )
+        }
         Err(e) => return refuse(ErrorCode::BadMessage, format!("bad hello: {e}")),
     };
     let cap = hs.capability.clone();
+    let Some(_in_flight) = s.admission.claim(cap.session_id) else {
+        return refuse(
+            ErrorCode::InUse,
+            "this capability is in use by another connection; every ssh-to-job run needs a fresh one".into(),
+        );
+    };
+    // A user's burst waits for its share of the node's slots (bounded by
+    // the handshake deadline) instead of being refused.
+    let _slot = s.admission.slot(cap.owner_uid).await;
     if now() > cap.expiry {
         return refuse(
             ErrorCode::Expired,
@@ -152,8 +159,7 @@ async fn exchange(s: &Sessions, stream: &mut TcpStream) -> Outcome {
             "this session id was already used".into(),
         );
     }
-    write_message(stream, &StarterHandshake::ready(&target.spec.user_name))
-        .await
-        .map_err(Err)?;
+    let ready = hs.ready(&target.spec.user_name).map_err(Err)?;
+    write_message(stream, &ready).await.map_err(Err)?;
     Ok((cap, target, seed))
 }

@@ -1,6 +1,7 @@
 //! Sessions: a data connection arrives, the handshake of DESIGN §3 checks
 //! its capability, and sshd runs on that very socket inside the job.
 
+mod admission;
 mod handshake;
 mod replay;
 mod sshd;
@@ -14,7 +15,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use stj_proto::starter::{SessionEnded, SessionStarted};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
 use crate::jobs::Jobs;
 use crate::report::{Report, Reporter};
@@ -47,10 +47,10 @@ pub struct Sessions {
     /// The sshd kit, or why this node cannot serve sessions.
     pub kit: Result<crate::kit::Kit, String>,
     replay: replay::ReplayCache,
-    /// Bounds handshakes doing work (key generation, files, sshd). Taken only
-    /// once a Hello has arrived: a connection that says nothing holds no
-    /// slot, and is dropped at the handshake deadline.
-    pub(crate) pending: Semaphore,
+    /// Handshake slots and who may hold how many of them. A slot is taken
+    /// only once a Hello proved it holds a real capability: a connection
+    /// that says nothing, or forges, holds no slot.
+    admission: admission::Admission,
     /// Sessions whose sshd runs now, for the hello after a reconnect.
     open: Mutex<HashMap<[u8; 16], SessionStarted>>,
     reporter: Reporter,
@@ -82,8 +82,6 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-const MAX_PENDING_HANDSHAKES: usize = 256;
-
 impl Sessions {
     pub fn new(
         node: String,
@@ -98,7 +96,7 @@ impl Sessions {
             sshd,
             kit,
             replay: replay::ReplayCache::default(),
-            pending: Semaphore::new(MAX_PENDING_HANDSHAKES),
+            admission: admission::Admission::default(),
             open: Mutex::new(HashMap::new()),
             reporter: jobs.reporter(),
             jobs,
@@ -108,7 +106,20 @@ impl Sessions {
     /// Runs the handshake on a fresh data connection and, if it succeeds,
     /// sshd inside the job on the same socket.
     pub async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, path: DataPath) {
+        self.serve_with(stream, peer, path, None).await
+    }
+
+    /// `serve`, holding `share` (the source's count of unfinished
+    /// connections) until the handshake is over.
+    async fn serve_with(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        path: DataPath,
+        share: Option<admission::SourceShare>,
+    ) {
         let accepted = handshake::run(&self, stream, peer).await;
+        drop(share);
         let Some(accepted) = accepted else { return };
         let id = accepted.capability.session_id;
         let started = SessionStarted {
@@ -151,13 +162,23 @@ impl Sessions {
     }
 }
 
-/// Direct mode: accept data connections on `listener`.
+/// Direct mode: accept data connections on `listener`. A source address
+/// holds only so many connections that have not finished their handshake.
 pub async fn listen(sessions: Arc<Sessions>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Some(share) = sessions.admission.source(peer.ip()) else {
+                    tracing::warn!(%peer, cap = admission::MAX_UNFINISHED_PER_SOURCE, "too many unfinished connections from this address; dropped");
+                    continue;
+                };
                 stream.set_nodelay(true).ok();
-                tokio::spawn(sessions.clone().serve(stream, peer, DataPath::Direct));
+                let sessions = sessions.clone();
+                tokio::spawn(async move {
+                    sessions
+                        .serve_with(stream, peer, DataPath::Direct, Some(share))
+                        .await
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "session accept failed; backing off");
