@@ -36,8 +36,7 @@ chmod 755 "$DEV"
 echo $! >"$DEV/schedd.pid"
 for _ in $(seq 100); do [ -S "$STJ_SCHEDD_SOCKET" ] && break; sleep 0.1; done
 [ -S "$STJ_SCHEDD_SOCKET" ] || { cat "$DEV/schedd.log"; exit 1; }
-"$BIN/stj-schedd" token --state-dir "$DEV/schedd" >"$DEV/join-token"
-chmod 600 "$DEV/join-token"
+"$BIN/stj-schedd" token demo-node --state-dir "$DEV/schedd" --out "$DEV/join-token"
 
 "$BIN/stj-starter" --schedd 127.0.0.1:9618 --token-file "$DEV/join-token" --name demo-node \
   --work-dir "$DEV/node" --session-listen 127.0.0.1:0 >"$DEV/starter.log" 2>&1 &

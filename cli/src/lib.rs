@@ -2,8 +2,10 @@
 //! completions from its clap definition, so they never drift from `--help`
 //! (every binary has a hidden `generate-docs DIR`; `scripts/gen-docs.sh`
 //! runs them all). `daemon`: process setup of stj-schedd and stj-starter.
+//! `private_file`: secrets on disk, written and read so others cannot.
 
 pub mod daemon;
+pub mod private_file;
 
 use std::fs;
 use std::io;

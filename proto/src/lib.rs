@@ -39,6 +39,13 @@ pub use pb::stj::user::v1 as user;
 /// Version the starter announces in its hello; the schedd refuses others.
 pub const STARTER_PROTOCOL_VERSION: u32 = 1;
 
+/// The node-name rule (starters, capabilities, enrolment): 1-64 characters
+/// of `[A-Za-z0-9._-]`, not `.` or `..` — the same rule as routing names, so
+/// a name is safe wherever it ends up.
+pub fn valid_node_name(name: &str) -> bool {
+    preamble::valid_name(name)
+}
+
 /// The name in the schedd's TLS certificate. Starters check it instead of the
 /// host name they dialled, so the schedd may sit behind any address or NAT.
 pub const SCHEDD_TLS_NAME: &str = "stj-schedd";

@@ -1,10 +1,13 @@
-//! The join token a starter is given: `stj1.<sha256-hex of the CA cert>.<secret-hex>`.
-//! The hash pins the schedd's CA (no CA distribution needed); the secret proves
-//! to the schedd that the starter was admitted by its admin.
+//! The join token a starter is given once, to enrol:
+//! `stj2.<sha256-hex of the CA cert>.<secret-hex>`. The hash pins the
+//! schedd's CA (no CA distribution needed); the secret names an enrolment
+//! ticket the admin minted for one or more node names (`stj-schedd token
+//! NAME...`). Enrolment pins the node's own key to its name; after that the
+//! node needs no token, and the token enrols nothing else under that name.
 
 use ring::digest;
 
-const PREFIX: &str = "stj1";
+const PREFIX: &str = "stj2";
 pub const SECRET_LEN: usize = 32;
 
 #[derive(Clone, PartialEq, Eq)]
@@ -25,12 +28,17 @@ impl std::fmt::Debug for JoinToken {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
-    #[error("a join token looks like stj1.<64 hex digits>.<64 hex digits>; print a valid one with `stj-schedd token` on the schedd host")]
+    #[error("a join token looks like stj2.<64 hex digits>.<64 hex digits>; mint one for this node with `stj-schedd token NODE-NAME` on the schedd host")]
     Malformed,
+    #[error("this is a pool-wide join token of an older release, which no longer enrols nodes; mint one for this node with `stj-schedd token NODE-NAME` on the schedd host")]
+    OldFormat,
 }
 
 impl JoinToken {
     pub fn parse(s: &str) -> Result<Self, TokenError> {
+        if s.trim().starts_with("stj1.") {
+            return Err(TokenError::OldFormat);
+        }
         let mut parts = s.trim().split('.');
         let (Some(PREFIX), Some(ca), Some(secret), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -88,13 +96,21 @@ mod tests {
         for bad in [
             "",
             "stj1",
-            &good.replacen("stj1", "stj2", 1),
+            &good.replacen("stj2", "stj3", 1),
             &good[..good.len() - 2],
             &format!("{good}.extra"),
             &good.replace('7', "g"),
         ] {
             assert_eq!(JoinToken::parse(bad), Err(TokenError::Malformed), "{bad}");
         }
+    }
+
+    #[test]
+    fn old_pool_wide_tokens_are_named() {
+        let old = JoinToken::new(b"ca", [7; 32])
+            .to_printable()
+            .replacen("stj2", "stj1", 1);
+        assert_eq!(JoinToken::parse(&old), Err(TokenError::OldFormat));
     }
 
     #[test]

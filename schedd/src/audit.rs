@@ -28,9 +28,17 @@ pub struct Record {
 /// through the same queue as its insertion, so they never overtake it.
 pub enum Event {
     Issued(Record),
-    Started(SessionStarted),
+    /// A node's reports apply only to sessions granted on that node: a
+    /// compromised node cannot rewrite other nodes' records.
+    Started {
+        node: String,
+        s: SessionStarted,
+    },
     /// The node's own report: always wins over an inferred end.
-    Ended(SessionEnded),
+    Ended {
+        node: String,
+        e: SessionEnded,
+    },
     /// Sessions on `node` recorded as open, except `still_open`, ended
     /// without a report: the node's starter died, or the node registered
     /// again without them. The end is inferred, and kept only if the node
@@ -84,14 +92,14 @@ fn apply(tx: &rusqlite::Transaction<'_>, event: &Event, at: i64) -> rusqlite::Re
                 "INSERT OR REPLACE INTO sessions (session_id, job_id, uid, node, issued_at, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
             .execute(params![r.session_id, r.job_id as i64, r.uid, r.node, at, r.outcome]),
-        Event::Started(s) => tx
+        Event::Started { node, s } => tx
             .prepare_cached(
-                "UPDATE sessions SET path = ?2, started_at = ?3 WHERE session_id = ?1 AND started_at IS NULL",
+                "UPDATE sessions SET path = ?2, started_at = ?3 WHERE session_id = ?1 AND node = ?4 AND started_at IS NULL",
             )?
-            .execute(params![hex::encode(&s.session_id), s.path, s.started_at]),
-        Event::Ended(e) => tx
+            .execute(params![hex::encode(&s.session_id), s.path, s.started_at, node]),
+        Event::Ended { node, e } => tx
             .prepare_cached(
-                "UPDATE sessions SET path = ?2, started_at = coalesce(started_at, ?3), ended_at = ?4, bytes_from_client = ?5, bytes_to_client = ?6, end_note = ?7 WHERE session_id = ?1",
+                "UPDATE sessions SET path = ?2, started_at = coalesce(started_at, ?3), ended_at = ?4, bytes_from_client = ?5, bytes_to_client = ?6, end_note = ?7 WHERE session_id = ?1 AND node = ?8",
             )?
             .execute(params![
                 hex::encode(&e.session_id),
@@ -100,7 +108,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, event: &Event, at: i64) -> rusqlite::Re
                 e.ended_at,
                 e.bytes_from_client as i64,
                 e.bytes_to_client as i64,
-                e.error
+                e.error,
+                node
             ]),
         Event::Lost {
             node,
@@ -266,27 +275,42 @@ mod tests {
         let sid = [1u8; 16];
         let id = hex::encode(sid);
         log.send(issued(&id, 1000));
-        log.send(Event::Started(SessionStarted {
-            session_id: sid.to_vec(),
-            job_id: 1,
-            path: "relay".into(),
-            started_at: 5,
-        }));
+        log.send(Event::Started {
+            node: "n".into(),
+            s: SessionStarted {
+                session_id: sid.to_vec(),
+                job_id: 1,
+                path: "relay".into(),
+                started_at: 5,
+            },
+        });
+        // Another node's report about this session changes nothing.
+        log.send(Event::Ended {
+            node: "other".into(),
+            e: SessionEnded {
+                session_id: sid.to_vec(),
+                ended_at: 7,
+                ..Default::default()
+            },
+        });
         log.send(Event::Lost {
             node: "n".into(),
             still_open: vec![],
             note: "node went away".into(),
         });
-        log.send(Event::Ended(SessionEnded {
-            session_id: sid.to_vec(),
-            job_id: 1,
-            path: "relay".into(),
-            started_at: 5,
-            ended_at: 9,
-            bytes_from_client: 10,
-            bytes_to_client: 20,
-            error: String::new(),
-        }));
+        log.send(Event::Ended {
+            node: "n".into(),
+            e: SessionEnded {
+                session_id: sid.to_vec(),
+                job_id: 1,
+                path: "relay".into(),
+                started_at: 5,
+                ended_at: 9,
+                bytes_from_client: 10,
+                bytes_to_client: 20,
+                error: String::new(),
+            },
+        });
         log.send(issued("marker", 1000));
         let r = wait_records(&q, 2);
         let s = &r[0];

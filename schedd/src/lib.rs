@@ -5,6 +5,7 @@ mod audit;
 mod broker;
 mod capability_issuer;
 pub mod config;
+pub mod enrolment;
 mod link;
 mod listener;
 mod matchmaker;
@@ -32,7 +33,8 @@ pub struct Schedd {
     pub config: ScheddConfig,
     pub queue: queue::Queue,
     registry: registry::Registry,
-    secret: pki::SecretChecker,
+    /// Which key may register as which node name.
+    enrolment: enrolment::Enrolment,
     /// Bumped on every job change; `Wait` calls watch it.
     changes: watch::Sender<u64>,
     /// Wakes the matchmaker.
@@ -65,6 +67,8 @@ pub async fn run(config: ScheddConfig, shutdown: impl Future<Output = ()>) -> Re
         .with_context(|| format!("cannot open the job queue {}", db_path.display()))?;
     let audit = audit::AuditLog::open(&db_path, config.audit_retention_days)
         .with_context(|| format!("cannot open the audit log in {}", db_path.display()))?;
+    let enrolment = enrolment::Enrolment::open(&db_path)
+        .with_context(|| format!("cannot open the node table in {}", db_path.display()))?;
 
     let tcp = TcpListener::bind(config.listen).await.with_context(|| {
         format!(
@@ -79,7 +83,7 @@ pub async fn run(config: ScheddConfig, shutdown: impl Future<Output = ()>) -> Re
     let limits = restore_limits(&queue, &config)?;
     let (changes, _) = watch::channel(0);
     let schedd = Arc::new(Schedd {
-        secret: identity.secret_checker(),
+        enrolment,
         queue,
         registry: registry::Registry::default(),
         changes,

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use crate::audit::Event;
+use crate::enrolment::{Admitted, EnrolmentError};
 use crate::registry::StarterHandle;
 use crate::Schedd;
 
@@ -28,14 +29,15 @@ const HELLO_DEADLINE: Duration = Duration::from_secs(10);
 const OUTBOX: usize = 1024;
 const LINK_BUFFER: usize = 128;
 
-/// Registers a starter, then hands its link to a task of its own. `keep`
-/// (the listener's connection permit) lives as long as the link.
-pub async fn serve<S, K>(schedd: Arc<Schedd>, stream: S, peer: SocketAddr, keep: K)
+/// Registers a starter, then hands its link to a task of its own. `cert`
+/// is the SHA-256 of the certificate the starter proved it holds in TLS;
+/// `keep` (the listener's connection permit) lives as long as the link.
+pub async fn serve<S, K>(schedd: Arc<Schedd>, stream: S, peer: SocketAddr, cert: [u8; 32], keep: K)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     K: Send + 'static,
 {
-    match register(schedd, stream, peer).await {
+    match register(schedd, stream, peer, cert).await {
         // The registration's state machine is several KiB (the hello, its
         // reconciliation); the link's steady state needs far less. A fresh
         // task sized for the steady state alone is what each of thousands
@@ -69,14 +71,12 @@ fn out(msg: Out) -> bytes::Bytes {
     encode(&ScheddMessage { msg: Some(msg) })
 }
 
-fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-}
-
-async fn register<S>(schedd: Arc<Schedd>, stream: S, peer: SocketAddr) -> Result<Link<S>>
+async fn register<S>(
+    schedd: Arc<Schedd>,
+    stream: S,
+    peer: SocketAddr,
+    cert: [u8; 32],
+) -> Result<Link<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -98,12 +98,21 @@ where
             hello.protocol_version,
             stj_proto::STARTER_PROTOCOL_VERSION
         ))
-    } else if !schedd.secret.check(&hello.join_secret) {
-        Some("the join token's secret is wrong: it is not this schedd's token; print the current one with `stj-schedd token` on the schedd host".to_string())
-    } else if !valid_name(&hello.name) {
-        Some("starter name must be 1-64 characters of [A-Za-z0-9._-]".to_string())
+    } else if !stj_proto::valid_node_name(&hello.name) {
+        Some("starter name must be 1-64 characters of [A-Za-z0-9._-], not . or ..".to_string())
     } else {
-        None
+        match schedd
+            .enrolment
+            .admit(&hello.name, cert, &hello.join_secret, &peer.to_string())
+        {
+            Ok(Admitted::Known) => None,
+            Ok(Admitted::Enrolled) => {
+                tracing::info!(%peer, node = %hello.name, cert_sha256 = %hex::encode(cert), "node enrolled; its key is pinned to its name");
+                None
+            }
+            Err(EnrolmentError::Refused(r)) => Some(r.to_string()),
+            Err(e) => bail!("cannot check the node's enrolment: {e}"),
+        }
     };
     if let Some(reason) = refusal {
         tracing::warn!(%peer, name = %hello.name.chars().take(64).collect::<String>(), %reason, "starter refused");
@@ -345,8 +354,11 @@ fn session_started(schedd: &Schedd, node: &str, s: SessionStarted) {
         return tracing::warn!(node = %node, "session report with a malformed id; ignored");
     };
     tracing::info!(node = %node, session_id = %hex::encode(id), job_id = s.job_id, path = %s.path, "session started");
-    schedd.limits.started(&id);
-    schedd.audit.send(Event::Started(s));
+    schedd.limits.started(node, &id);
+    schedd.audit.send(Event::Started {
+        node: node.to_string(),
+        s,
+    });
 }
 
 /// Records a session's end; returns the acknowledgement for the node.
@@ -361,8 +373,11 @@ fn session_ended(schedd: &Schedd, node: &str, e: SessionEnded) -> ScheddMessage 
         return ack;
     };
     tracing::info!(node = %node, session_id = %hex::encode(id), job_id = e.job_id, path = %e.path, bytes_from_client = e.bytes_from_client, bytes_to_client = e.bytes_to_client, error = %e.error, "session ended");
-    schedd.limits.ended(&id);
-    schedd.audit.send(Event::Ended(e));
+    schedd.limits.ended(node, &id);
+    schedd.audit.send(Event::Ended {
+        node: node.to_string(),
+        e,
+    });
     ack
 }
 
@@ -375,7 +390,10 @@ fn reconcile_sessions(schedd: &Schedd, hello: &StarterHello) -> Vec<ScheddMessag
         acks.push(session_ended(schedd, &hello.name, e.clone()));
     }
     for s in &hello.open_sessions {
-        schedd.audit.send(Event::Started(s.clone()));
+        schedd.audit.send(Event::Started {
+            node: hello.name.clone(),
+            s: s.clone(),
+        });
     }
     sessions_lost(
         schedd,
@@ -423,13 +441,14 @@ fn job_exited(schedd: &Schedd, node: &str, exit: JobExited) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::valid_name;
+    use stj_proto::valid_node_name as valid_name;
 
     #[test]
     fn node_names() {
         assert!(valid_name("node-1.example"));
         assert!(!valid_name(""));
         assert!(!valid_name("a/b"));
+        assert!(!valid_name(".") && !valid_name(".."));
         assert!(!valid_name(&"x".repeat(65)));
     }
 }

@@ -71,7 +71,20 @@ async fn dispatch(
     }
     if first[0] == TLS_HANDSHAKE_RECORD {
         match tokio::time::timeout(TLS_DEADLINE, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => crate::link::serve(schedd, tls, peer, permit).await,
+            Ok(Ok(tls)) => {
+                // Client certificates are mandatory (pki.rs): the starter
+                // proved in TLS that it holds this certificate's key.
+                let Some(cert) = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| stj_proto::token::sha256(c))
+                else {
+                    return tracing::warn!(%peer, "starter presented no certificate");
+                };
+                crate::link::serve(schedd, tls, peer, cert, permit).await
+            }
             Ok(Err(e)) => tracing::warn!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
         }

@@ -1,7 +1,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use std::os::fd::AsRawFd;
+
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use stj_schedd::config;
 
@@ -10,7 +12,8 @@ use stj_schedd::config;
 /// Examples:
 ///   stj-schedd --config /etc/stj/stj.toml
 ///   stj-schedd --state-dir ./stj-dev/schedd --listen 127.0.0.1:9618 --socket ./stj-dev/schedd.sock
-///   stj-schedd token --state-dir ./stj-dev/schedd > join-token
+///   stj-schedd token node1 --out /etc/stj/join-token.node1   # enrols node1 once, 0600
+///   stj-schedd token 'rack3-*' --ttl 2h --out join-token       # any unenrolled rack3-* node, 2 h
 #[derive(Parser)]
 #[command(name = "stj-schedd", version, verbatim_doc_comment)]
 struct Cli {
@@ -55,13 +58,78 @@ enum Cmd {
     /// Write this program's man page and shell completions into DIR.
     #[command(hide = true)]
     GenerateDocs { dir: PathBuf },
-    /// Print the join token starters need (creates the identity on first use).
+    /// Mint a join token that enrols the named nodes (patterns with `*`).
+    ///
+    /// Each name enrols once: from then on that node's own key is pinned to
+    /// its name and it needs no token. The token expires after --ttl. It is
+    /// a secret: --out writes it 0600; printed to a file (`> FILE`) the file
+    /// is made 0600 too.
+    #[command(verbatim_doc_comment)]
     Token {
+        /// Node names (or patterns like 'rack3-*') this token may enrol.
+        #[arg(required = true, value_name = "NODE")]
+        nodes: Vec<String>,
+        /// How long the token can enrol (e.g. 30m, 24h, 7d).
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Write the token to this file (mode 0600) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
         #[arg(long)]
         config: Option<PathBuf>,
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// Unpin a node's key so the node can enrol again (a reinstalled node);
+    /// it then needs a new token.
+    ForgetNode {
+        name: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// List enrolled nodes: name, since when, from where, key hash.
+    Enrolled {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+/// The config's state dir, or the one given.
+fn state_dir(config: Option<&std::path::Path>, dir: Option<PathBuf>) -> Result<PathBuf> {
+    Ok(match dir {
+        Some(d) => d,
+        None => config::load(config)?.state_dir,
+    })
+}
+
+fn enrolment(state_dir: &std::path::Path) -> Result<stj_schedd::enrolment::Enrolment> {
+    let db = state_dir.join("queue.sqlite");
+    stj_schedd::enrolment::Enrolment::open(&db)
+        .with_context(|| format!("cannot open the node table in {}", db.display()))
+}
+
+/// Prints a secret. When stdout is a file (`> join-token`), the file is
+/// made 0600 before anything is written to it.
+fn print_secret(text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    let out = std::io::stdout();
+    let st = nix::sys::stat::fstat(out.as_fd().as_raw_fd())?;
+    if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+        nix::sys::stat::fchmod(
+            out.as_fd().as_raw_fd(),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .context("cannot make the output file private (0600); write it with --out instead")?;
+    }
+    let mut lock = out.lock();
+    writeln!(lock, "{text}")?;
+    lock.flush()?;
+    Ok(())
 }
 
 fn init_logging(debug: bool) {
@@ -99,13 +167,61 @@ fn real_main(cli: Cli) -> Result<()> {
             println!("{} is ready (root-owned, mode 1733)", dir.display());
             Ok(())
         }
-        Some(Cmd::Token { config, state_dir }) => {
-            let mut c = config::load(config.as_deref())?;
-            if let Some(d) = state_dir {
-                c.state_dir = d;
+        Some(Cmd::Token {
+            nodes,
+            ttl,
+            out,
+            config,
+            state_dir: dir,
+        }) => {
+            let dir = state_dir(config.as_deref(), dir)?;
+            let id = stj_schedd::pki::Identity::load_or_create(&dir)?;
+            let secret = enrolment(&dir)?.mint(&nodes, ttl)?;
+            let token = id.token(secret).to_printable();
+            match out {
+                Some(path) => {
+                    stj_cli::private_file::write(&path, format!("{token}\n").as_bytes())?;
+                    eprintln!(
+                        "join token for {} (valid {}) written to {} (0600)",
+                        nodes.join(" "),
+                        humantime::format_duration(ttl),
+                        path.display()
+                    );
+                }
+                None => print_secret(&token)?,
             }
-            let id = stj_schedd::pki::Identity::load_or_create(&c.state_dir)?;
-            println!("{}", id.token().to_printable());
+            Ok(())
+        }
+        Some(Cmd::ForgetNode {
+            name,
+            config,
+            state_dir: dir,
+        }) => {
+            let dir = state_dir(config.as_deref(), dir)?;
+            if !enrolment(&dir)?.forget(&name)? {
+                anyhow::bail!("no node {name:?} is enrolled (`stj-schedd enrolled` lists them)");
+            }
+            println!("node {name} forgotten: it can enrol again with a new token (`stj-schedd token {name}`); until it does, nothing registers under its name");
+            Ok(())
+        }
+        Some(Cmd::Enrolled {
+            config,
+            state_dir: dir,
+        }) => {
+            let dir = state_dir(config.as_deref(), dir)?;
+            println!(
+                "{:<24} {:<12} {:<22} KEY SHA-256",
+                "NODE", "ENROLLED", "FROM"
+            );
+            for n in enrolment(&dir)?.list()? {
+                println!(
+                    "{:<24} {:<12} {:<22} {}",
+                    n.name,
+                    n.enrolled_at,
+                    n.enrolled_from,
+                    hex::encode(n.cert_sha256)
+                );
+            }
             Ok(())
         }
         None => {

@@ -1,32 +1,34 @@
 //! The schedd's identity: a CA and a server certificate made on first start,
-//! and the join secret starters must prove. All of it lives in the state dir,
-//! private to root.
+//! in the state dir, private to root. Starters pin the CA by its hash (in
+//! their join token) and present a key of their own in TLS, which
+//! `enrolment.rs` pins to their node name.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-use ring::hmac;
-use ring::rand::{SecureRandom, SystemRandom};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use stj_cli::private_file;
 use stj_proto::token::{JoinToken, SECRET_LEN};
 
 const CA_CERT: &str = "ca.der";
 const CA_KEY: &str = "ca.key.der";
 const SERVER_CERT: &str = "server.der";
+/// Written last: its presence marks a complete identity.
 const SERVER_KEY: &str = "server.key.der";
-const SECRET: &str = "join-secret";
 
-/// What the TLS listener and the hello check need.
+/// What the TLS listener needs, and the CA hash tokens carry.
 pub struct Identity {
     pub ca_der: Vec<u8>,
     pub server_der: Vec<u8>,
     server_key_der: Vec<u8>,
-    secret: [u8; SECRET_LEN],
 }
 
 impl Identity {
@@ -36,41 +38,30 @@ impl Identity {
             .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
         fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700))
             .with_context(|| format!("cannot make state dir {} private", state_dir.display()))?;
-        if !state_dir.join(SECRET).exists() {
+        if !state_dir.join(SERVER_KEY).exists() {
             create(state_dir)?;
         }
+        let damaged = |p: &Path| {
+            format!(
+                "cannot read {}; the state dir is damaged: restore it, or move it away to make a new identity (every starter then needs a new token)",
+                p.display()
+            )
+        };
         let read = |name: &str| {
             let p = state_dir.join(name);
-            fs::read(&p).with_context(|| {
-                format!(
-                    "cannot read {}; the state dir is damaged: restore it, or move it away to make a new identity (every starter then needs a new token)",
-                    p.display()
-                )
-            })
+            fs::read(&p).with_context(|| damaged(&p))
         };
-        let secret_bytes = read(SECRET)?;
-        let secret: [u8; SECRET_LEN] = secret_bytes.as_slice().try_into().with_context(|| {
-            format!("{} has the wrong length", state_dir.join(SECRET).display())
-        })?;
+        let key = state_dir.join(SERVER_KEY);
         Ok(Identity {
             ca_der: read(CA_CERT)?,
             server_der: read(SERVER_CERT)?,
-            server_key_der: read(SERVER_KEY)?,
-            secret,
+            server_key_der: private_file::read(&key).with_context(|| damaged(&key))?,
         })
     }
 
-    pub fn token(&self) -> JoinToken {
-        JoinToken::new(&self.ca_der, self.secret)
-    }
-
-    /// A verifier for a starter's claimed secret that compares in constant time.
-    pub fn secret_checker(&self) -> SecretChecker {
-        SecretChecker {
-            expected_tag: hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &self.secret), JOIN_LABEL)
-                .as_ref()
-                .to_vec(),
-        }
+    /// The join token for an enrolment ticket's secret.
+    pub fn token(&self, secret: [u8; SECRET_LEN]) -> JoinToken {
+        JoinToken::new(&self.ca_der, secret)
     }
 
     pub fn tls_config(&self) -> Result<Arc<rustls::ServerConfig>> {
@@ -80,9 +71,9 @@ impl Identity {
             CertificateDer::from(self.server_der.clone()),
             CertificateDer::from(self.ca_der.clone()),
         ];
-        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
+            .with_client_cert_verifier(Arc::new(NodeKeyProof { provider }))
             .with_single_cert(chain, key)
             .context("server certificate in the state dir is unusable")?;
         // Starters hold one long-lived link and never resume: tickets would
@@ -92,22 +83,66 @@ impl Identity {
     }
 }
 
-const JOIN_LABEL: &[u8] = b"stj join secret v1";
-
-pub struct SecretChecker {
-    expected_tag: Vec<u8>,
+/// Every starter must present a certificate (its node key, self-signed) and
+/// prove in TLS that it holds the key. Which name that key may use is not a
+/// TLS question: the link checks the certificate's hash against the pin in
+/// `enrolment.rs` once it knows the name the starter claims.
+#[derive(Debug)]
+struct NodeKeyProof {
+    provider: Arc<CryptoProvider>,
 }
 
-impl SecretChecker {
-    /// True when `claimed` is the join secret. `hmac::verify` compares the tags
-    /// in constant time, so timing reveals nothing about the secret.
-    pub fn check(&self, claimed: &[u8]) -> bool {
-        hmac::verify(
-            &hmac::Key::new(hmac::HMAC_SHA256, claimed),
-            JOIN_LABEL,
-            &self.expected_tag,
+impl ClientCertVerifier for NodeKeyProof {
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        // Trust comes from the pin, not from a chain.
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
         )
-        .is_ok()
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -132,35 +167,11 @@ fn create(state_dir: &Path) -> Result<()> {
         .push(DnType::CommonName, stj_proto::SCHEDD_TLS_NAME);
     let server = server_params.signed_by(&server_key, &ca, &ca_key)?;
 
-    let mut secret = [0u8; SECRET_LEN];
-    SystemRandom::new()
-        .fill(&mut secret)
-        .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
-
-    write_private(&state_dir.join(CA_CERT), ca.der())?;
-    write_private(&state_dir.join(CA_KEY), &ca_key.serialize_der())?;
-    write_private(&state_dir.join(SERVER_CERT), server.der())?;
-    write_private(&state_dir.join(SERVER_KEY), &server_key.serialize_der())?;
-    // The secret is written last: its presence marks a complete identity.
-    write_private(&state_dir.join(SECRET), &secret)?;
-    tracing::info!(dir = %state_dir.display(), "created a new schedd CA, certificate and join secret");
-    Ok(())
-}
-
-/// Writes a file readable by its owner only, atomically (temp file + rename),
-/// so a crash never leaves a half-written key behind.
-fn write_private(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    private_file::write(&state_dir.join(CA_CERT), ca.der())?;
+    private_file::write(&state_dir.join(CA_KEY), &ca_key.serialize_der())?;
+    private_file::write(&state_dir.join(SERVER_CERT), server.der())?;
+    private_file::write(&state_dir.join(SERVER_KEY), &server_key.serialize_der())?;
+    tracing::info!(dir = %state_dir.display(), "created a new schedd CA and certificate");
     Ok(())
 }
 
@@ -173,24 +184,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = Identity::load_or_create(dir.path()).unwrap();
         let b = Identity::load_or_create(dir.path()).unwrap();
-        assert_eq!(a.token(), b.token());
-        let mode = fs::metadata(dir.path().join(SECRET))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(a.token([1; 32]), b.token([1; 32]));
+        for f in [CA_KEY, SERVER_KEY] {
+            let mode = fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
         a.tls_config().unwrap();
-    }
-
-    #[test]
-    fn secret_checker_accepts_only_the_secret() {
-        let dir = tempfile::tempdir().unwrap();
-        let id = Identity::load_or_create(dir.path()).unwrap();
-        let checker = id.secret_checker();
-        assert!(checker.check(&id.token().secret));
-        let mut wrong = id.token().secret;
-        wrong[31] ^= 1;
-        assert!(!checker.check(&wrong));
-        assert!(!checker.check(b""));
     }
 }

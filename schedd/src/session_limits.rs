@@ -153,15 +153,20 @@ impl SessionLimits {
         );
     }
 
-    /// The node says the session's sshd runs.
-    pub fn started(&self, id: &SessionId) {
-        if let Some(e) = self.lock().by_id.get_mut(id) {
+    /// `node` says the session's sshd runs (only the session's own node
+    /// is heard).
+    pub fn started(&self, node: &str, id: &SessionId) {
+        if let Some(e) = self.lock().by_id.get_mut(id).filter(|e| e.node == node) {
             e.state = State::Open;
         }
     }
 
-    pub fn ended(&self, id: &SessionId) {
-        self.lock().remove(id);
+    /// `node` says the session ended.
+    pub fn ended(&self, node: &str, id: &SessionId) {
+        let mut inner = self.lock();
+        if inner.by_id.get(id).is_some_and(|e| e.node == node) {
+            inner.remove(id);
+        }
     }
 
     /// Sessions open on `node` other than `open_there` are over: the node
@@ -218,14 +223,17 @@ mod tests {
         t.admit(0, id(4), "n", 100, 0).unwrap();
         t.admit(0, id(5), "n", 100, 0).unwrap();
         assert_eq!(t.tracked(0), 0);
-        t.started(&id(1));
+        t.started("n", &id(1));
         t.admit(1000, id(2), "n", 100, 0).unwrap();
-        t.started(&id(2));
+        t.started("n", &id(2));
         assert_eq!(
             t.admit(1000, id(6), "n", 100, 0),
             Err(Refusal::TooManyOpen(2))
         );
-        t.ended(&id(1));
+        // Another node cannot end this node's session in the counts.
+        t.ended("other", &id(1));
+        assert!(t.admit(1000, id(6), "n", 100, 0).is_err());
+        t.ended("n", &id(1));
         t.admit(1000, id(6), "n", 100, 0).unwrap();
     }
 
@@ -246,7 +254,7 @@ mod tests {
         for n in 1..=3 {
             t.admit(1000, id(n), if n == 3 { "other" } else { "n" }, 100, 0)
                 .unwrap();
-            t.started(&id(n));
+            t.started(if n == 3 { "other" } else { "n" }, &id(n));
         }
         t.reconcile("n", &HashSet::from([id(1)]));
         assert_eq!(t.tracked(1000), 2);

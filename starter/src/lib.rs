@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod container;
+pub mod identity;
 mod jobs;
 pub mod kit;
 mod link;
@@ -89,6 +90,31 @@ fn parse_slot_users(s: &str) -> Result<(u32, u32)> {
     Ok((a, b))
 }
 
+/// The join token, needed only until the node has enrolled. A token file
+/// others can read is refused: whoever reads it can enrol the names it
+/// lists.
+fn read_token(path: &std::path::Path, enrolled: bool) -> Result<Option<JoinToken>> {
+    match stj_cli::private_file::read(path) {
+        Ok(text) => {
+            let t = JoinToken::parse(&String::from_utf8_lossy(&text))
+                .with_context(|| format!("bad join token in {}", path.display()))?;
+            Ok(Some(t))
+        }
+        Err(stj_cli::private_file::PrivateFileError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound && enrolled =>
+        {
+            Ok(None)
+        }
+        Err(e @ stj_cli::private_file::PrivateFileError::Read { .. }) => Err(e).with_context(|| {
+            format!(
+                "this node has not enrolled yet and needs a join token: write the output of `stj-schedd token NODE-NAME` (run on the schedd host) to {} with mode 0600, or set token_file / --token-file",
+                path.display()
+            )
+        }),
+        Err(e) => Err(e).context("refusing the join token"),
+    }
+}
+
 pub async fn run(config: StarterConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
     run_with(config, false, shutdown).await
 }
@@ -104,14 +130,20 @@ pub async fn run_with(
         );
     }
     config::validate(&config)?;
-    let token_text = std::fs::read_to_string(&config.token_file).with_context(|| {
-        format!(
-            "cannot read the join token file {} (write the output of `stj-schedd token` there, or set token_file / --token-file)",
-            config.token_file.display()
-        )
-    })?;
-    let token = JoinToken::parse(&token_text)
-        .with_context(|| format!("bad join token in {}", config.token_file.display()))?;
+    let identity = identity::NodeIdentity::load_or_create(&config.work_dir)?;
+    let token = read_token(&config.token_file, identity.schedd_ca.is_some())?;
+    let ca_pin = match (identity.schedd_ca, &token) {
+        (Some(enrolled), Some(t)) if t.ca_sha256 != enrolled => anyhow::bail!(
+            "the join token in {} pins schedd CA {}, but this node enrolled with the schedd whose CA is {}; to move the node to another schedd, remove {} (its identity) and start again",
+            config.token_file.display(),
+            hex::encode(t.ca_sha256),
+            hex::encode(enrolled),
+            identity.dir.display()
+        ),
+        (Some(enrolled), _) => enrolled,
+        (None, Some(t)) => t.ca_sha256,
+        (None, None) => unreachable!("read_token requires a token before enrolment"),
+    };
     std::fs::create_dir_all(config.work_dir.join("jobs"))
         .with_context(|| format!("cannot create work dir {}", config.work_dir.display()))?;
     let slots = config.slots.unwrap_or_else(|| {
@@ -157,7 +189,9 @@ pub async fn run_with(
     }
     let params = link::LinkParams {
         schedd: config.schedd.clone(),
-        token,
+        ca_pin,
+        join_secret: token.map(|t| t.secret.to_vec()).unwrap_or_default(),
+        identity: Arc::new(identity),
         name,
         slots,
         session_listen,

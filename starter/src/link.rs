@@ -13,7 +13,6 @@ use stj_proto::starter::{
     schedd_message::Msg as In, starter_message::Msg as Out, Heartbeat, JobExited, JobStarted,
     ScheddMessage, SessionEnded, StarterHello, StarterMessage,
 };
-use stj_proto::token::JoinToken;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
@@ -28,7 +27,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub struct LinkParams {
     pub schedd: String,
-    pub token: JoinToken,
+    /// The schedd's CA, from the token or from this node's enrolment.
+    pub ca_pin: [u8; 32],
+    /// The join token's secret; empty once enrolled without a token file.
+    pub join_secret: Vec<u8>,
+    pub identity: Arc<crate::identity::NodeIdentity>,
     pub name: String,
     pub slots: u32,
     /// Where this starter takes direct sessions, if anywhere.
@@ -112,7 +115,7 @@ impl State {
 }
 
 pub async fn run(params: LinkParams, jobs: Arc<Jobs>, events: Reports) -> anyhow::Result<()> {
-    let (tls, mismatch) = crate::tls::client_config(params.token.ca_sha256);
+    let (tls, mismatch) = crate::tls::client_config(params.ca_pin, params.identity.tls_identity())?;
     let connector = TlsConnector::from(tls);
     let mut state = State {
         pending_exits: BTreeMap::new(),
@@ -226,9 +229,10 @@ async fn session(
         Err(e) => {
             if let Some(offered) = mismatch.lock().unwrap_or_else(|p| p.into_inner()).take() {
                 return Err(LinkError::Fatal(format!(
-                    "the schedd at {} presented a CA with sha256 {offered}, but the join token pins {}: the token belongs to another schedd (or the schedd's state dir was recreated); get the current token with `stj-schedd token` and update the token file",
+                    "the schedd at {} presented a CA with sha256 {offered}, but this node pins {} (from its join token, or from its enrolment in {}): it is another schedd, or the schedd's state dir was recreated; if that is intended, remove the identity dir and enrol with a new token from `stj-schedd token NODE-NAME`",
                     params.schedd,
-                    hex::encode(params.token.ca_sha256)
+                    hex::encode(params.ca_pin),
+                    params.identity.dir.display()
                 )));
             }
             return Err(retry(format!(
@@ -251,7 +255,7 @@ async fn session(
             protocol_version: stj_proto::STARTER_PROTOCOL_VERSION,
             name: params.name.clone(),
             slots: params.slots,
-            join_secret: params.token.secret.to_vec(),
+            join_secret: params.join_secret.clone(),
             running_jobs,
             finished_jobs: state.pending_exits.values().cloned().collect(),
             session_addr,
@@ -274,6 +278,12 @@ async fn session(
                     .try_into()
                     .map_err(|_| retry("the schedd sent a starter key of the wrong length"))?;
                 params.key.set(key);
+                // Enrolled (or known): later starts need no token.
+                if let Err(e) = params.identity.enrolled_with(params.ca_pin) {
+                    return Err(LinkError::Fatal(format!(
+                        "cannot record this node's enrolment: {e:#}"
+                    )));
+                }
                 w.heartbeat_secs.max(1)
             }
             Some(In::Refused(r)) => {

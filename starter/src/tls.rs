@@ -1,6 +1,6 @@
 //! The starter's side of TLS: trust exactly the CA whose hash the join token
 //! pins, and the name `stj-schedd` in the server certificate, whatever address
-//! the schedd was dialled at.
+//! the schedd was dialled at; present this node's own key (`identity.rs`).
 
 use std::sync::{Arc, Mutex};
 
@@ -19,7 +19,13 @@ pub struct PinnedCa {
     pub mismatch: Arc<Mutex<Option<String>>>,
 }
 
-pub fn client_config(pin: [u8; 32]) -> (Arc<rustls::ClientConfig>, Arc<Mutex<Option<String>>>) {
+pub fn client_config(
+    pin: [u8; 32],
+    identity: (
+        Vec<CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ),
+) -> anyhow::Result<(Arc<rustls::ClientConfig>, Arc<Mutex<Option<String>>>)> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mismatch = Arc::new(Mutex::new(None));
     let verifier = PinnedCa {
@@ -27,13 +33,13 @@ pub fn client_config(pin: [u8; 32]) -> (Arc<rustls::ClientConfig>, Arc<Mutex<Opt
         provider: provider.clone(),
         mismatch: mismatch.clone(),
     };
+    let (chain, key) = identity;
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
+        .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    (Arc::new(cfg), mismatch)
+        .with_client_auth_cert(chain, key)?;
+    Ok((Arc::new(cfg), mismatch))
 }
 
 pub fn server_name() -> ServerName<'static> {

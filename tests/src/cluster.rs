@@ -99,14 +99,30 @@ impl Cluster {
         )
         .unwrap();
         c.start_schedd();
+        // The pool's own starters enrol with a token for any name; tests of
+        // enrolment mint their own with `mint_token`.
+        let token = c.token_file.clone();
+        c.mint_token(&["*"], &token, &[]);
+        c
+    }
+
+    /// `stj-schedd token NODES... --out FILE EXTRA...` against this pool.
+    pub fn mint_token(&self, nodes: &[&str], file: &Path, extra: &[&str]) {
         let out = Command::new(bin("stj-schedd"))
-            .args(["token", "--state-dir"])
-            .arg(&c.state_dir)
+            .arg("token")
+            .args(nodes)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--out")
+            .arg(file)
+            .args(extra)
             .output()
             .unwrap();
-        assert!(out.status.success(), "stj-schedd token failed");
-        fs::write(&c.token_file, &out.stdout).unwrap();
-        c
+        assert!(
+            out.status.success(),
+            "stj-schedd token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn path(&self) -> &Path {
@@ -212,7 +228,18 @@ impl Cluster {
     }
 
     pub fn start_starter_with(&mut self, name: &str, slots: u32, extra: &[&str]) {
-        let child = self.spawn_starter(name, slots, &self.token_file.clone(), extra);
+        self.start_starter_with_token(name, slots, &self.token_file.clone(), extra)
+    }
+
+    /// `start_starter_with`, enrolling with `token` instead of the pool's.
+    pub fn start_starter_with_token(
+        &mut self,
+        name: &str,
+        slots: u32,
+        token: &Path,
+        extra: &[&str],
+    ) {
+        let child = self.spawn_starter(name, slots, token, extra);
         let log = self.path().join(format!("starter-{name}.log"));
         self.starters.push(Starter {
             name: name.to_string(),
@@ -247,7 +274,22 @@ impl Cluster {
         token_file: &Path,
         extra: &[&str],
     ) -> Child {
-        let log = self.path().join(format!("starter-{name}.log"));
+        let work = self.path().join(format!("node-{name}"));
+        self.spawn_starter_in(name, name, &work, slots, token_file, extra)
+    }
+
+    /// `spawn_starter` with the work dir (and so the node identity) given,
+    /// logging to `starter-LOG.log`: another machine claiming a name.
+    pub fn spawn_starter_in(
+        &self,
+        name: &str,
+        log: &str,
+        work_dir: &Path,
+        slots: u32,
+        token_file: &Path,
+        extra: &[&str],
+    ) -> Child {
+        let log = self.path().join(format!("starter-{log}.log"));
         // On the NAT topology "nodeN" runs in the N-th node namespace.
         let ns = self.net.as_ref().map(|n| {
             let i: usize = name.trim_start_matches("node").parse().unwrap_or(1);
@@ -266,7 +308,7 @@ impl Cluster {
                 "2",
             ])
             .arg("--work-dir")
-            .arg(self.path().join(format!("node-{name}")))
+            .arg(work_dir)
             .args(extra)
             .args(if self.debug {
                 &["--debug"][..]

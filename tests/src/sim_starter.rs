@@ -35,7 +35,16 @@ pub async fn register(
     slots: u32,
     want_relays: bool,
 ) -> Result<SimStarter> {
-    let (cfg, _) = stj_starter::tls::client_config(token.ca_sha256);
+    // A key of its own, as every node has (the token enrols it).
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["stj-starter".to_string()])?.self_signed(&key)?;
+    let identity = (
+        vec![rustls::pki_types::CertificateDer::from(cert.der().to_vec())],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+            key.serialize_der(),
+        )),
+    );
+    let (cfg, _) = stj_starter::tls::client_config(token.ca_sha256, identity)?;
     let tcp = TcpStream::connect(schedd)
         .await
         .context("connect to the schedd")?;

@@ -1,10 +1,18 @@
 //! Bad input gets a clear error, a non-zero exit, and changes nothing.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use stj_tests::{bin, wait_until, Cluster, TestUser};
+
+/// Writes a token file as an admin would: 0600.
+fn write_token(path: &Path, text: &str) {
+    fs::write(path, text).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+}
 
 #[test]
 fn starter_refuses_a_wrong_join_secret_and_exits() {
@@ -27,7 +35,7 @@ fn starter_refuses_a_wrong_join_secret_and_exits() {
         })
         .collect();
     let bad = c.path().join("bad-secret");
-    fs::write(&bad, format!("{head}.{flipped}\n")).unwrap();
+    write_token(&bad, &format!("{head}.{flipped}\n"));
     let mut child = c.spawn_starter("intruder", 1, &bad, &[]);
     let status = wait_until("the starter to give up", Duration::from_secs(30), || {
         child.try_wait().unwrap()
@@ -35,7 +43,7 @@ fn starter_refuses_a_wrong_join_secret_and_exits() {
     assert!(!status.success());
     let log = c.starter_log("intruder");
     assert!(
-        log.contains("secret is wrong") && log.contains("stj-schedd token"),
+        log.contains("join token is not known here") && log.contains("stj-schedd token intruder"),
         "{log}"
     );
     assert!(!log.contains(secret), "the secret never reaches a log");
@@ -47,11 +55,10 @@ fn starter_refuses_a_schedd_whose_ca_does_not_match_the_pin() {
     let good = fs::read_to_string(&c.token_file).unwrap();
     let parts: Vec<&str> = good.trim().split('.').collect();
     let bad = c.path().join("bad-pin");
-    fs::write(
+    write_token(
         &bad,
-        format!("{}.{}.{}\n", parts[0], "ab".repeat(32), parts[2]),
-    )
-    .unwrap();
+        &format!("{}.{}.{}\n", parts[0], "ab".repeat(32), parts[2]),
+    );
     let mut child = c.spawn_starter("misled", 1, &bad, &[]);
     let status = wait_until("the starter to give up", Duration::from_secs(30), || {
         child.try_wait().unwrap()
@@ -59,7 +66,7 @@ fn starter_refuses_a_schedd_whose_ca_does_not_match_the_pin() {
     assert!(!status.success());
     let log = c.starter_log("misled");
     assert!(
-        log.contains("join token pins") && log.contains("stj-schedd token"),
+        log.contains("but this node pins") && log.contains("stj-schedd token"),
         "{log}"
     );
     assert!(
@@ -72,13 +79,17 @@ fn starter_refuses_a_schedd_whose_ca_does_not_match_the_pin() {
 fn malformed_token_and_config_are_named() {
     let c = Cluster::new();
     let bad = c.path().join("garbage-token");
-    fs::write(&bad, "hello").unwrap();
+    write_token(&bad, "hello");
     let mut child = c.spawn_starter("x", 1, &bad, &[]);
     let status = wait_until("the starter to exit", Duration::from_secs(30), || {
         child.try_wait().unwrap()
     });
     assert!(!status.success());
-    assert!(c.starter_log("x").contains("garbage-token"));
+    let log = c.starter_log("x");
+    assert!(
+        log.contains("garbage-token") && log.contains("stj2."),
+        "{log}"
+    );
 
     let cfg = c.path().join("broken.toml");
     fs::write(&cfg, "[schedd]\nlisen = \"0.0.0.0:1\"\n").unwrap();
