@@ -80,7 +80,37 @@ fn validate(spec: &JobSpec) -> Result<(), Status> {
     if !spec.image.is_empty() && !spec.image.starts_with('/') {
         return bad("--image must be an absolute path to a root filesystem directory");
     }
+    if spec.umask.is_some_and(|m| m > 0o777) {
+        return bad("umask must be at most 0777");
+    }
     Ok(())
+}
+
+/// What `uid` may see of `job`. The owner and root see everything; others
+/// see what `squeue` shows of someone else's job: id, owner, state, node,
+/// times, exit status and the program's name — not its arguments,
+/// environment, directories or files (people pass API tokens in them), and
+/// no error text of an ended job (it quotes paths and commands).
+fn visible_to(uid: u32, mut job: Job) -> Job {
+    if uid == 0 || uid == job.owner_uid {
+        return job;
+    }
+    let spec = job.spec.take().unwrap_or_default();
+    let name = match spec.args.first() {
+        _ if spec.interactive => "(interactive)".to_string(),
+        Some(a) => a.rsplit('/').next().unwrap_or(a).to_string(),
+        None => String::new(),
+    };
+    job.spec = Some(JobSpec {
+        args: vec![name],
+        ssh_enabled: spec.ssh_enabled,
+        interactive: spec.interactive,
+        ..Default::default()
+    });
+    if job.state != JobState::Idle as i32 {
+        job.reason.clear();
+    }
+    job
 }
 
 fn owner_name(uid: u32) -> String {
@@ -115,6 +145,7 @@ impl ScheddApi for UserApi {
     }
 
     async fn query(&self, req: Request<QueryRequest>) -> Result<Response<QueryReply>, Status> {
+        let who = caller(&req)?;
         let ids = req.into_inner().job_ids;
         let jobs = if ids.is_empty() {
             self.schedd.queue.list().map_err(internal)?
@@ -132,6 +163,7 @@ impl ScheddApi for UserApi {
             }
             jobs
         };
+        let jobs = jobs.into_iter().map(|j| visible_to(who.uid, j)).collect();
         Ok(Response::new(QueryReply { jobs }))
     }
 
@@ -248,6 +280,7 @@ impl ScheddApi for UserApi {
     }
 
     async fn wait(&self, req: Request<WaitRequest>) -> Result<Response<WaitReply>, Status> {
+        let who = caller(&req)?;
         let req = req.into_inner();
         let want = JobState::try_from(req.state)
             .ok()
@@ -275,7 +308,7 @@ impl ScheddApi for UserApi {
             let state = JobState::try_from(job.state).unwrap_or(JobState::Unspecified);
             if state == want {
                 return Ok(Response::new(WaitReply {
-                    job: Some(job),
+                    job: Some(visible_to(who.uid, job)),
                     reached: true,
                 }));
             }
@@ -290,7 +323,7 @@ impl ScheddApi for UserApi {
             tokio::select! {
                 r = changes.changed() => { r.map_err(internal)?; }
                 _ = tokio::time::sleep_until(deadline) => {
-                    return Ok(Response::new(WaitReply { job: Some(job), reached: false }));
+                    return Ok(Response::new(WaitReply { job: Some(visible_to(who.uid, job)), reached: false }));
                 }
             }
         }

@@ -103,8 +103,13 @@ pub fn json(jobs: &[Job]) -> serde_json::Value {
                     "exit_signal": j.exit_signal,
                     "reason": j.reason,
                     "args": spec.args,
+                    // Empty for other users' jobs: the schedd shows them
+                    // only what `squeue` would.
+                    "env": spec.env.iter().map(|e| (e.name.clone(), serde_json::Value::from(e.value.clone()))).collect::<serde_json::Map<_, _>>(),
                     "cwd": spec.cwd,
                     "image": spec.image,
+                    "output": spec.output,
+                    "error": spec.error,
                     "ssh_enabled": spec.ssh_enabled,
                 })
             })

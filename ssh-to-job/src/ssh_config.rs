@@ -9,10 +9,9 @@
 //! ssh (ProxyUseFdpass). The KnownHostsCommand (`ssh-to-job known-hosts %n`)
 //! then answers ssh's host key check with exactly that key.
 
-use std::io::Write;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -33,12 +32,17 @@ fn key_path() -> Result<PathBuf> {
     Ok(home()?.join(".config/stj/id_ed25519"))
 }
 
-/// The persistent stj key, made on first use.
+/// The persistent stj key, made on first use. Two first uses at once (an
+/// editor opening several connections) agree on one key.
 fn persistent_key() -> Result<(PathBuf, [u8; 32])> {
     let path = key_path()?;
     if !path.exists() {
         let dir = path.parent().context("key dir")?;
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         let mut seed = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
@@ -47,17 +51,10 @@ fn persistent_key() -> Result<(PathBuf, [u8; 32])> {
             KeypairData::Ed25519(Ed25519Keypair::from_seed(&seed)),
             "ssh-to-job",
         )?;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        f.write_all(key.to_openssh(LineEnding::LF)?.as_bytes())?;
+        stj_cli::private_file::create_new(&path, key.to_openssh(LineEnding::LF)?.as_bytes())?;
     }
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let key = PrivateKey::from_openssh(text)
+    let text = stj_cli::private_file::read(&path)?;
+    let key = PrivateKey::from_openssh(String::from_utf8_lossy(&text).as_ref())
         .with_context(|| format!("{} is not an OpenSSH private key", path.display()))?;
     let public = match key.public_key().key_data() {
         KeyData::Ed25519(k) => k.0,
@@ -102,24 +99,54 @@ fn job_of(host: &str) -> Result<u64> {
         .with_context(|| format!("{host:?} is not stj-job-N"))
 }
 
-/// Where one ssh process's session host key waits for its KnownHostsCommand.
+/// Whether `dir` is a directory only `uid` can use.
+fn private_dir_of(dir: &Path, uid: u32) -> bool {
+    std::fs::symlink_metadata(dir)
+        .is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0)
+}
+
+/// Where one ssh process's session host key waits for its KnownHostsCommand:
+/// in $XDG_RUNTIME_DIR when it is ours and private, else under the home
+/// directory of our account — never a predictable name in a shared /tmp,
+/// which another user could create first.
 fn host_key_file(job: u64) -> Result<PathBuf> {
     let uid = nix::unistd::getuid().as_raw();
-    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
-        .filter(|p| nix::unistd::access(p.as_path(), nix::unistd::AccessFlags::W_OK).is_ok())
-        .unwrap_or_else(|| PathBuf::from("/tmp"))
-        .join(format!("stj-hostkeys-{uid}"));
-    match std::fs::symlink_metadata(&dir) {
-        Ok(m) if m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0 => {}
-        Ok(_) => bail!(
-            "{} is not a private directory of yours; remove it",
-            dir.display()
-        ),
-        Err(_) => std::fs::DirBuilder::new()
+        .filter(|p| private_dir_of(p, uid));
+    let dir = match runtime {
+        Some(r) => r.join("stj-hostkeys"),
+        None => {
+            let home = nix::unistd::User::from_uid(uid.into())
+                .ok()
+                .flatten()
+                .map(|u| u.dir)
+                .filter(|d| d.is_dir())
+                .map(Ok)
+                .unwrap_or_else(home)?;
+            home.join(".cache/stj/hostkeys")
+        }
+    };
+    if !private_dir_of(&dir, uid) {
+        if dir.exists() || std::fs::symlink_metadata(&dir).is_ok() {
+            bail!(
+                "{} is not a private directory of yours (it must be a directory you own, mode 0700); remove it",
+                dir.display()
+            );
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
             .mode(0o700)
             .create(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?,
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        // `recursive` applies the mode to new parents too; the leaf is what
+        // must be private, and must be ours.
+        if !private_dir_of(&dir, uid) {
+            bail!(
+                "{} is not a private directory of yours; remove it",
+                dir.display()
+            );
+        }
     }
     // Both helpers are children of the same ssh process.
     let ssh = nix::unistd::getppid().as_raw();

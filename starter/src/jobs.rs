@@ -13,7 +13,7 @@ use crate::report::{Report, Reporter, Reports};
 
 #[derive(Default)]
 struct Entry {
-    init: Option<Arc<std::os::fd::OwnedFd>>,
+    init: Option<Arc<crate::container::Init>>,
     spec: Option<Arc<ContainerSpec>>,
     kill_requested: bool,
     /// The slot-user uid this job runs as, if the node uses slot users.
@@ -22,7 +22,7 @@ struct Entry {
 
 /// What a session needs to enter a running job.
 pub struct JobTarget {
-    pub init: Arc<std::os::fd::OwnedFd>,
+    pub init: Arc<crate::container::Init>,
     pub spec: Arc<ContainerSpec>,
 }
 
@@ -237,6 +237,7 @@ impl Jobs {
                 None
             },
             sessions,
+            umask: spec.umask.unwrap_or(0o077) & 0o777,
         };
         let job_dir = self.work_dir.join("jobs").join(id.to_string());
         let container = match container::launch(&cspec, &job_dir).await {
@@ -280,11 +281,11 @@ impl Jobs {
         };
         let Some(init) = init else { return }; // killed as soon as it has started
         tracing::info!(job_id = id, "killing job");
-        container::signal_pidfd(&init, libc::SIGTERM);
+        container::signal_pidfd(&init.pidfd, libc::SIGTERM);
         let grace = self.kill_grace;
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
-            container::signal_pidfd(&init, libc::SIGKILL);
+            container::signal_pidfd(&init.pidfd, libc::SIGKILL);
         });
     }
 }

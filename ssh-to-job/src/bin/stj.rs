@@ -143,6 +143,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// This process's umask (reading it means setting it; it is set back).
+fn current_umask() -> u32 {
+    // SAFETY: umask cannot fail; the second call restores the first's value.
+    unsafe {
+        let m = libc::umask(0o077);
+        libc::umask(m);
+        m as u32
+    }
+}
+
 fn parse_env(items: &[String]) -> Result<Vec<EnvVar>> {
     items
         .iter()
@@ -231,6 +241,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 ssh_enabled: !no_ssh,
                 interactive,
                 idle_timeout_secs: idle_timeout.as_secs().clamp(1, u32::MAX.into()) as u32,
+                umask: Some(current_umask()),
             };
             let mut c = connect(&socket).await?;
             let id = c

@@ -25,6 +25,8 @@ pub struct EnterSpec {
     pub argv: Vec<String>,
     /// The passwd line the shim answers with (`STJ_PASSWD`).
     pub passwd: String,
+    /// The job's umask, for files the session creates.
+    pub umask: u32,
 }
 
 pub fn main(spec_path: &Path) -> ! {
@@ -103,6 +105,7 @@ fn exec_sshd(spec: &EnterSpec, groups: &[Gid], passwd: &str) -> anyhow::Error {
         if nix::unistd::geteuid().is_root() {
             bail!("could not drop root");
         }
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(spec.umask));
         let _ = nix::unistd::chdir(spec.cwd.as_str());
         let c = |s: &str| CString::new(s).context("NUL byte");
         let argv = spec.argv.iter().map(|a| c(a)).collect::<Result<Vec<_>>>()?;

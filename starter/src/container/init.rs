@@ -452,12 +452,14 @@ fn resolve(program: &str, env: &[(String, String)]) -> Result<PathBuf> {
     bail!("command {program:?} not found in the job's PATH={path}")
 }
 
+/// The job's stdout/stderr: private to the job's user (0600), whatever the
+/// umask; nobody else reads what a job prints unless its owner shares it.
 fn open_output(path: &str) -> Result<OwnedFd> {
     let f = fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o644)
+        .mode(0o600)
         .open(path)
         .with_context(|| {
             format!(
@@ -490,6 +492,7 @@ fn exec_job(spec: &ContainerSpec, groups: &[Gid]) -> anyhow::Error {
     let r = (|| -> Result<std::convert::Infallible> {
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
         nix::unistd::setsid()?;
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(spec.umask));
         become_job_user(spec, groups)?;
         nix::unistd::chdir(spec.cwd.as_str()).with_context(|| {
             let hint = if spec.image.is_none() && (spec.cwd == "/tmp" || spec.cwd.starts_with("/tmp/")) {

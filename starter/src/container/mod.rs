@@ -39,6 +39,8 @@ pub struct ContainerSpec {
     pub kit: Option<PathBuf>,
     /// This job's session files on the node (at /.stj/sessions in images).
     pub sessions: PathBuf,
+    /// The submitter's umask, for the job and its sessions.
+    pub umask: u32,
 }
 
 /// How a job ended, as the init (or its monitor) reported it.
@@ -50,12 +52,36 @@ pub struct Exit {
     pub error: String,
 }
 
+/// The container's init (pid 1 of the job): a pidfd, which signals and
+/// setns target safely whatever happens to pid numbers, and its host pid,
+/// for looking into the job through /proc while the pidfd shows it alive.
+pub struct Init {
+    pub pidfd: OwnedFd,
+    pub pid: i32,
+}
+
+impl Init {
+    /// Whether the init still runs: a pid read before this check named it.
+    pub fn alive(&self) -> bool {
+        // SAFETY: plain syscall on a valid pidfd; signal 0 only checks.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                0,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            ) == 0
+        }
+    }
+}
+
 /// A running container. Dropping it does not stop the job; the monitor
 /// kills the container when the starter process dies (its stdin closes).
 pub struct Container {
-    /// pidfd of the container's init, safe against pid reuse; None if the
-    /// container ended before we could open it.
-    pub init: Option<std::sync::Arc<OwnedFd>>,
+    /// The container's init; None if the container ended before we could
+    /// open a pidfd for it.
+    pub init: Option<std::sync::Arc<Init>>,
     child: Child,
     _lifeline: ChildStdin,
     lines: Lines<BufReader<ChildStdout>>,
@@ -80,7 +106,7 @@ fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
 }
 
 /// Sends `sig` to the process behind a pidfd. ESRCH (already gone) is fine.
-pub fn signal_pidfd(fd: &OwnedFd, sig: libc::c_int) {
+pub fn signal_pidfd(fd: &impl AsRawFd, sig: libc::c_int) {
     // SAFETY: plain syscall on a valid fd; a null siginfo means "like kill()".
     unsafe {
         libc::syscall(
@@ -159,7 +185,7 @@ pub async fn launch(spec: &ContainerSpec, job_dir: &Path) -> Result<Launch> {
             // ESRCH: the job was so short that the container is already
             // gone; its exit status is still on the way.
             let init = match pidfd_open(pid) {
-                Ok(fd) => Some(std::sync::Arc::new(fd)),
+                Ok(pidfd) => Some(std::sync::Arc::new(Init { pidfd, pid })),
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => None,
                 Err(e) => return Err(e).context("cannot open a pidfd for the container init"),
             };

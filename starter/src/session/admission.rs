@@ -5,21 +5,26 @@
 //! - one user's handshakes wait for a per-user share of the slots, so a
 //!   user with many capabilities slows only themselves;
 //! - one capability serves one connection at a time;
-//! - one source address may hold only so many direct connections that have
-//!   not finished their handshake (silent ones included).
+//! - direct connections that have not sent their Hello yet (they hold
+//!   nothing but a socket) are bounded per source address and in all; when
+//!   a bound is reached the *oldest* silent one is closed, so a flood evicts
+//!   its own connections first and a real client, which sends its Hello at
+//!   once, still gets in.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Handshakes doing work at once on this node.
 pub const MAX_HANDSHAKES: usize = 256;
 /// Of those, the most one user's capabilities may hold; more wait.
 pub const MAX_HANDSHAKES_PER_USER: usize = 32;
-/// Direct connections from one address not yet through their handshake.
-pub const MAX_UNFINISHED_PER_SOURCE: usize = 512;
+/// Direct connections not heard from yet, per source address and in all
+/// (well below the daemon's fd limit).
+pub const MAX_UNHEARD_PER_SOURCE: usize = 1024;
+pub const MAX_UNHEARD: usize = 4096;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -29,9 +34,10 @@ pub struct Admission {
     slots: Arc<Semaphore>,
     per_user: Arc<Mutex<HashMap<u32, Arc<Semaphore>>>>,
     in_flight: Arc<Mutex<HashSet<[u8; 16]>>>,
-    per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    unheard: Arc<Mutex<Unheard>>,
     per_user_cap: usize,
-    per_source_cap: usize,
+    unheard_per_source: usize,
+    unheard_total: usize,
 }
 
 impl Default for Admission {
@@ -39,8 +45,37 @@ impl Default for Admission {
         Admission::new(
             MAX_HANDSHAKES,
             MAX_HANDSHAKES_PER_USER,
-            MAX_UNFINISHED_PER_SOURCE,
+            MAX_UNHEARD_PER_SOURCE,
+            MAX_UNHEARD,
         )
+    }
+}
+
+/// Direct connections waiting for their Hello, oldest first.
+#[derive(Default)]
+struct Unheard {
+    next: u64,
+    live: HashMap<u64, (IpAddr, oneshot::Sender<()>)>,
+    order: VecDeque<u64>,
+    by_source: HashMap<IpAddr, VecDeque<u64>>,
+}
+
+impl Unheard {
+    /// Closes connection `id` (its task sees the eviction).
+    fn evict(&mut self, id: u64) {
+        if let Some((ip, tx)) = self.live.remove(&id) {
+            self.forget_source(ip, id);
+            let _ = tx.send(());
+        }
+    }
+
+    fn forget_source(&mut self, ip: IpAddr, id: u64) {
+        if let Some(q) = self.by_source.get_mut(&ip) {
+            q.retain(|&x| x != id);
+            if q.is_empty() {
+                self.by_source.remove(&ip);
+            }
+        }
     }
 }
 
@@ -79,33 +114,45 @@ impl Drop for InFlight {
     }
 }
 
-/// One unfinished direct connection of a source address.
-pub struct SourceShare {
-    ip: IpAddr,
-    map: Arc<Mutex<HashMap<IpAddr, usize>>>,
+/// A direct connection not heard from yet. `evicted` resolves when a
+/// newer connection took its place; dropping it (the Hello came, or the
+/// connection ended) releases its place.
+pub struct UnheardConn {
+    id: u64,
+    evicted: oneshot::Receiver<()>,
+    book: Arc<Mutex<Unheard>>,
 }
 
-impl Drop for SourceShare {
+impl UnheardConn {
+    pub async fn evicted(&mut self) {
+        let _ = (&mut self.evicted).await;
+    }
+}
+
+impl Drop for UnheardConn {
     fn drop(&mut self) {
-        let mut m = lock(&self.map);
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.ip);
-            }
+        let mut b = lock(&self.book);
+        if let Some((ip, _)) = b.live.remove(&self.id) {
+            b.forget_source(ip, self.id);
         }
     }
 }
 
 impl Admission {
-    pub fn new(slots: usize, per_user: usize, per_source: usize) -> Admission {
+    pub fn new(
+        slots: usize,
+        per_user: usize,
+        unheard_per_source: usize,
+        unheard_total: usize,
+    ) -> Admission {
         Admission {
             slots: Arc::new(Semaphore::new(slots)),
             per_user: Arc::default(),
             in_flight: Arc::default(),
-            per_source: Arc::default(),
+            unheard: Arc::default(),
             per_user_cap: per_user,
-            per_source_cap: per_source,
+            unheard_per_source,
+            unheard_total,
         }
     }
 
@@ -146,18 +193,37 @@ impl Admission {
         }
     }
 
-    /// Counts one more unfinished connection from `ip`; None over the cap.
-    pub fn source(&self, ip: IpAddr) -> Option<SourceShare> {
-        let mut m = lock(&self.per_source);
-        let n = m.entry(ip).or_insert(0);
-        if *n >= self.per_source_cap {
-            return None;
+    /// A new direct connection from `ip`, not heard from yet. Over a bound,
+    /// the oldest silent connection of the same source (or, over the total,
+    /// of any source) is evicted to make room.
+    pub fn unheard(&self, ip: IpAddr) -> UnheardConn {
+        let mut b = lock(&self.unheard);
+        if b.by_source.get(&ip).map_or(0, |q| q.len()) >= self.unheard_per_source {
+            if let Some(oldest) = b.by_source.get(&ip).and_then(|q| q.front().copied()) {
+                b.evict(oldest);
+            }
         }
-        *n += 1;
-        Some(SourceShare {
-            ip,
-            map: self.per_source.clone(),
-        })
+        while b.live.len() >= self.unheard_total {
+            let Some(oldest) = b.order.pop_front() else {
+                break;
+            };
+            b.evict(oldest);
+        }
+        // `order` keeps ids that already left; drop them from the front.
+        while b.order.front().is_some_and(|id| !b.live.contains_key(id)) {
+            b.order.pop_front();
+        }
+        let id = b.next;
+        b.next += 1;
+        let (tx, rx) = oneshot::channel();
+        b.live.insert(id, (ip, tx));
+        b.order.push_back(id);
+        b.by_source.entry(ip).or_default().push_back(id);
+        UnheardConn {
+            id,
+            evicted: rx,
+            book: self.unheard.clone(),
+        }
     }
 
     #[cfg(test)]
@@ -173,7 +239,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_user_cannot_take_every_slot() {
-        let a = Admission::new(4, 2, 8);
+        let a = Admission::new(4, 2, 8, 8);
         let _a1 = a.slot(1000).await;
         let _a2 = a.slot(1000).await;
         // A third handshake of the same user waits...
@@ -206,14 +272,23 @@ mod tests {
     }
 
     #[test]
-    fn sources_are_capped_and_released() {
-        let a = Admission::new(4, 2, 2);
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let s1 = a.source(ip).unwrap();
-        let _s2 = a.source(ip).unwrap();
-        assert!(a.source(ip).is_none());
-        assert!(a.source("10.0.0.2".parse().unwrap()).is_some());
-        drop(s1);
-        assert!(a.source(ip).is_some());
+    fn a_flood_evicts_its_own_oldest_silent_connections_first() {
+        let a = Admission::new(4, 2, 2, 2);
+        let flood: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut f1 = a.unheard(flood);
+        let mut f2 = a.unheard(flood);
+        // The source's third connection evicts its first.
+        let _f3 = a.unheard(flood);
+        assert!(f1.evicted.try_recv().is_ok());
+        assert!(f2.evicted.try_recv().is_err());
+        // Another source over the total evicts the oldest of all.
+        let mut real = a.unheard("10.0.0.2".parse().unwrap());
+        assert!(f2.evicted.try_recv().is_ok());
+        assert!(real.evicted.try_recv().is_err());
+        // A connection that was heard leaves: room without evicting.
+        drop(_f3);
+        let _again = a.unheard(flood);
+        assert!(real.evicted.try_recv().is_err());
+        assert!(lock(&a.unheard).live.len() <= 2);
     }
 }

@@ -12,6 +12,8 @@ use stj_proto::handshake::{
 use stj_proto::session::ErrorCode;
 use tokio::net::TcpStream;
 
+use super::admission::UnheardConn;
+use super::home::{self, Home};
 use super::{now, Sessions};
 use crate::jobs::JobTarget;
 
@@ -22,13 +24,20 @@ pub struct Accepted {
     pub target: JobTarget,
     /// Seed of the one-time ed25519 host key.
     pub host_seed: [u8; 32],
+    /// Where the session's HOME is.
+    pub home: Home,
 }
 
 struct Refusal(ErrorCode, String);
 
-pub async fn run(s: &Sessions, mut stream: TcpStream, peer: SocketAddr) -> Option<Accepted> {
-    match tokio::time::timeout(DEADLINE, exchange(s, &mut stream)).await {
-        Ok(Ok((capability, target, host_seed))) => {
+pub async fn run(
+    s: &Sessions,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    unheard: Option<UnheardConn>,
+) -> Option<Accepted> {
+    match tokio::time::timeout(DEADLINE, exchange(s, &mut stream, unheard)).await {
+        Ok(Ok((capability, target, host_seed, home))) => {
             tracing::info!(%peer, session_id = %capability.session_hex(), job_id = capability.job_id, uid = capability.owner_uid, "session accepted");
             Some(Accepted {
                 stream,
@@ -36,6 +45,7 @@ pub async fn run(s: &Sessions, mut stream: TcpStream, peer: SocketAddr) -> Optio
                 capability,
                 target,
                 host_seed,
+                home,
             })
         }
         Ok(Err(Ok(Refusal(code, message)))) => {
@@ -54,11 +64,21 @@ pub async fn run(s: &Sessions, mut stream: TcpStream, peer: SocketAddr) -> Optio
     }
 }
 
-type Outcome = Result<(Capability, JobTarget, [u8; 32]), Result<Refusal, HandshakeError>>;
+type Outcome = Result<(Capability, JobTarget, [u8; 32], Home), Result<Refusal, HandshakeError>>;
 
-async fn exchange(s: &Sessions, stream: &mut TcpStream) -> Outcome {
+async fn exchange(s: &Sessions, stream: &mut TcpStream, unheard: Option<UnheardConn>) -> Outcome {
     let refuse = |code, msg: String| Err(Ok(Refusal(code, msg)));
-    let (_, hello) = read_message(stream).await.map_err(Err)?;
+    let (_, hello) = match unheard {
+        Some(mut waiting) => tokio::select! {
+            r = read_message(stream) => r.map_err(Err)?,
+            _ = waiting.evicted() => {
+                return Err(Err(HandshakeError::Io(std::io::Error::other(
+                    "evicted: silent while newer connections waited",
+                ))))
+            }
+        },
+        None => read_message(stream).await.map_err(Err)?,
+    };
     let Some(key) = s.key.get() else {
         return refuse(
             ErrorCode::Unavailable,
@@ -131,6 +151,15 @@ async fn exchange(s: &Sessions, stream: &mut TcpStream) -> Outcome {
         );
     };
 
+    let home = match home::choose(
+        &target.init,
+        target.spec.uid,
+        super::passwd_home(&target.spec).as_deref(),
+    ) {
+        Ok(h) => h,
+        Err(home::Unsafe(why)) => return refuse(ErrorCode::UnsafeHome, why),
+    };
+
     let rng = SystemRandom::new();
     let mut nonce = [0u8; NONCE_LEN];
     let mut seed = [0u8; 32];
@@ -161,5 +190,5 @@ async fn exchange(s: &Sessions, stream: &mut TcpStream) -> Outcome {
     }
     let ready = hs.ready(&target.spec.user_name).map_err(Err)?;
     write_message(stream, &ready).await.map_err(Err)?;
-    Ok((cap, target, seed))
+    Ok((cap, target, seed, home))
 }

@@ -3,6 +3,7 @@
 
 mod admission;
 mod handshake;
+mod home;
 mod replay;
 mod sshd;
 mod traffic;
@@ -74,6 +75,16 @@ impl DataPath {
     }
 }
 
+/// The home of the account a job runs as, from the node's passwd: only when
+/// the job runs as that account (a slot user borrows the uid of nobody).
+fn passwd_home(spec: &crate::container::ContainerSpec) -> Option<String> {
+    nix::unistd::User::from_uid(spec.uid.into())
+        .ok()
+        .flatten()
+        .filter(|u| u.name == spec.user_name)
+        .map(|u| u.dir.to_string_lossy().into_owned())
+}
+
 /// Unix seconds, as capabilities and session reports count time.
 fn now() -> u64 {
     SystemTime::now()
@@ -109,17 +120,16 @@ impl Sessions {
         self.serve_with(stream, peer, path, None).await
     }
 
-    /// `serve`, holding `share` (the source's count of unfinished
-    /// connections) until the handshake is over.
+    /// `serve` for a direct connection that is evicted if a newer one needs
+    /// its place before its Hello arrives.
     async fn serve_with(
         self: Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
         path: DataPath,
-        share: Option<admission::SourceShare>,
+        unheard: Option<admission::UnheardConn>,
     ) {
-        let accepted = handshake::run(&self, stream, peer).await;
-        drop(share);
+        let accepted = handshake::run(&self, stream, peer, unheard).await;
         let Some(accepted) = accepted else { return };
         let id = accepted.capability.session_id;
         let started = SessionStarted {
@@ -162,21 +172,18 @@ impl Sessions {
     }
 }
 
-/// Direct mode: accept data connections on `listener`. A source address
-/// holds only so many connections that have not finished their handshake.
+/// Direct mode: accept data connections on `listener`. Connections that
+/// have not said Hello yet are bounded (see `admission.rs`).
 pub async fn listen(sessions: Arc<Sessions>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let Some(share) = sessions.admission.source(peer.ip()) else {
-                    tracing::warn!(%peer, cap = admission::MAX_UNFINISHED_PER_SOURCE, "too many unfinished connections from this address; dropped");
-                    continue;
-                };
+                let unheard = sessions.admission.unheard(peer.ip());
                 stream.set_nodelay(true).ok();
                 let sessions = sessions.clone();
                 tokio::spawn(async move {
                     sessions
-                        .serve_with(stream, peer, DataPath::Direct, Some(share))
+                        .serve_with(stream, peer, DataPath::Direct, Some(unheard))
                         .await
                 });
             }

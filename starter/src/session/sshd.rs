@@ -17,6 +17,7 @@ use ssh_key::{LineEnding, PrivateKey, PublicKey};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::handshake::Accepted;
+use super::home::Home;
 use super::traffic::{self, Traffic};
 use super::Sessions;
 use crate::container::enter::EnterSpec;
@@ -46,6 +47,9 @@ pub fn config_text(
     extra: &[String],
     debug: bool,
 ) -> String {
+    // `env` ends with HOME (see `run`): sshd sets HOME to the account's
+    // passwd home (the shim answers with the job's working directory, so
+    // sessions start there), and SetEnv, applied after, wins.
     let mut c = String::new();
     let mut line = |s: String| {
         c.push_str(&s);
@@ -66,6 +70,9 @@ pub fn config_text(
     line("PermitRootLogin no".into());
     line(format!("AllowUsers {user}"));
     line("PermitUserEnvironment no".into());
+    // sshd looks for .ssh/rc in the start directory, the job's working
+    // directory, which others may be able to write: never run it.
+    line("PermitUserRC no".into());
     line("PrintMotd no".into());
     line("PrintLastLog no".into());
     line("AcceptEnv LANG LC_* TERM COLORTERM".into());
@@ -132,14 +139,33 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
         spec.gid,
     )?;
 
+    let home = match &a.home {
+        Home::Own(h) => h.clone(),
+        Home::Private => {
+            // A fresh one per session, private to the job's user, gone
+            // with the session's files.
+            let private = dir.join("home");
+            fs::create_dir(&private)
+                .with_context(|| format!("cannot create {}", private.display()))?;
+            std::os::unix::fs::chown(&private, Some(spec.uid), Some(spec.gid))?;
+            fs::set_permissions(&private, fs::Permissions::from_mode(0o700))?;
+            dir_in_job.join("home").to_string_lossy().into_owned()
+        }
+    };
     let passwd = passwd_line(spec);
     let mut env = spec.env.clone();
-    env.retain(|(k, _)| !matches!(k.as_str(), "STJ_JOB_ID" | "STJ_SESSION_ID" | "STJ_PASSWD"));
+    env.retain(|(k, _)| {
+        !matches!(
+            k.as_str(),
+            "STJ_JOB_ID" | "STJ_SESSION_ID" | "STJ_PASSWD" | "HOME"
+        )
+    });
     env.push(("STJ_JOB_ID".into(), spec.job_id.to_string()));
     env.push(("STJ_SESSION_ID".into(), sid.clone()));
     // sftp-server looks its user up too; it runs with the shim (--preload)
     // and finds the entry here. Nothing else in the session loads the shim.
     env.push(("STJ_PASSWD".into(), passwd.clone()));
+    env.push(("HOME".into(), home));
     let sftp = kit.command(&view.kit, "sftp-server", true).join(" ");
     let config = config_text(
         &dir_in_job,
@@ -174,6 +200,7 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
         job_id: spec.job_id,
         argv,
         passwd,
+        umask: spec.umask,
     };
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -187,14 +214,14 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
     let socket_out = socket.try_clone()?;
     // Our own copy, to read the connection's byte counters once sshd is done.
     let probe = socket.try_clone()?;
-    let pidfd = a.target.init.clone();
+    let init = a.target.init.clone();
     let mut cmd = tokio::process::Command::new("/proc/self/exe");
     cmd.arg("session-enter")
         .arg(&enter_path)
         .stdin(Stdio::from(socket))
         .stdout(Stdio::from(socket_out))
         .stderr(Stdio::piped());
-    let raw = pidfd.as_raw_fd();
+    let raw = init.pidfd.as_raw_fd();
     // SAFETY: only async-signal-safe calls (dup2/fcntl) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {

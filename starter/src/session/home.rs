@@ -1,0 +1,184 @@
+//! The session's home directory. Shells run files from it as the job's
+//! user (`.profile`, `.bashrc`, X11's `.Xauthority`), so it must be a place
+//! no one else controls. The job's working directory is often not such a
+//! place (a shared project dir), so it is only where the session *starts*.
+//!
+//! The rule, checked in the job's own view of the filesystem (an image may
+//! have its own /home):
+//! - the account's home from the node's passwd, when the job runs as its
+//!   owner and that directory exists in the job's view, and it and every
+//!   directory above it belong to root or the job's user and are not
+//!   group- or world-writable (sshd's StrictModes rule);
+//! - a fresh private directory per session when there is no such home
+//!   (slot users, images without it, accounts without a passwd entry);
+//! - a refusal naming the directory and the fix when the home exists but
+//!   someone else could change what is in it.
+//! `~/.ssh/rc` is never run (`PermitUserRC no`): sshd would look for it in
+//! the session's start directory, the job's working directory.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Component, Path};
+
+use crate::container::Init;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Home {
+    /// The account's own home, as the job sees it.
+    Own(String),
+    /// No home in the job's view: a private directory for this session.
+    Private,
+}
+
+/// Why a home cannot be used; the message names the path and the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsafe(pub String);
+
+/// `openat2(dir, path, O_PATH|O_CLOEXEC, RESOLVE_IN_ROOT)`: symlinks,
+/// absolute ones included, resolve inside `dir`, as they do for the job.
+fn open_in_root(root: &OwnedFd, path: &str) -> std::io::Result<OwnedFd> {
+    let c = CString::new(path).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: open_how is plain data.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: valid fd, NUL-terminated path, and the struct's own size.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Applies the rule to `home` (absolute, in the job's view) for `uid`.
+pub fn check(root: &OwnedFd, home: &str, uid: u32) -> Result<Home, Unsafe> {
+    let mut prefix = String::new();
+    let mut dirs = vec!["/".to_string()];
+    for c in Path::new(home).components() {
+        if let Component::Normal(n) = c {
+            prefix.push('/');
+            prefix.push_str(&n.to_string_lossy());
+            dirs.push(prefix.clone());
+        }
+    }
+    for dir in &dirs {
+        let fd = match open_in_root(root, dir) {
+            Ok(fd) => fd,
+            // Not there in this job's view: no home to protect.
+            Err(_) => return Ok(Home::Private),
+        };
+        let st = match nix::sys::stat::fstat(fd.as_raw_fd()) {
+            Ok(st) => st,
+            Err(_) => return Ok(Home::Private),
+        };
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Ok(Home::Private);
+        }
+        let mode = st.st_mode & 0o7777;
+        if st.st_uid != 0 && st.st_uid != uid {
+            return Err(Unsafe(format!(
+                "the home directory {home} is not safe for a session: {dir} belongs to uid {}, who could change the files your shell runs there (.profile, .bashrc); ask the admin to give {dir} to you or to root",
+                st.st_uid
+            )));
+        }
+        if mode & 0o022 != 0 {
+            return Err(Unsafe(format!(
+                "the home directory {home} is not safe for a session: {dir} is writable by {} (mode {mode:04o}), who could change the files your shell runs there (.profile, .bashrc); fix it with `chmod go-w {dir}`",
+                if mode & 0o002 != 0 { "everyone" } else { "its group" }
+            )));
+        }
+    }
+    Ok(Home::Own(home.to_string()))
+}
+
+/// The session's home for a job whose init is `init`, running as `uid`;
+/// `passwd_home` is the account's home on the node (None for slot users
+/// and accounts without an entry).
+pub fn choose(init: &Init, uid: u32, passwd_home: Option<&str>) -> Result<Home, Unsafe> {
+    let Some(home) = passwd_home.filter(|h| h.starts_with('/')) else {
+        return Ok(Home::Private);
+    };
+    let root = match nix::fcntl::open(
+        format!("/proc/{}/root", init.pid).as_str(),
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) {
+        // SAFETY: a fresh fd from open().
+        Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+        Err(_) => return Ok(Home::Private),
+    };
+    // The pid named the job's init when we opened its root only if the
+    // init still runs now (the pidfd says so, whatever pids were reused).
+    if !init.alive() {
+        return Ok(Home::Private);
+    }
+    check(&root, home, uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn root(p: &Path) -> OwnedFd {
+        let fd = nix::fcntl::open(
+            p,
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap();
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    #[test]
+    fn the_rule() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        fs::set_permissions(r, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::create_dir_all(r.join("home/alice")).unwrap();
+        for d in ["home", "home/alice"] {
+            fs::set_permissions(r.join(d), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let fd = root(r);
+        // Owned by root (the test runs as root): fine for any uid.
+        assert_eq!(
+            check(&fd, "/home/alice", 1000),
+            Ok(Home::Own("/home/alice".into()))
+        );
+        assert_eq!(check(&fd, "/home/bob", 1000), Ok(Home::Private));
+        // A symlink resolves inside the job's root, never to the host's.
+        std::os::unix::fs::symlink("/home/alice", r.join("home/link")).unwrap();
+        assert_eq!(
+            check(&fd, "/home/link", 1000),
+            Ok(Home::Own("/home/link".into()))
+        );
+        fs::set_permissions(r.join("home/alice"), fs::Permissions::from_mode(0o777)).unwrap();
+        let e = check(&fd, "/home/alice", 1000).unwrap_err().0;
+        assert!(
+            e.contains("chmod go-w /home/alice") && e.contains("everyone"),
+            "{e}"
+        );
+        fs::set_permissions(r.join("home/alice"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(r.join("home"), fs::Permissions::from_mode(0o775)).unwrap();
+        let e = check(&fd, "/home/alice", 1000).unwrap_err().0;
+        assert!(e.contains("/home is writable by its group"), "{e}");
+        fs::set_permissions(r.join("home"), fs::Permissions::from_mode(0o755)).unwrap();
+        nix::unistd::chown(&r.join("home/alice"), Some(4242.into()), None).unwrap();
+        let e = check(&fd, "/home/alice", 1000).unwrap_err().0;
+        assert!(e.contains("belongs to uid 4242"), "{e}");
+        assert_eq!(
+            check(&fd, "/home/alice", 4242),
+            Ok(Home::Own("/home/alice".into()))
+        );
+    }
+}
