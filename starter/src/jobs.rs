@@ -10,14 +10,13 @@ use tokio::sync::mpsc;
 
 use crate::container::{self, ContainerSpec, Exit, Launch};
 use crate::report::{Report, Reporter, Reports};
+use crate::slots::{SlotUsers, Writable};
 
 #[derive(Default)]
 struct Entry {
     init: Option<Arc<crate::container::Init>>,
     spec: Option<Arc<ContainerSpec>>,
     kill_requested: bool,
-    /// The slot-user uid this job runs as, if the node uses slot users.
-    slot_uid: Option<u32>,
 }
 
 /// What a session needs to enter a running job.
@@ -34,15 +33,15 @@ pub struct Jobs {
     /// The sshd kit (mounted into image jobs, and home of the interactive
     /// placeholder); None if it could not be built.
     kit: Option<crate::kit::Kit>,
-    /// Run jobs as uids from this range instead of their owners'.
-    slot_users: Option<(u32, u32)>,
+    /// Run jobs as leased slot uids instead of their owners'.
+    slot_users: Option<Arc<SlotUsers>>,
 }
 
 pub struct JobsConfig {
     pub work_dir: PathBuf,
     pub kill_grace: Duration,
     pub kit: Option<crate::kit::Kit>,
-    pub slot_users: Option<(u32, u32)>,
+    pub slot_users: Option<Arc<SlotUsers>>,
 }
 
 /// Creates `dir` and its parents under `work_dir` with mode 0711: job users
@@ -91,15 +90,6 @@ impl Jobs {
         self.events.clone()
     }
 
-    /// Reserves the lowest slot-user uid no other job here uses.
-    fn claim_slot(&self, id: u64, (first, last): (u32, u32)) -> Option<u32> {
-        let mut t = self.table();
-        let used: std::collections::HashSet<u32> = t.values().filter_map(|e| e.slot_uid).collect();
-        let uid = (first..=last).find(|u| !used.contains(u))?;
-        t.entry(id).or_default().slot_uid = Some(uid);
-        Some(uid)
-    }
-
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -146,6 +136,19 @@ impl Jobs {
             let _ = this.events.send(Report::JobExited(to_report(id, exit)));
             this.table().remove(&id);
             std::fs::remove_dir_all(this.work_dir.join("jobs").join(id.to_string())).ok();
+            // The uid stays leased (no other owner gets it) until swept.
+            if let Some(slots) = this.slot_users.clone() {
+                let swept = tokio::task::spawn_blocking(move || slots.release(id)).await;
+                if let Ok(Some((uid, s))) = swept {
+                    tracing::info!(
+                        job_id = id,
+                        uid,
+                        processes = s.processes,
+                        files_given_back = s.files,
+                        "slot user's lease ended; swept"
+                    );
+                }
+            }
         });
     }
 
@@ -172,16 +175,27 @@ impl Jobs {
         };
         // Slot users (HTCondor's term): the job runs as a node-local uid that
         // has no passwd entry; the shim gives sessions an account for it.
-        let (uid, gid, user_name) = match self.slot_users {
-            Some(range) => match self.claim_slot(id, range) {
-                Some(uid) => (uid, uid, format!("stj-slot{uid}")),
-                None => {
-                    return failed(format!(
-                        "all slot users {}-{} are busy on this node",
-                        range.0, range.1
-                    ))
+        let (uid, gid, user_name) = match &self.slot_users {
+            Some(slots) => {
+                let writable = Writable {
+                    root: image.clone().unwrap_or_else(|| PathBuf::from("/")),
+                    path: spec.cwd.clone(),
+                };
+                match slots.claim(id, run.uid, run.gid, writable) {
+                    Ok(Some(uid)) => (uid, uid, format!("stj-slot{uid}")),
+                    Ok(None) => {
+                        return failed(format!(
+                            "all slot users {} are leased to other owners' jobs on this node",
+                            slots.range()
+                        ))
+                    }
+                    Err(e) => {
+                        return failed(format!(
+                            "node could not record the job's slot-user lease: {e:#}"
+                        ))
+                    }
                 }
-            },
+            }
             None => (run.uid, run.gid, run.owner_name.clone()),
         };
         let sessions = self
@@ -238,6 +252,7 @@ impl Jobs {
             },
             sessions,
             umask: spec.umask.unwrap_or(0o077) & 0o777,
+            confined: self.slot_users.is_some(),
         };
         let job_dir = self.work_dir.join("jobs").join(id.to_string());
         let container = match container::launch(&cspec, &job_dir).await {

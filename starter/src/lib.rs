@@ -9,6 +9,7 @@ pub mod kit;
 mod link;
 mod report;
 mod session;
+pub mod slots;
 pub mod tls;
 
 use std::future::Future;
@@ -159,6 +160,14 @@ pub async fn run_with(
         .transpose()
         .context("bad slot_users in the [starter] config (or --slot-users)")?;
     tracing::info!(node = %name, slots, schedd = %config.schedd, "starter starting");
+    let slot_users = match slot_users {
+        Some((first, last)) => Some(Arc::new(slots::SlotUsers::open(
+            &config.work_dir,
+            first,
+            last,
+        )?)),
+        None => None,
+    };
     let kit = build_kit(&config);
     let (jobs, events) = jobs::Jobs::new(jobs::JobsConfig {
         work_dir: config.work_dir.clone(),

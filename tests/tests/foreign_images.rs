@@ -136,7 +136,7 @@ fn slot_users_without_any_passwd_entry() {
     let mut c = Cluster::new();
     c.start_starter_with(
         "node1",
-        2,
+        3,
         &[
             "--session-listen",
             "127.0.0.1:0",
@@ -153,21 +153,23 @@ fn slot_users_without_any_passwd_entry() {
         std::os::unix::fs::MetadataExt::uid(&fs::metadata(root.join("work/scp.txt")).unwrap());
     assert_eq!(meta, first);
 
-    // A slot-user job on the node's filesystem works as well.
-    let wd = c.workdir(&alice);
-    std::process::Command::new("chmod")
-        .arg("1777")
-        .arg(&wd)
-        .status()
-        .unwrap();
-    let host_job = c.submit(&alice, &["--", "sleep", "86407"]);
-    c.wait_state(host_job, "running", T);
-    let out = ok(c.ssh_to_job(&alice, &[&host_job.to_string(), "id -u; pwd"], None));
-    assert_eq!(
-        out,
-        format!("{}\n{}\n", first + 1, wd.display()),
-        "the next free slot uid"
-    );
+    // A slot-user job on the node's filesystem works as well; the same
+    // owner's jobs share one slot uid (a lease), another owner gets another.
+    for (user, uid, sleep) in [
+        (&alice, first, "86407"),
+        (&TestUser::bob(), first + 1, "86408"),
+    ] {
+        let wd = c.workdir(user);
+        std::process::Command::new("chmod")
+            .arg("1777")
+            .arg(&wd)
+            .status()
+            .unwrap();
+        let host_job = c.submit(user, &["--", "sleep", sleep]);
+        c.wait_state(host_job, "running", T);
+        let out = ok(c.ssh_to_job(user, &[&host_job.to_string(), "id -u; pwd"], None));
+        assert_eq!(out, format!("{uid}\n{}\n", wd.display()));
+    }
 }
 
 #[test]

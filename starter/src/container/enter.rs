@@ -27,6 +27,8 @@ pub struct EnterSpec {
     pub passwd: String,
     /// The job's umask, for files the session creates.
     pub umask: u32,
+    /// A slot-user job's session: confined like the job (`confine.rs`).
+    pub confined: bool,
 }
 
 pub fn main(spec_path: &Path) -> ! {
@@ -106,6 +108,9 @@ fn exec_sshd(spec: &EnterSpec, groups: &[Gid], passwd: &str) -> anyhow::Error {
             bail!("could not drop root");
         }
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(spec.umask));
+        if spec.confined {
+            super::confine::apply()?;
+        }
         let _ = nix::unistd::chdir(spec.cwd.as_str());
         let c = |s: &str| CString::new(s).context("NUL byte");
         let argv = spec.argv.iter().map(|a| c(a)).collect::<Result<Vec<_>>>()?;

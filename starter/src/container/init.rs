@@ -13,11 +13,10 @@ use std::ffi::CString;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{symlink, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
@@ -156,7 +155,7 @@ fn init(spec: &ContainerSpec) -> Result<i32> {
 
     // Groups are looked up in the node's /etc/group, before any pivot_root.
     let groups = supplementary_groups(spec);
-    setup_filesystem(spec)?;
+    super::view::setup(spec, &groups)?;
 
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     // SAFETY: single-threaded; the child only execs or exits.
@@ -185,6 +184,9 @@ fn init(spec: &ContainerSpec) -> Result<i32> {
     // signal, so it is set again.
     become_job_user(spec, &groups)?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+    if spec.confined {
+        super::confine::apply()?;
+    }
 
     loop {
         let sig = sigs.wait()?;
@@ -229,190 +231,6 @@ fn supplementary_groups(spec: &ContainerSpec) -> Vec<Gid> {
         }
         _ => vec![],
     }
-}
-
-fn mnt(
-    src: &str,
-    target: &Path,
-    fstype: Option<&str>,
-    flags: MsFlags,
-    data: Option<&str>,
-) -> Result<()> {
-    mount(Some(src), target, fstype, flags, data)
-        .with_context(|| format!("cannot mount {src} on {}", target.display()))
-}
-
-fn setup_filesystem(spec: &ContainerSpec) -> Result<()> {
-    // Nothing we mount may leak back to the host.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .context("cannot make mounts private")?;
-    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    match &spec.image {
-        Some(image) => {
-            if !image.is_dir() {
-                bail!(
-                    "image {} is not a directory on node; give --image a root filesystem directory",
-                    image.display()
-                );
-            }
-            let root = |p: &str| image.join(p);
-            mnt(
-                &image.to_string_lossy(),
-                image,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None,
-            )?;
-            for d in ["proc", "tmp", "dev"] {
-                fs::create_dir_all(root(d))
-                    .with_context(|| format!("cannot create {}", root(d).display()))?;
-            }
-            mnt(
-                "proc",
-                &root("proc"),
-                Some("proc"),
-                nosuid | MsFlags::MS_NOEXEC,
-                None,
-            )?;
-            mnt(
-                "tmpfs",
-                &root("tmp"),
-                Some("tmpfs"),
-                nosuid,
-                Some("mode=1777"),
-            )?;
-            mnt(
-                "tmpfs",
-                &root("dev"),
-                Some("tmpfs"),
-                MsFlags::MS_NOSUID,
-                Some("mode=755"),
-            )?;
-            for d in ["null", "zero", "full", "random", "urandom", "tty"] {
-                let target = root(&format!("dev/{d}"));
-                fs::OpenOptions::new()
-                    .create(true)
-                    .write(true)
-                    .mode(0o666)
-                    .open(&target)?;
-                mnt(&format!("/dev/{d}"), &target, None, MsFlags::MS_BIND, None)?;
-            }
-            fs::create_dir_all(root("dev/pts"))?;
-            fs::create_dir_all(root("dev/shm"))?;
-            mount_devpts(&root("dev/pts"))?;
-            symlink("pts/ptmx", root("dev/ptmx"))?;
-            mnt(
-                "tmpfs",
-                &root("dev/shm"),
-                Some("tmpfs"),
-                nosuid,
-                Some("mode=1777"),
-            )?;
-            for (name, target) in [
-                ("fd", "/proc/self/fd"),
-                ("stdin", "/proc/self/fd/0"),
-                ("stdout", "/proc/self/fd/1"),
-                ("stderr", "/proc/self/fd/2"),
-            ] {
-                symlink(target, root(&format!("dev/{name}")))?;
-            }
-            if let Some(kit) = &spec.kit {
-                mount_kit(image, kit, &spec.sessions)?;
-            }
-            nix::unistd::chdir(image.as_path())?;
-            // pivot_root(".", ".") stacks the old root on the new one; the
-            // lazy unmount then drops it without needing a spare directory.
-            nix::unistd::pivot_root(".", ".").context("pivot_root into the image failed")?;
-            umount2(".", MntFlags::MNT_DETACH).context("cannot detach the host root")?;
-            nix::unistd::chdir("/")?;
-        }
-        None => {
-            mnt(
-                "proc",
-                Path::new("/proc"),
-                Some("proc"),
-                nosuid | MsFlags::MS_NOEXEC,
-                None,
-            )?;
-            mnt(
-                "tmpfs",
-                Path::new("/tmp"),
-                Some("tmpfs"),
-                nosuid,
-                Some("mode=1777"),
-            )?;
-            mount_devpts(Path::new("/dev/pts"))?;
-            mnt(
-                "/dev/pts/ptmx",
-                Path::new("/dev/ptmx"),
-                None,
-                MsFlags::MS_BIND,
-                None,
-            )?;
-            if Path::new("/dev/shm").is_dir() {
-                mnt(
-                    "tmpfs",
-                    Path::new("/dev/shm"),
-                    Some("tmpfs"),
-                    nosuid,
-                    Some("mode=1777"),
-                )?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The sshd kit, read-only at /.stj, with the job's session files writable
-/// at /.stj/sessions: sessions then need nothing from the image.
-fn mount_kit(image: &Path, kit: &Path, sessions: &Path) -> Result<()> {
-    let target = image.join(crate::kit::IN_IMAGE.trim_start_matches('/'));
-    fs::create_dir_all(&target)
-        .with_context(|| format!("cannot create {} for the sshd kit", target.display()))?;
-    mnt(
-        &kit.to_string_lossy(),
-        &target,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )?;
-    mount(
-        None::<&str>,
-        &target,
-        None::<&str>,
-        MsFlags::MS_BIND
-            | MsFlags::MS_REMOUNT
-            | MsFlags::MS_RDONLY
-            | MsFlags::MS_NOSUID
-            | MsFlags::MS_NODEV,
-        None::<&str>,
-    )
-    .context("cannot make the sshd kit read-only")?;
-    mnt(
-        &sessions.to_string_lossy(),
-        &target.join("sessions"),
-        None,
-        MsFlags::MS_BIND,
-        None,
-    )?;
-    Ok(())
-}
-
-/// A devpts of the job's own, so ptys work for the job user (gid 5 = tty).
-fn mount_devpts(target: &Path) -> Result<()> {
-    mnt(
-        "devpts",
-        target,
-        Some("devpts"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=620,gid=5"),
-    )
 }
 
 fn job_env(spec: &ContainerSpec) -> Vec<(String, String)> {
@@ -494,6 +312,9 @@ fn exec_job(spec: &ContainerSpec, groups: &[Gid]) -> anyhow::Error {
         nix::unistd::setsid()?;
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(spec.umask));
         become_job_user(spec, groups)?;
+        if spec.confined {
+            super::confine::apply()?;
+        }
         nix::unistd::chdir(spec.cwd.as_str()).with_context(|| {
             let hint = if spec.image.is_none() && (spec.cwd == "/tmp" || spec.cwd.starts_with("/tmp/")) {
                 " (a job's /tmp is private and starts empty: submit from, or pass --cwd, a directory outside /tmp)"

@@ -6,9 +6,11 @@
 //! (`stj-starter container-init SPEC`, see `init.rs`), never in the
 //! multi-threaded daemon, where fork is unsafe.
 
+mod confine;
 pub mod enter;
 mod init;
 pub mod placeholder;
+mod view;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -41,6 +43,9 @@ pub struct ContainerSpec {
     pub sessions: PathBuf,
     /// The submitter's umask, for the job and its sessions.
     pub umask: u32,
+    /// A slot-user job: a read-only, nosuid view of the node outside its
+    /// working directory, and no set-id files (see `view.rs`, `confine.rs`).
+    pub confined: bool,
 }
 
 /// How a job ended, as the init (or its monitor) reported it.

@@ -201,6 +201,7 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
         argv,
         passwd,
         umask: spec.umask,
+        confined: spec.confined,
     };
     let mut f = fs::OpenOptions::new()
         .write(true)

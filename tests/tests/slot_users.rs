@@ -1,0 +1,191 @@
+//! Slot uids pass from one owner's jobs to another's: the attack of a job
+//! that leaves a setuid copy of a program behind for later, and what stops
+//! it. Also images: mounted, never modified, and only what the owner can read.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::Duration;
+
+use stj_tests::{ok, rootfs, wait_until, Cluster, TestUser};
+
+const T: Duration = Duration::from_secs(30);
+const SLOT: u32 = 64300;
+
+/// Host pids of processes with `uid` among their ids.
+fn processes_of(uid: u32) -> Vec<String> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().into_owned();
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+            line.split_whitespace()
+                .skip(1)
+                .any(|u| u == uid.to_string())
+                .then_some(pid)
+        })
+        .collect()
+}
+
+#[test]
+fn a_slot_uid_carries_nothing_from_one_owner_to_the_next() {
+    let mut c = Cluster::new();
+    // One slot uid: the second owner's job must get the first one's.
+    c.start_starter_with(
+        "node1",
+        2,
+        &[
+            "--session-listen",
+            "127.0.0.1:0",
+            "--slot-users",
+            &format!("{SLOT}-{SLOT}"),
+        ],
+    );
+    let (alice, bob) = (TestUser::alice(), TestUser::bob());
+    for u in [&alice, &bob] {
+        fs::set_permissions(c.workdir(u), fs::Permissions::from_mode(0o1777)).unwrap();
+    }
+    let awd = c.workdir(&alice);
+    let attack = "\
+        cp /bin/cat mycat; chmod u+s mycat && echo chmod:worked || echo chmod:refused; \
+        install -m 4755 /bin/cat mycat2 && echo install:worked || echo install:refused; \
+        python3 -c 'import os; os.open(\"mycat3\", os.O_CREAT | os.O_WRONLY, 0o4755)' 2>/dev/null && echo open:worked || echo open:refused; \
+        cp /bin/cat /var/tmp/left-by-a-slot-job 2>/dev/null && echo outside:writable || echo outside:read-only; \
+        setsid sleep 86420 & \
+        echo done";
+    let a = c.submit(&alice, &["--", "sh", "-c", attack]);
+    c.wait_state(a, "completed", T);
+    let printed = fs::read_to_string(awd.join(format!("stj-{a}.out"))).unwrap();
+    for expect in [
+        "chmod:refused",
+        "install:refused",
+        "open:refused",
+        "outside:read-only",
+        "done",
+    ] {
+        assert!(printed.lines().any(|l| l == expect), "{expect}: {printed}");
+    }
+    wait_until("the lease's sweep", T, || {
+        c.starter_log("node1")
+            .contains("slot user's lease ended; swept")
+            .then_some(())
+    });
+    // Nothing of the slot uid is left: no process, and every file the job
+    // made is alice's now, without a set-id bit.
+    assert!(processes_of(SLOT).is_empty(), "{:?}", processes_of(SLOT));
+    for e in fs::read_dir(&awd).unwrap().flatten() {
+        let m = e.metadata().unwrap();
+        assert_ne!(m.uid(), SLOT, "{:?}", e.path());
+        assert_eq!(m.mode() & 0o6000, 0, "{:?} is set-id", e.path());
+    }
+    assert!(!std::path::Path::new("/var/tmp/left-by-a-slot-job").exists());
+
+    // Bob's job now runs as the same uid, with a private file of his.
+    let bwd = c.workdir(&bob);
+    let b = c.submit(
+        &bob,
+        &[
+            "--",
+            "sh",
+            "-c",
+            "umask 077; echo bobs-secret > secret; sleep 86421",
+        ],
+    );
+    c.wait_state(b, "running", T);
+    let id = ok(c.ssh_to_job(&bob, &[&b.to_string(), "id -u; cat secret"], None));
+    assert_eq!(id, format!("{SLOT}\nbobs-secret\n"));
+    assert_eq!(fs::metadata(bwd.join("secret")).unwrap().uid(), SLOT);
+    // No file anywhere in the pool grants the slot uid to whoever runs it.
+    let setid = std::process::Command::new("find")
+        .arg(c.path())
+        .args(["-xdev", "-uid", &SLOT.to_string(), "-perm", "/6000"])
+        .output()
+        .unwrap();
+    assert!(
+        setid.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&setid.stdout)
+    );
+    // Inside bob's job too, no set-id program gains anything.
+    let out = ok(c.ssh_to_job(
+        &bob,
+        &[
+            &b.to_string(),
+            "grep NoNewPrivs /proc/self/status; chmod u+s secret || echo refused",
+        ],
+        None,
+    ));
+    assert!(
+        out.contains("NoNewPrivs:\t1") && out.contains("refused"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_image_is_mounted_not_modified() {
+    let mut c = Cluster::new();
+    c.start_starter("node1", 1);
+    let alice = TestUser::alice();
+    // A root-owned image without proc, dev or tmp: nothing may be created
+    // in it, yet the job gets all three.
+    let img = rootfs::busybox(&c.path().join("root-image"));
+    fs::remove_dir(img.join("tmp")).unwrap();
+    let before: Vec<String> = {
+        let mut v: Vec<String> = fs::read_dir(&img)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let mtime = fs::metadata(&img).unwrap().mtime();
+    let id = c.submit(
+        &alice,
+        &[
+            "--image",
+            img.to_str().unwrap(),
+            "--cwd",
+            "/work",
+            "--output",
+            "/work/out",
+            "--",
+            "sh",
+            "-c",
+            "ls -d /proc/1 /dev/null /tmp /.stj /etc/image-marker; touch /new-at-top 2>/dev/null || echo top:read-only",
+        ],
+    );
+    c.wait_state(id, "completed", T);
+    let out = fs::read_to_string(img.join("work/out")).unwrap();
+    assert!(
+        out.contains("/proc/1") && out.contains("/tmp") && out.contains("/.stj"),
+        "{out}"
+    );
+    assert!(out.contains("top:read-only"), "{out}");
+    let mut after: Vec<String> = fs::read_dir(&img)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    after.sort();
+    assert_eq!(before, after, "nothing was created in the image");
+    assert_eq!(fs::metadata(&img).unwrap().mtime(), mtime);
+
+    // A directory alice cannot read is no image for her job: refused, and
+    // root created nothing in it either.
+    let noread = c.path().join("noread");
+    fs::create_dir_all(noread.join("bin")).unwrap();
+    fs::set_permissions(&noread, fs::Permissions::from_mode(0o700)).unwrap();
+    let id = c.submit(
+        &alice,
+        &["--image", noread.to_str().unwrap(), "--", "ls", "/"],
+    );
+    let job = c.wait_state(id, "completed", T);
+    assert!(
+        job["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cannot read the image"),
+        "{job}"
+    );
+    assert_eq!(fs::read_dir(&noread).unwrap().count(), 1, "nothing created");
+}
