@@ -267,6 +267,42 @@ mod tests {
     }
 
     #[test]
+    fn another_nodes_reports_change_nothing() {
+        // A compromised node knows a session id of another node's: its
+        // reports about it are not applied.
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("q.sqlite");
+        let q = Queue::open(&db).unwrap();
+        let log = AuditLog::open(&db, 0).unwrap();
+        let sid = [2u8; 16];
+        log.send(issued(&hex::encode(sid), 1000)); // granted on node "n"
+        let forged = SessionEnded {
+            session_id: sid.to_vec(),
+            ended_at: 7,
+            bytes_from_client: 1,
+            ..Default::default()
+        };
+        log.send(Event::Started {
+            node: "evil".into(),
+            s: SessionStarted {
+                session_id: sid.to_vec(),
+                started_at: 3,
+                ..Default::default()
+            },
+        });
+        log.send(Event::Ended {
+            node: "evil".into(),
+            e: forged,
+        });
+        log.send(issued("marker", 1000));
+        let r = wait_records(&q, 2);
+        assert_eq!(
+            (r[0].started_at, r[0].ended_at, r[0].bytes_from_client),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
     fn a_nodes_report_wins_over_an_inferred_end() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("q.sqlite");
