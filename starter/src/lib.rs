@@ -4,6 +4,7 @@
 pub mod config;
 pub mod container;
 pub mod identity;
+mod in_root;
 mod jobs;
 pub mod kit;
 mod link;

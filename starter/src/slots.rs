@@ -17,7 +17,6 @@
 //! the sweep of every lease left there runs at start-up, before any job.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -261,30 +260,11 @@ fn give_back(uid: u32, owner: u32, owner_gid: u32, dir: &Writable) -> Result<usi
     )?;
     // SAFETY: a fresh fd from open().
     let root = unsafe { OwnedFd::from_raw_fd(root) };
-    let c = CString::new(dir.path.as_str())?;
-    // SAFETY: open_how is plain data.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: valid fd, C string and struct size.
-    let top = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
+    let top = match crate::in_root::open(&root, &dir.path, libc::O_RDONLY | libc::O_DIRECTORY) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).context("cannot open the directory"),
     };
-    if top < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.kind() == std::io::ErrorKind::NotFound {
-            return Ok(0);
-        }
-        return Err(e).context("cannot open the directory");
-    }
-    // SAFETY: a fresh fd from openat2().
-    let top = unsafe { OwnedFd::from_raw_fd(top as i32) };
     let dev = fstat(top.as_raw_fd())?.st_dev;
     let gid = uid; // slot users' gid is their uid
     let mut changed = 0;

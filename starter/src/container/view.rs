@@ -130,20 +130,7 @@ fn node_view(spec: &ContainerSpec) -> Result<()> {
             writable(cwd)?;
         }
     }
-    mnt(
-        "proc",
-        Path::new("/proc"),
-        Some("proc"),
-        nosuid() | MsFlags::MS_NOEXEC,
-        None,
-    )?;
-    mnt(
-        "tmpfs",
-        Path::new("/tmp"),
-        Some("tmpfs"),
-        nosuid(),
-        Some("mode=1777"),
-    )?;
+    private_proc_and_tmp(Path::new("/"))?;
     mount_devpts(Path::new("/dev/pts"))?;
     mnt(
         "/dev/pts/ptmx",
@@ -153,15 +140,26 @@ fn node_view(spec: &ContainerSpec) -> Result<()> {
         None,
     )?;
     if Path::new("/dev/shm").is_dir() {
-        mnt(
-            "tmpfs",
-            Path::new("/dev/shm"),
-            Some("tmpfs"),
-            nosuid(),
-            Some("mode=1777"),
-        )?;
+        shared_tmpfs(Path::new("/dev/shm"))?;
     }
     Ok(())
+}
+
+/// A fresh, empty, sticky world-writable tmpfs (like /tmp) at `target`.
+fn shared_tmpfs(target: &Path) -> Result<()> {
+    mnt("tmpfs", target, Some("tmpfs"), nosuid(), Some("mode=1777"))
+}
+
+/// The job's own /proc (its PID namespace) and an empty /tmp under `base`.
+fn private_proc_and_tmp(base: &Path) -> Result<()> {
+    mnt(
+        "proc",
+        &base.join("proc"),
+        Some("proc"),
+        nosuid() | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    shared_tmpfs(&base.join("tmp"))
 }
 
 /// Names at the top of the job's root that are ours, not the image's.
@@ -244,20 +242,7 @@ fn image_root(spec: &ContainerSpec, image: &Path, root: &Path, groups: &[Gid]) -
         fs::create_dir(root.join(d))?;
     }
     let r = |p: &str| root.join(p);
-    mnt(
-        "proc",
-        &r("proc"),
-        Some("proc"),
-        nosuid() | MsFlags::MS_NOEXEC,
-        None,
-    )?;
-    mnt(
-        "tmpfs",
-        &r("tmp"),
-        Some("tmpfs"),
-        nosuid(),
-        Some("mode=1777"),
-    )?;
+    private_proc_and_tmp(root)?;
     mnt(
         "tmpfs",
         &r("dev"),
@@ -279,13 +264,7 @@ fn image_root(spec: &ContainerSpec, image: &Path, root: &Path, groups: &[Gid]) -
     fs::create_dir_all(r("dev/shm"))?;
     mount_devpts(&r("dev/pts"))?;
     symlink("pts/ptmx", r("dev/ptmx"))?;
-    mnt(
-        "tmpfs",
-        &r("dev/shm"),
-        Some("tmpfs"),
-        nosuid(),
-        Some("mode=1777"),
-    )?;
+    shared_tmpfs(&r("dev/shm"))?;
     for (name, target) in [
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),

@@ -16,7 +16,6 @@
 //! `~/.ssh/rc` is never run (`PermitUserRC no`): sshd would look for it in
 //! the session's start directory, the job's working directory.
 
-use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Component, Path};
 
@@ -34,31 +33,6 @@ pub enum Home {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unsafe(pub String);
 
-/// `openat2(dir, path, O_PATH|O_CLOEXEC, RESOLVE_IN_ROOT)`: symlinks,
-/// absolute ones included, resolve inside `dir`, as they do for the job.
-fn open_in_root(root: &OwnedFd, path: &str) -> std::io::Result<OwnedFd> {
-    let c = CString::new(path).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: open_how is plain data.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: valid fd, NUL-terminated path, and the struct's own size.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd from the kernel.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// Applies the rule to `home` (absolute, in the job's view) for `uid`.
 pub fn check(root: &OwnedFd, home: &str, uid: u32) -> Result<Home, Unsafe> {
     let mut prefix = String::new();
@@ -71,7 +45,7 @@ pub fn check(root: &OwnedFd, home: &str, uid: u32) -> Result<Home, Unsafe> {
         }
     }
     for dir in &dirs {
-        let fd = match open_in_root(root, dir) {
+        let fd = match crate::in_root::open(root, dir, libc::O_PATH) {
             Ok(fd) => fd,
             // Not there in this job's view: no home to protect.
             Err(_) => return Ok(Home::Private),
