@@ -69,15 +69,16 @@ impl Default for ScheddConfig {
     }
 }
 
+/// The whole file: one section per program. A section nobody reads (a
+/// typo like `[scheddd]`) is an error, as an unknown knob is: it would
+/// otherwise be ignored silently and its program run on defaults.
 #[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct FileConfig {
     schedd: ScheddConfig,
-    // Other programs' sections share the file; the schedd does not read them.
+    // The other daemon's section shares the file; checked by that daemon.
     #[allow(dead_code)]
     starter: Option<toml::Value>,
-    #[allow(dead_code)]
-    client: Option<toml::Value>,
 }
 
 /// Reads the `[schedd]` section of `path`. A missing file is fine only when the
@@ -130,6 +131,21 @@ mod tests {
     fn unknown_knob_is_an_error_naming_it() {
         let e = parse("[schedd]\nlisen = \"x\"\n").unwrap_err();
         assert!(format!("{e:#}").contains("lisen"), "{e:#}");
+    }
+
+    #[test]
+    fn a_misspelled_section_is_an_error_naming_it() {
+        for typo in [
+            "[shcedd]\nlisten = \"127.0.0.1:1\"\n",
+            "[starterr]\n",
+            "[client]\n",
+        ] {
+            let e = format!("{:#}", parse(typo).unwrap_err());
+            let name = typo.trim_start_matches('[').split(']').next().unwrap();
+            assert!(e.contains(name), "{typo}: {e}");
+        }
+        // The other daemon's section is fine here.
+        parse("[schedd]\n[starter]\nslots = 2\n").unwrap();
     }
 
     #[test]

@@ -72,14 +72,16 @@ impl Default for StarterConfig {
     }
 }
 
+/// The whole file: one section per program. A section nobody reads (a
+/// typo like `[starterd]`) is an error, as an unknown knob is: it would
+/// otherwise be ignored silently and its program run on defaults.
 #[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct FileConfig {
     starter: StarterConfig,
+    // The other daemon's section shares the file; checked by that daemon.
     #[allow(dead_code)]
     schedd: Option<toml::Value>,
-    #[allow(dead_code)]
-    client: Option<toml::Value>,
 }
 
 pub fn load(path: Option<&Path>) -> Result<StarterConfig> {
@@ -132,6 +134,9 @@ mod tests {
         assert_eq!(c.slots, Some(3));
         let e = parse("[starter]\nslot = 3\n").unwrap_err();
         assert!(format!("{e:#}").contains("slot"));
+        let e = parse("[starterr]\nslots = 3\n").unwrap_err();
+        assert!(format!("{e:#}").contains("starterr"), "{e:#}");
+        parse("[schedd]\nlisten = \"x\"\n[starter]\n").unwrap();
     }
 
     #[test]

@@ -104,6 +104,20 @@ fn malformed_token_and_config_are_named() {
         err.contains("broken.toml") && err.contains("lisen"),
         "{err}"
     );
+    // A misspelled section is no less an error than a misspelled knob:
+    // ignored, the schedd would listen on 0.0.0.0:9618 with defaults.
+    fs::write(&cfg, "[shcedd]\nlisten = \"127.0.0.1:1\"\n").unwrap();
+    let out = Command::new(bin("stj-schedd"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("broken.toml") && err.contains("shcedd"),
+        "{err}"
+    );
 
     // A starter work dir under /tmp would be invisible inside jobs (each
     // has a private /tmp): refused at start-up, naming the knob.
