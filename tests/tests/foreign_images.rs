@@ -215,11 +215,15 @@ fn a_node_without_sshd_says_so() {
     let alice = TestUser::alice();
     let id = c.submit(&alice, &["--", "sleep", "86409"]);
     c.wait_state(id, "running", T);
-    let out = c.ssh_to_job(&alice, &[&id.to_string(), "true"], None);
-    assert_eq!(out.status.code(), Some(255));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("ssh-to-job is unavailable on node node1: sshd not found at /nonexistent/sshd (install openssh-server or set sshd_path)"),
-        "{err}"
-    );
+    // Whatever path the connection takes, the node's own reason arrives
+    // (through a reverse connection it used to be "did not call back").
+    for mode in ["direct", "reverse", "relay"] {
+        let out = c.ssh_to_job(&alice, &["--mode", mode, &id.to_string(), "true"], None);
+        assert_eq!(out.status.code(), Some(255), "{mode}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("ssh-to-job is unavailable on node node1: sshd not found at /nonexistent/sshd (install openssh-server or set sshd_path)"),
+            "{mode}: {err}"
+        );
+    }
 }

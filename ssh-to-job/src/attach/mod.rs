@@ -99,6 +99,15 @@ pub struct Impersonation {
     pub job_id: u64,
 }
 
+/// The node answered the handshake with a refusal (its code and reason).
+#[derive(Debug, thiserror::Error)]
+#[error("node {node} refused the session: {message}")]
+pub struct NodeRefused {
+    pub node: String,
+    pub code: stj_proto::session::ErrorCode,
+    pub message: String,
+}
+
 pub fn explain(e: HandshakeError, job_id: u64, node: &str) -> anyhow::Error {
     match e {
         // The starter's proof, or its Ready, did not verify: whoever
@@ -108,9 +117,12 @@ pub fn explain(e: HandshakeError, job_id: u64, node: &str) -> anyhow::Error {
             job_id,
         }
         .into(),
-        HandshakeError::Remote { message, .. } => {
-            anyhow::anyhow!("node {node} refused the session: {message}")
+        HandshakeError::Remote { code, message } => NodeRefused {
+            node: node.to_string(),
+            code,
+            message,
         }
+        .into(),
         other => anyhow::anyhow!("handshake with node {node} failed: {other}"),
     }
 }

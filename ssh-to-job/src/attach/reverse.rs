@@ -118,7 +118,10 @@ pub async fn connect(
         let tcp = TcpStream::from_std(tcp)?;
         match finish(tcp, grant, job_id).await {
             Ok(done) => return Ok(done),
-            // Someone else's connection: keep waiting for the real starter.
+            // The node itself said no (only a connection routed with the
+            // route's token reaches us): its reason is the answer.
+            Err(e) if e.downcast_ref::<super::NodeRefused>().is_some() => return Err(e),
+            // Not the genuine starter: keep waiting for it.
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "a reverse connection failed the handshake; still waiting")
             }
