@@ -92,6 +92,22 @@ fn parse_slot_users(s: &str) -> Result<(u32, u32)> {
     Ok((a, b))
 }
 
+/// Every job and session writes into the work dir: a starter that cannot
+/// would register and then fail every job sent to it. Checked by writing.
+fn check_work_dir(dir: &std::path::Path) -> Result<()> {
+    let jobs = dir.join("jobs");
+    let probe = jobs.join(format!(".probe-{}", std::process::id()));
+    std::fs::create_dir_all(&jobs)
+        .and_then(|_| std::fs::write(&probe, b""))
+        .and_then(|_| std::fs::remove_file(&probe))
+        .with_context(|| {
+            format!(
+                "the work dir {} is not writable, so no job could start on this node; fix it (a full or read-only filesystem?), or set work_dir in the [starter] config (or --work-dir)",
+                dir.display()
+            )
+        })
+}
+
 /// The join token, needed only until the node has enrolled. A token file
 /// others can read is refused: whoever reads it can enrol the names it
 /// lists.
@@ -132,6 +148,7 @@ pub async fn run_with(
         );
     }
     config::validate(&config)?;
+    check_work_dir(&config.work_dir)?;
     let identity = identity::NodeIdentity::load_or_create(&config.work_dir)?;
     let token = read_token(&config.token_file, identity.schedd_ca.is_some())?;
     let ca_pin = match (identity.schedd_ca, &token) {
@@ -146,8 +163,6 @@ pub async fn run_with(
         (None, Some(t)) => t.ca_sha256,
         (None, None) => unreachable!("read_token requires a token before enrolment"),
     };
-    std::fs::create_dir_all(config.work_dir.join("jobs"))
-        .with_context(|| format!("cannot create work dir {}", config.work_dir.display()))?;
     let slots = config.slots.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get() as u32)

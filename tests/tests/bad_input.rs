@@ -139,6 +139,44 @@ fn malformed_token_and_config_are_named() {
 }
 
 #[test]
+fn a_starter_that_cannot_write_its_work_dir_refuses_to_start() {
+    let c = Cluster::new();
+    let work = c.path().join("ro-work");
+    fs::create_dir_all(&work).unwrap();
+    // Read-only for root too: a bind mount of it, remounted read-only.
+    let sh = |cmd: String| {
+        assert!(
+            Command::new("sh")
+                .args(["-c", &cmd])
+                .status()
+                .unwrap()
+                .success(),
+            "{cmd}"
+        )
+    };
+    sh(format!(
+        "mount --bind {0} {0} && mount -o remount,ro,bind {0}",
+        work.display()
+    ));
+    let mut child = c.spawn_starter_in("nodero", "nodero", &work, 1, &c.token_file, &[]);
+    let status = wait_until("the starter to refuse", Duration::from_secs(30), || {
+        child.try_wait().unwrap()
+    });
+    sh(format!("umount {}", work.display()));
+    assert!(!status.success());
+    let log = c.starter_log("nodero");
+    assert!(
+        log.contains(&format!("the work dir {} is not writable", work.display()))
+            && log.contains("--work-dir"),
+        "{log}"
+    );
+    assert!(
+        !c.schedd_log().contains("starter registered"),
+        "it never registered"
+    );
+}
+
+#[test]
 fn client_errors_are_clear() {
     let c = Cluster::new();
     let alice = TestUser::alice();
