@@ -9,22 +9,40 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrivateFileError {
-    #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
+    #[error("cannot write {path}: {cause}{}", hint(cause))]
+    Write { path: PathBuf, cause: io::Error },
+    #[error("cannot read {path}: {cause}")]
+    Read { path: PathBuf, cause: io::Error },
     #[error("{path} can be read by others (mode {mode:04o}); it holds a secret: run `chmod 600 {path}` (and make sure it was not copied while readable)")]
     Readable { path: PathBuf, mode: u32 },
     #[error("{path} belongs to uid {owner}, not to uid {me} who reads it; it holds a secret: `chown` it to the daemon's user")]
     Owner { path: PathBuf, owner: u32, me: u32 },
 }
 
+fn hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::StorageFull => " (the filesystem is full: free space on it)",
+        io::ErrorKind::ReadOnlyFilesystem => " (the filesystem is mounted read-only)",
+        _ => "",
+    }
+}
+
+// The io::Error is part of the message, not a separate `source()` (so the
+// field is not called `source`): a chain printed with `{:#}` would say it
+// twice.
+impl PrivateFileError {
+    /// The file does not exist (a missing optional file, not a fault).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, PrivateFileError::Read { cause, .. } if cause.kind() == io::ErrorKind::NotFound)
+    }
+}
+
 /// Writes `data` to `path` readable by its owner only: a fresh temp file
 /// (0600, O_EXCL), fsync'd, then renamed over `path`.
 pub fn write(path: &Path, data: &[u8]) -> Result<(), PrivateFileError> {
-    let err = |source| PrivateFileError::Write {
+    let err = |cause| PrivateFileError::Write {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
@@ -60,9 +78,9 @@ pub fn create_new(path: &Path, data: &[u8]) -> Result<bool, PrivateFileError> {
     match linked {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-        Err(source) => Err(PrivateFileError::Write {
+        Err(cause) => Err(PrivateFileError::Write {
             path: path.to_path_buf(),
-            source,
+            cause,
         }),
     }
 }
@@ -70,9 +88,9 @@ pub fn create_new(path: &Path, data: &[u8]) -> Result<bool, PrivateFileError> {
 /// Reads a secret file, refusing one that group or others can read or that
 /// belongs to another user than ours.
 pub fn read(path: &Path) -> Result<Vec<u8>, PrivateFileError> {
-    let err = |source| PrivateFileError::Read {
+    let err = |cause| PrivateFileError::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let f = fs::File::open(path).map_err(err)?;
     // Checked on the opened file, so what we read is what we checked.

@@ -72,11 +72,7 @@ impl NodeIdentity {
                 )?;
                 Some(pin)
             }
-            Err(private_file::PrivateFileError::Read { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                None
-            }
+            Err(e) if e.is_not_found() => None,
             Err(e) => return Err(e.into()),
         };
         Ok(NodeIdentity {

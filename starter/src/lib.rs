@@ -118,8 +118,7 @@ fn read_token(path: &std::path::Path, enrolled: bool) -> Result<Option<JoinToken
                 .with_context(|| format!("bad join token in {}", path.display()))?;
             Ok(Some(t))
         }
-        Err(stj_cli::private_file::PrivateFileError::Read { source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound && enrolled =>
+        Err(e) if e.is_not_found() && enrolled =>
         {
             Ok(None)
         }

@@ -76,8 +76,7 @@ impl SlotUsers {
                     file.display()
                 )
             })?,
-            Err(private_file::PrivateFileError::Read { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
+            Err(e) if e.is_not_found() =>
             {
                 Leases::default()
             }

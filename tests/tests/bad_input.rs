@@ -177,6 +177,46 @@ fn a_starter_that_cannot_write_its_work_dir_refuses_to_start() {
 }
 
 #[test]
+fn a_first_start_on_a_full_disk_names_the_file() {
+    let dir = tempfile::Builder::new()
+        .prefix("full-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let full = dir.path();
+    let sh = |cmd: String| {
+        assert!(
+            Command::new("sh")
+                .args(["-c", &cmd])
+                .status()
+                .unwrap()
+                .success(),
+            "{cmd}"
+        )
+    };
+    sh(format!(
+        "mount -t tmpfs -o size=12k tmpfs {0} && dd if=/dev/zero of={0}/fill bs=1k count=9 2>/dev/null",
+        full.display()
+    ));
+    let out = Command::new(bin("stj-schedd"))
+        .arg("--state-dir")
+        .arg(full.join("state"))
+        .arg("--socket")
+        .arg(full.join("s.sock"))
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    sh(format!("umount {}", full.display()));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot write {}/state/", full.display()))
+            && err.contains("the filesystem is full")
+            && err.matches("No space left on device").count() == 1,
+        "{err}"
+    );
+}
+
+#[test]
 fn client_errors_are_clear() {
     let c = Cluster::new();
     let alice = TestUser::alice();
