@@ -42,6 +42,12 @@ pub fn connect_back(
     // Checked now for a clear error, and again on the very inode when routed.
     crate::broker::shared_port::open_socket(dir, &req.route_name, owner)
         .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+    // One dial-back per capability: repeated calls cannot make a node hold
+    // a connection each (and capabilities are capped per user).
+    schedd
+        .rendezvous
+        .dial_back_once(&sid)
+        .map_err(|e| Status::already_exists(e.to_string()))?;
     let expiry = crate::broker::now() + schedd.config.relay_pairing_secs.max(10);
     let token = schedd
         .rendezvous

@@ -536,3 +536,49 @@ fn a_local_user_cannot_hijack_a_reverse_connection() {
     assert!(done.success(), "{err}");
     assert_eq!(out, "genuine\n");
 }
+
+#[test]
+fn one_capability_buys_one_dial_back() {
+    let (c, _alice, id) = pool("");
+    let rt = rt();
+    let grant = rt
+        .block_on(attach::request(&c.socket, id, [7; 32]))
+        .unwrap();
+    let sid = Capability::decode(&grant.capability).unwrap().session_id;
+    // Root asked for the session, so root's sockets are the session's own.
+    let listeners: Vec<_> = (0..50)
+        .map(|i| {
+            std::os::unix::net::UnixListener::bind(c.daemon_sock.join(format!("amp-{i}"))).unwrap()
+        })
+        .collect();
+    let answers: Vec<_> = (0..50)
+        .map(|i| {
+            rt.block_on(async {
+                let mut cl = ssh_to_job::schedd_client::connect(&c.socket).await.unwrap();
+                cl.connect_back(stj_proto::user::ConnectBackRequest {
+                    session_id: sid.to_vec(),
+                    route_name: format!("amp-{i}"),
+                })
+                .await
+            })
+        })
+        .collect();
+    assert!(answers[0].is_ok(), "{:?}", answers[0]);
+    for a in &answers[1..] {
+        let e = a.as_ref().unwrap_err();
+        assert_eq!(e.code(), tonic::Code::AlreadyExists);
+        assert!(e.message().contains("already requested"), "{}", e.message());
+    }
+    wait_until("the one dial-back to be handed over", T, || {
+        c.schedd_log()
+            .contains("connection handed to the client")
+            .then_some(())
+    });
+    assert_eq!(
+        c.schedd_log()
+            .matches("reverse connection requested")
+            .count(),
+        1
+    );
+    drop(listeners);
+}

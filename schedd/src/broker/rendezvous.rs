@@ -24,6 +24,8 @@ pub struct Pending {
     /// A client half waiting at the relay for its starter half.
     waiting: Option<oneshot::Sender<TcpStream>>,
     client_arrived: bool,
+    /// A reverse connection was asked for: each session gets one dial-back.
+    dialed_back: bool,
 }
 
 pub struct Route {
@@ -49,6 +51,8 @@ pub enum RendezvousError {
     Taken,
     #[error("wrong route token")]
     BadRouteToken,
+    #[error("a reverse connection was already requested for this session; each ssh-to-job run gets one (run ssh-to-job again for another)")]
+    DialedBack,
 }
 
 pub fn random_token() -> [u8; TOKEN_LEN] {
@@ -97,6 +101,7 @@ impl Rendezvous {
                 starter_token: starter,
                 waiting: None,
                 client_arrived: false,
+                dialed_back: false,
             },
             now(),
         );
@@ -108,6 +113,20 @@ impl Rendezvous {
         lock(&self.sessions)
             .get(session_id, now())
             .map(|p| (p.node.clone(), p.uid))
+    }
+
+    /// Marks that `session_id`'s node is asked to dial back, once: a
+    /// capability buys one dial-back, however often ConnectBack is called.
+    pub fn dial_back_once(&self, session_id: &[u8; 16]) -> Result<(), RendezvousError> {
+        let mut s = lock(&self.sessions);
+        let p = s
+            .get_mut(session_id, now())
+            .ok_or(RendezvousError::Unknown)?;
+        if p.dialed_back {
+            return Err(RendezvousError::DialedBack);
+        }
+        p.dialed_back = true;
+        Ok(())
     }
 
     /// A client half arrived at the relay: checks its token and parks a
@@ -228,6 +247,16 @@ mod tests {
             r.take_route("stj-1", &token).err(),
             Some(RendezvousError::Unknown)
         );
+    }
+
+    #[test]
+    fn a_session_gets_one_dial_back() {
+        let r = Rendezvous::default();
+        let sid = [1; 16];
+        r.grant(sid, "n1", 1000, now() + 60);
+        r.dial_back_once(&sid).unwrap();
+        assert_eq!(r.dial_back_once(&sid), Err(RendezvousError::DialedBack));
+        assert_eq!(r.dial_back_once(&[9; 16]), Err(RendezvousError::Unknown));
     }
 
     #[test]
