@@ -73,6 +73,17 @@ const SESSION_COLUMNS: [(&str, &str); 7] = [
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let job_columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('jobs')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if !job_columns.iter().any(|c| c == "request_id") {
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN request_id TEXT NOT NULL DEFAULT ''")?;
+    }
+    // A retried submit finds the job its first try made.
+    conn.execute_batch(
+        "CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_request ON jobs(owner_uid, request_id) WHERE request_id != ''",
+    )?;
     let have: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('sessions')")?
         .query_map([], |r| r.get(0))?
@@ -203,13 +214,23 @@ impl Queue {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
-    pub fn submit(&self, owner: &Owner, spec: &JobSpec) -> Result<u64> {
+    /// Queues a job; returns its id and whether it is new. A non-empty
+    /// `request_id` that `owner` used before returns that submit's job.
+    pub fn submit(&self, owner: &Owner, spec: &JobSpec, request_id: &str) -> Result<(u64, bool)> {
         let conn = self.conn();
-        conn.execute(
-            "INSERT INTO jobs (owner_uid, owner_gid, owner_name, state, submit_time, spec) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![owner.uid, owner.gid, owner.name, JobState::Idle as i32, now(), spec.encode_to_vec()],
+        let inserted = conn.execute(
+            "INSERT INTO jobs (owner_uid, owner_gid, owner_name, state, submit_time, spec, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+            params![owner.uid, owner.gid, owner.name, JobState::Idle as i32, now(), spec.encode_to_vec(), request_id],
         )?;
-        Ok(conn.last_insert_rowid() as u64)
+        if inserted == 1 {
+            return Ok((conn.last_insert_rowid() as u64, true));
+        }
+        let id: i64 = conn.query_row(
+            "SELECT id FROM jobs WHERE owner_uid = ?1 AND request_id = ?2",
+            params![owner.uid, request_id],
+            |r| r.get(0),
+        )?;
+        Ok((id as u64, false))
     }
 
     pub fn get(&self, id: u64) -> Result<Option<Job>> {
@@ -344,8 +365,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("q.sqlite");
         let q = Queue::open(&db).unwrap();
-        let a = q.submit(&owner(), &spec()).unwrap();
-        let b = q.submit(&owner(), &spec()).unwrap();
+        let (a, _) = q.submit(&owner(), &spec(), "").unwrap();
+        let (b, _) = q.submit(&owner(), &spec(), "").unwrap();
         assert_ne!(a, b);
         assert!(q.assign(a, "n1").unwrap());
         assert!(
@@ -374,10 +395,27 @@ mod tests {
     }
 
     #[test]
+    fn a_retried_submit_returns_the_first_ones_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&dir.path().join("q.sqlite")).unwrap();
+        let (a, new) = q.submit(&owner(), &spec(), "r1").unwrap();
+        assert!(new);
+        assert_eq!(q.submit(&owner(), &spec(), "r1").unwrap(), (a, false));
+        // Another request id, or another user with the same id: new jobs.
+        assert_ne!(q.submit(&owner(), &spec(), "r2").unwrap().0, a);
+        let bob = Owner {
+            uid: 1001,
+            gid: 1001,
+            name: "bob".into(),
+        };
+        assert!(q.submit(&bob, &spec(), "r1").unwrap().1);
+    }
+
+    #[test]
     fn remove_and_requeue() {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(&dir.path().join("q.sqlite")).unwrap();
-        let a = q.submit(&owner(), &spec()).unwrap();
+        let (a, _) = q.submit(&owner(), &spec(), "").unwrap();
         q.assign(a, "n1").unwrap();
         assert!(q.requeue(a, "n1", "node lost it").unwrap());
         let job = q.get(a).unwrap().unwrap();

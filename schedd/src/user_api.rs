@@ -130,14 +130,28 @@ impl ScheddApi for UserApi {
                 "jobs never run as root: submit as the user the job should run as (root may still query and remove jobs)",
             ));
         }
-        let spec = req.into_inner().spec.unwrap_or_default();
+        let req = req.into_inner();
+        let spec = req.spec.unwrap_or_default();
         validate(&spec)?;
+        if req.request_id.len() > 64 {
+            return Err(Status::invalid_argument(
+                "request_id is at most 64 characters",
+            ));
+        }
         let owner = Owner {
             uid: who.uid,
             gid: who.gid,
             name: owner_name(who.uid),
         };
-        let id = self.schedd.queue.submit(&owner, &spec).map_err(internal)?;
+        let (id, new) = self
+            .schedd
+            .queue
+            .submit(&owner, &spec, &req.request_id)
+            .map_err(internal)?;
+        if !new {
+            tracing::info!(job_id = id, uid = owner.uid, request_id = %req.request_id, "submit retried; the job it made already");
+            return Ok(Response::new(SubmitReply { job_id: id }));
+        }
         tracing::info!(job_id = id, owner = %owner.name, uid = owner.uid, "job submitted");
         self.schedd.job_changed();
         self.schedd.schedule.notify_one();

@@ -11,5 +11,6 @@ pub mod schedd_client;
 pub mod session;
 pub mod ssh_command;
 pub mod ssh_config;
+pub mod submit;
 pub mod user_key;
 pub mod waiting;

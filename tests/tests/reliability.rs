@@ -450,3 +450,61 @@ fn two_hundred_concurrent_sessions_against_one_schedd_and_two_starters() {
         &failures[..failures.len().min(5)]
     );
 }
+
+#[test]
+fn submits_cut_off_by_a_schedd_kill_queue_each_job_exactly_once() {
+    let mut c = Cluster::new();
+    let alice = TestUser::alice();
+    let wd = c.workdir(&alice);
+    let socket = c.socket.clone();
+    let submit = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(stj_tests::bin("stj"));
+        cmd.arg("submit")
+            .args(extra)
+            .args(["--", "true"])
+            .current_dir(&wd)
+            .env("STJ_SCHEDD_SOCKET", &socket)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        std::os::unix::process::CommandExt::uid(&mut cmd, alice.uid);
+        std::os::unix::process::CommandExt::gid(&mut cmd, alice.gid);
+        cmd
+    };
+    // 30 submits in flight when the schedd dies; it is back a moment later.
+    let children: Vec<_> = (0..30).map(|_| submit(&[]).spawn().unwrap()).collect();
+    c.kill_schedd();
+    c.start_schedd();
+    let mut ids = std::collections::BTreeSet::new();
+    for ch in children {
+        let out = ch.wait_with_output().unwrap();
+        ids.insert(ok(out).trim().parse::<u64>().unwrap());
+    }
+    assert_eq!(ids.len(), 30, "30 distinct jobs: {ids:?}");
+    let q: serde_json::Value =
+        serde_json::from_slice(&c.stj(None, c.path(), &["q", "--all", "--json"]).stdout).unwrap();
+    let queued: std::collections::BTreeSet<u64> = q
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        queued, ids,
+        "every job queued once, none unknown to its submitter"
+    );
+
+    // A schedd that stays away: the outcome is unknown, and stj says how
+    // to settle it without a second job.
+    c.kill_schedd();
+    let out = submit(&["--request-id", "settle-me"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown") && err.contains("--request-id settle-me"),
+        "{err}"
+    );
+    c.start_schedd();
+    let first = ok(submit(&["--request-id", "settle-me"]).output().unwrap());
+    let again = ok(submit(&["--request-id", "settle-me"]).output().unwrap());
+    assert_eq!(first, again, "the same request id returns the same job");
+}

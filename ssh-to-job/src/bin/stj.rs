@@ -6,9 +6,7 @@ use clap::{Parser, Subcommand};
 use ssh_to_job::jobs_view;
 use ssh_to_job::schedd_client::{connect, socket_path, status_error};
 use ssh_to_job::session::{self, Options};
-use stj_proto::user::{
-    EnvVar, JobSpec, JobState, QueryRequest, RemoveRequest, SubmitRequest, WaitRequest,
-};
+use stj_proto::user::{EnvVar, JobSpec, JobState, QueryRequest, RemoveRequest, WaitRequest};
 
 /// Submit, list, remove and wait for ssh-to-job batch jobs.
 ///
@@ -64,6 +62,10 @@ enum Cmd {
         /// Refuse ssh-to-job sessions into this job.
         #[arg(long)]
         no_ssh: bool,
+        /// Make this submit idempotent: the same id returns the job it
+        /// made before (stj says which id to use if a submit was cut off).
+        #[arg(long, value_name = "ID")]
+        request_id: Option<String>,
         /// The command and its arguments.
         #[arg(
             last = true,
@@ -210,6 +212,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             output,
             error,
             no_ssh,
+            request_id,
             command,
         } => {
             let image = match image {
@@ -243,13 +246,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 idle_timeout_secs: idle_timeout.as_secs().clamp(1, u32::MAX.into()) as u32,
                 umask: Some(current_umask()),
             };
-            let mut c = connect(&socket).await?;
-            let id = c
-                .submit(SubmitRequest { spec: Some(spec) })
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .job_id;
+            let request_id = match request_id {
+                Some(r) => r,
+                None => ssh_to_job::submit::new_request_id()?,
+            };
+            let id = ssh_to_job::submit::submit(&socket, spec, &request_id).await?;
             if !interactive {
                 println!("{id}");
                 return Ok(ExitCode::SUCCESS);
