@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::container::{self, ContainerSpec, Exit, Launch};
 use crate::report::{Report, Reporter, Reports};
-use crate::slots::{SlotUsers, Writable};
+use crate::slots::SlotUsers;
 
 #[derive(Default)]
 struct Entry {
@@ -175,13 +175,16 @@ impl Jobs {
         };
         // Slot users (HTCondor's term): the job runs as a node-local uid that
         // has no passwd entry; the shim gives sessions an account for it.
+        let mut workdir = None;
         let (uid, gid, user_name) = match &self.slot_users {
             Some(slots) => {
-                let writable = Writable {
-                    root: image.clone().unwrap_or_else(|| PathBuf::from("/")),
-                    path: spec.cwd.clone(),
+                let root = image.clone().unwrap_or_else(|| PathBuf::from("/"));
+                let dir = match crate::slots::open_workdir(&root, &spec.cwd, image.is_some()) {
+                    Ok(v) => v.map(|(fd, w)| (w, Arc::new(fd))),
+                    Err(e) => return failed(format!("{e:#}")),
                 };
-                match slots.claim(id, run.uid, run.gid, writable) {
+                workdir = dir.as_ref().map(|(_, fd)| fd.clone());
+                match slots.claim(id, run.uid, run.gid, dir) {
                     Ok(Some(uid)) => (uid, uid, format!("stj-slot{uid}")),
                     Ok(None) => {
                         return failed(format!(
@@ -253,6 +256,10 @@ impl Jobs {
             sessions,
             umask: spec.umask.unwrap_or(0o077) & 0o777,
             confined: self.slot_users.is_some(),
+            writable_workdir: workdir.as_ref().and_then(|fd| {
+                let st = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&**fd)).ok()?;
+                Some((st.st_dev, st.st_ino))
+            }),
         };
         let job_dir = self.work_dir.join("jobs").join(id.to_string());
         let container = match container::launch(&cspec, &job_dir).await {

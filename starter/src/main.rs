@@ -63,6 +63,18 @@ enum Cmd {
     /// Write this program's man page and shell completions into DIR.
     #[command(hide = true)]
     GenerateDocs { dir: PathBuf },
+    /// List slot-user leases (owner, jobs, and uids out of service because
+    /// they could not be swept); --release UID returns such a uid to service
+    /// once its files are dealt with (`find / -xdev -uid UID`). Run it with
+    /// the starter stopped.
+    SlotUsers {
+        #[arg(long, env = "STJ_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        #[arg(long, value_name = "UID")]
+        release: Option<u32>,
+    },
     /// Internal: the job of `stj submit --interactive`; waits for sessions.
     #[command(hide = true)]
     Placeholder {
@@ -87,12 +99,49 @@ fn main() {
             }
             std::process::exit(0);
         }
+        Some(Cmd::SlotUsers {
+            config,
+            work_dir,
+            release,
+        }) => {
+            let r = slot_users(config.as_deref(), work_dir.clone(), *release);
+            if let Err(e) = r {
+                eprintln!("stj-starter: error: {e:#}");
+                std::process::exit(1);
+            }
+            std::process::exit(0);
+        }
         None => {}
     }
     if let Err(e) = real_main(cli) {
         eprintln!("stj-starter: error: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn slot_users(
+    config: Option<&std::path::Path>,
+    work_dir: Option<PathBuf>,
+    release: Option<u32>,
+) -> Result<()> {
+    let work = match work_dir {
+        Some(w) => w,
+        None => stj_starter::config::load(config)?.work_dir,
+    };
+    if let Some(uid) = release {
+        stj_starter::slots::SlotUsers::release_quarantined(&work, uid)?;
+        println!("slot uid {uid} released: it can be leased again");
+        return Ok(());
+    }
+    println!("{:<8} {:<10} {:<5} STATE", "UID", "OWNER", "JOBS");
+    for (uid, owner, jobs, quarantined) in stj_starter::slots::SlotUsers::list(&work)? {
+        let state = match quarantined {
+            Some(why) => format!("out of service: {why}"),
+            None => "leased".into(),
+        };
+        println!("{uid:<8} {owner:<10} {jobs:<5} {state}");
+    }
+    Ok(())
 }
 
 fn real_main(cli: Cli) -> Result<()> {

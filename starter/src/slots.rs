@@ -7,19 +7,25 @@
 //! - the lease ends when the owner's last job here has ended, and the uid
 //!   is *swept* before anyone else gets it: every process it still has is
 //!   killed (its jobs' PID namespaces took them already; this makes sure),
-//!   and every file it owns in the directories its jobs could write (their
-//!   working directories: the rest of a confined job's view is read-only,
-//!   `container/view.rs`) is given to the owner, set-id bits cleared;
+//!   and every file it owns in the directories its jobs could write is
+//!   given to the owner, set-id bits cleared. Those are their working
+//!   directories (the rest of a confined job's view is read-only,
+//!   `container/view.rs`), opened once by the starter: the container makes
+//!   exactly that directory writable and the sweep walks exactly it, from
+//!   the same fd, whatever happened to its path meanwhile;
 //! - confined jobs cannot make set-id files or gain privileges by exec at
 //!   all (`container/confine.rs`), so a file moved elsewhere before the
 //!   sweep runs as no one but its runner.
 //! Leases are kept in `<work_dir>/slot-leases.json` (0600): after a crash
-//! the sweep of every lease left there runs at start-up, before any job.
+//! the sweep of every lease left there runs at start-up, before any job,
+//! from the recorded paths; a directory that is no longer the one the job
+//! had (device and inode differ) cannot be swept, and its uid is kept out
+//! of service until the admin cleans it (`stj-starter slot-users`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use nix::fcntl::{AtFlags, OFlag};
@@ -28,11 +34,14 @@ use serde::{Deserialize, Serialize};
 use stj_cli::private_file;
 
 /// A directory a confined job could write: `path` as the job saw it, in
-/// `root` (its image, or / for the node's filesystem).
+/// `root` (its image, or / for the node's filesystem), and which directory
+/// that was (device and inode), to recognise it after a crash.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Writable {
     pub root: PathBuf,
     pub path: String,
+    pub dev: u64,
+    pub ino: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,8 +50,53 @@ struct Lease {
     owner_gid: u32,
     jobs: BTreeSet<u64>,
     dirs: BTreeSet<Writable>,
+    /// The directories themselves, opened when each job started (not kept
+    /// across a restart: then `dirs` is used, and checked).
+    #[serde(skip)]
+    fds: Vec<Arc<OwnedFd>>,
     /// The last job ended; the sweep is running and the uid is taken.
     sweeping: bool,
+    /// A sweep could not be done (a directory was replaced while the
+    /// starter was down): the uid stays out of service until the admin
+    /// releases it.
+    #[serde(default)]
+    quarantined: Option<String>,
+}
+
+/// Opens `path` inside `root` (RESOLVE_IN_ROOT): the directory a confined
+/// job gets as its writable working directory. The root itself is refused
+/// on the node's filesystem (it would make the whole filesystem writable to
+/// a uid others will get); in an image it means no writable directory (the
+/// job's / is read-only anyway).
+pub fn open_workdir(root: &Path, path: &str, image: bool) -> Result<Option<(OwnedFd, Writable)>> {
+    let r = nix::fcntl::open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("cannot open {}", root.display()))?;
+    // SAFETY: a fresh fd from open().
+    let r = unsafe { OwnedFd::from_raw_fd(r) };
+    let dir = crate::in_root::open(&r, path, libc::O_PATH | libc::O_DIRECTORY)
+        .with_context(|| format!("the working directory {path} is not a directory on this node"))?;
+    let (top, st) = (fstat(r.as_raw_fd())?, fstat(dir.as_raw_fd())?);
+    if (top.st_dev, top.st_ino) == (st.st_dev, st.st_ino) {
+        if image {
+            return Ok(None);
+        }
+        anyhow::bail!(
+            "a slot-user job's working directory cannot be / (its files would be all over the node, and its uid passes to other owners): submit from, or give --cwd, a directory of the job's own"
+        );
+    }
+    Ok(Some((
+        dir,
+        Writable {
+            root: root.to_path_buf(),
+            path: path.to_string(),
+            dev: st.st_dev,
+            ino: st.st_ino,
+        },
+    )))
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -82,24 +136,74 @@ impl SlotUsers {
             }
             Err(e) => return Err(e.into()),
         };
-        for (uid, lease) in &left.by_uid {
-            let done = sweep(*uid, lease);
-            tracing::info!(
-                uid,
-                owner = lease.owner_uid,
-                processes = done.processes,
-                files = done.files,
-                "slot user swept at start-up (its lease outlived the last starter)"
-            );
+        let mut kept = Leases::default();
+        for (uid, lease) in left.by_uid {
+            if lease.quarantined.is_some() {
+                tracing::error!(uid, owner = lease.owner_uid, reason = lease.quarantined.as_deref().unwrap_or(""), "slot user still out of service: clean up its files, then `stj-starter slot-users --release UID`");
+                kept.by_uid.insert(uid, lease);
+                continue;
+            }
+            match sweep(uid, &lease) {
+                Ok(done) => tracing::info!(
+                    uid,
+                    owner = lease.owner_uid,
+                    processes = done.processes,
+                    files = done.files,
+                    "slot user swept at start-up (its lease outlived the last starter)"
+                ),
+                Err(why) => {
+                    tracing::error!(uid, owner = lease.owner_uid, reason = %why, "slot user cannot be swept; out of service until the admin cleans up its files and runs `stj-starter slot-users --release UID`");
+                    kept.by_uid.insert(
+                        uid,
+                        Lease {
+                            jobs: BTreeSet::new(),
+                            sweeping: false,
+                            quarantined: Some(why),
+                            ..lease
+                        },
+                    );
+                }
+            }
         }
         let s = SlotUsers {
             first,
             last,
             file,
-            leases: Mutex::default(),
+            leases: Mutex::new(Leases::default()),
         };
-        s.save(&Leases::default())?;
+        s.save(&kept)?;
+        *s.lock() = kept;
         Ok(s)
+    }
+
+    /// The admin's view of the leases: (uid, owner, jobs, why quarantined).
+    pub fn list(work_dir: &Path) -> Result<Vec<(u32, u32, usize, Option<String>)>> {
+        let file = work_dir.join("slot-leases.json");
+        let l: Leases = match private_file::read(&file) {
+            Ok(t) => serde_json::from_slice(&t)?,
+            Err(e) if e.is_not_found() => Leases::default(),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(l.by_uid
+            .iter()
+            .map(|(u, x)| (*u, x.owner_uid, x.jobs.len(), x.quarantined.clone()))
+            .collect())
+    }
+
+    /// The admin says a quarantined uid's files are dealt with: it may be
+    /// leased again. Only with the starter stopped (it rewrites the file).
+    pub fn release_quarantined(work_dir: &Path, uid: u32) -> Result<()> {
+        let file = work_dir.join("slot-leases.json");
+        let mut l: Leases = serde_json::from_slice(&private_file::read(&file)?)?;
+        match l.by_uid.get(&uid) {
+            Some(x) if x.quarantined.is_some() => {
+                l.by_uid.remove(&uid);
+            }
+            Some(_) => anyhow::bail!("slot uid {uid} is leased to running jobs, not quarantined"),
+            None => anyhow::bail!("slot uid {uid} has no lease"),
+        }
+        private_file::write(&file, &serde_json::to_vec(&l)?)?;
+        Ok(())
     }
 
     /// "FIRST-LAST", for messages.
@@ -123,13 +227,13 @@ impl SlotUsers {
         job: u64,
         owner_uid: u32,
         owner_gid: u32,
-        dir: Writable,
+        dir: Option<(Writable, Arc<OwnedFd>)>,
     ) -> Result<Option<u32>> {
         let mut l = self.lock();
         let current = l
             .by_uid
             .iter()
-            .find(|(_, x)| x.owner_uid == owner_uid && !x.sweeping)
+            .find(|(_, x)| x.owner_uid == owner_uid && !x.sweeping && x.quarantined.is_none())
             .map(|(u, _)| *u);
         let uid = match current {
             Some(u) => u,
@@ -142,7 +246,9 @@ impl SlotUsers {
                             owner_gid,
                             jobs: BTreeSet::new(),
                             dirs: BTreeSet::new(),
+                            fds: Vec::new(),
                             sweeping: false,
+                            quarantined: None,
                         },
                     );
                     u
@@ -152,7 +258,10 @@ impl SlotUsers {
         };
         let lease = l.by_uid.get_mut(&uid).expect("just found or made");
         lease.jobs.insert(job);
-        lease.dirs.insert(dir);
+        if let Some((dir, fd)) = dir {
+            lease.dirs.insert(dir);
+            lease.fds.push(fd);
+        }
         // On disk before the job runs: a crash from here on still sweeps.
         self.save(&l)?;
         Ok(Some(uid))
@@ -171,9 +280,22 @@ impl SlotUsers {
             lease.sweeping = true;
             (*uid, lease.clone())
         };
-        let done = sweep(uid, &lease);
+        let outcome = sweep(uid, &lease);
         let mut l = self.lock();
-        l.by_uid.remove(&uid);
+        let done = match outcome {
+            Ok(done) => {
+                l.by_uid.remove(&uid);
+                done
+            }
+            Err(why) => {
+                tracing::error!(uid, reason = %why, "slot user cannot be swept; out of service until the admin cleans up its files and runs `stj-starter slot-users --release UID`");
+                if let Some(x) = l.by_uid.get_mut(&uid) {
+                    x.quarantined = Some(why);
+                    x.sweeping = false;
+                }
+                Swept::default()
+            }
+        };
         if let Err(e) = self.save(&l) {
             tracing::error!(error = %format!("{e:#}"), "cannot record the end of a slot-user lease");
         }
@@ -182,21 +304,60 @@ impl SlotUsers {
 }
 
 /// Kills what runs as `uid` and gives what it owns in the lease's
-/// directories to the owner, set-id bits cleared.
-fn sweep(uid: u32, lease: &Lease) -> Swept {
+/// directories to the owner, set-id bits cleared. Err when a directory
+/// cannot be found as the job had it.
+fn sweep(uid: u32, lease: &Lease) -> Result<Swept, String> {
     let mut done = Swept {
         processes: kill_all(uid),
         files: 0,
     };
     for dir in &lease.dirs {
-        match give_back(uid, lease.owner_uid, lease.owner_gid, dir) {
+        let top = match directory_of(dir, &lease.fds) {
+            Ok(fd) => fd,
+            Err(e) => return Err(format!("{} in {}: {e:#}", dir.path, dir.root.display())),
+        };
+        match give_back(uid, lease.owner_uid, lease.owner_gid, top) {
             Ok(n) => done.files += n,
-            Err(e) => {
-                tracing::warn!(uid, root = %dir.root.display(), dir = %dir.path, error = %format!("{e:#}"), "cannot sweep a slot user's directory")
-            }
+            Err(e) => return Err(format!("{} in {}: {e:#}", dir.path, dir.root.display())),
         }
     }
-    done
+    Ok(done)
+}
+
+/// The directory a job had, readable: from the fd opened when it started,
+/// else (after a restart) by its path, only if it is still that directory.
+fn directory_of(dir: &Writable, fds: &[Arc<OwnedFd>]) -> Result<OwnedFd> {
+    let reopen = |fd: &OwnedFd| -> Result<OwnedFd> {
+        let r = nix::fcntl::open(
+            format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        // SAFETY: a fresh fd from open().
+        Ok(unsafe { OwnedFd::from_raw_fd(r) })
+    };
+    for fd in fds {
+        let st = fstat(fd.as_raw_fd())?;
+        if (st.st_dev, st.st_ino) == (dir.dev, dir.ino) {
+            return reopen(fd);
+        }
+    }
+    let root = nix::fcntl::open(
+        &dir.root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    // SAFETY: a fresh fd from open().
+    let root = unsafe { OwnedFd::from_raw_fd(root) };
+    let found = crate::in_root::open(&root, &dir.path, libc::O_PATH | libc::O_DIRECTORY)
+        .context("the directory is gone")?;
+    let st = fstat(found.as_raw_fd())?;
+    if (st.st_dev, st.st_ino) != (dir.dev, dir.ino) {
+        anyhow::bail!(
+            "the path now names another directory than the job's (it was moved or replaced)"
+        );
+    }
+    reopen(&found)
 }
 
 /// SIGKILLs every process with `uid` among its ids, until none is left.
@@ -248,22 +409,11 @@ fn open_at(dir: &OwnedFd, name: &std::ffi::OsStr, flags: OFlag) -> nix::Result<O
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Walks `dir` (resolved inside its root, never following a symlink while
-/// walking, never leaving its filesystem) and hands every entry owned by
-/// `uid` (or its group) to the owner. Returns how many it changed.
-fn give_back(uid: u32, owner: u32, owner_gid: u32, dir: &Writable) -> Result<usize> {
-    let root = nix::fcntl::open(
-        &dir.root,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
-    // SAFETY: a fresh fd from open().
-    let root = unsafe { OwnedFd::from_raw_fd(root) };
-    let top = match crate::in_root::open(&root, &dir.path, libc::O_RDONLY | libc::O_DIRECTORY) {
-        Ok(fd) => fd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e).context("cannot open the directory"),
-    };
+/// Walks `top` (never following a symlink while walking, never leaving its
+/// filesystem: only the working directory's own mount was writable) and
+/// hands every entry owned by `uid` (or its group) to the owner. Returns how
+/// many it changed.
+fn give_back(uid: u32, owner: u32, owner_gid: u32, top: OwnedFd) -> Result<usize> {
     let dev = fstat(top.as_raw_fd())?.st_dev;
     let gid = uid; // slot users' gid is their uid
     let mut changed = 0;
@@ -347,25 +497,27 @@ mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
+    fn workdir(p: &Path) -> Option<(Writable, Arc<OwnedFd>)> {
+        let (fd, w) = open_workdir(Path::new("/"), p.to_str().unwrap(), false)
+            .unwrap()
+            .unwrap();
+        Some((w, Arc::new(fd)))
+    }
+
     #[test]
     fn a_lease_is_per_owner_and_a_uid_passes_on_only_after_its_sweep() {
         let work = tempfile::tempdir().unwrap();
         let cwd = work.path().join("cwd");
         std::fs::create_dir_all(cwd.join("sub")).unwrap();
         let s = SlotUsers::open(work.path(), 64200, 64201).unwrap();
-        let here = Writable {
-            root: "/".into(),
-            path: cwd.to_string_lossy().into_owned(),
-        };
-        let a1 = s.claim(1, 1000, 1000, here.clone()).unwrap().unwrap();
-        let a2 = s.claim(2, 1000, 1000, here.clone()).unwrap().unwrap();
-        let b = s.claim(3, 1001, 1001, here.clone()).unwrap().unwrap();
-        assert_eq!((a1, a2, b), (64200, 64200, 64201), "one uid per owner");
+        let claim = |job, owner| s.claim(job, owner, owner, workdir(&cwd)).unwrap();
+        let (a1, a2, b) = (claim(1, 1000), claim(2, 1000), claim(3, 1001));
         assert_eq!(
-            s.claim(4, 1002, 1002, here.clone()).unwrap(),
-            None,
-            "all leased"
+            (a1, a2, b),
+            (Some(64200), Some(64200), Some(64201)),
+            "one uid per owner"
         );
+        assert_eq!(claim(4, 1002), None, "all leased");
 
         // Files the slot uid left, one setuid, one in a subdirectory.
         let f = cwd.join("sub/copy");
@@ -373,6 +525,11 @@ mod tests {
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4755)).unwrap();
         nix::unistd::chown(&f, Some(64200.into()), Some(64200.into())).unwrap();
         nix::unistd::chown(&cwd.join("sub"), Some(64200.into()), Some(64200.into())).unwrap();
+        // The path is swapped for another directory meanwhile: the sweep
+        // still walks the one the job had.
+        std::fs::rename(&cwd, work.path().join("moved")).unwrap();
+        std::fs::create_dir(&cwd).unwrap();
+        let f = work.path().join("moved/sub/copy");
 
         assert!(s.release(1).is_none(), "alice still has job 2");
         let (uid, swept) = s.release(2).unwrap();
@@ -380,44 +537,54 @@ mod tests {
         let m = std::fs::metadata(&f).unwrap();
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 1000, 0o755));
         // Now the uid may go to someone else.
-        assert_eq!(s.claim(4, 1002, 1002, here).unwrap(), Some(64200));
+        assert_eq!(claim(4, 1002), Some(64200));
     }
 
     #[test]
-    fn leases_left_by_a_crash_are_swept_at_start_up() {
+    fn the_filesystem_root_is_no_working_directory_for_a_slot_user() {
+        let e = format!(
+            "{:#}",
+            open_workdir(Path::new("/"), "/", false).err().unwrap()
+        );
+        assert!(e.contains("cannot be /"), "{e}");
+        // In an image, / is read-only for the job anyway: no writable dir.
+        assert!(open_workdir(Path::new("/"), "/", true).unwrap().is_none());
+    }
+
+    #[test]
+    fn leases_left_by_a_crash_are_swept_at_start_up_or_quarantined() {
         let work = tempfile::tempdir().unwrap();
-        let cwd = work.path().join("cwd");
-        std::fs::create_dir_all(&cwd).unwrap();
-        let s = SlotUsers::open(work.path(), 64210, 64210).unwrap();
-        let uid = s
-            .claim(
-                1,
-                1000,
-                1000,
-                Writable {
-                    root: "/".into(),
-                    path: cwd.to_string_lossy().into_owned(),
-                },
-            )
-            .unwrap()
-            .unwrap();
-        let f = cwd.join("left");
+        let (kept, moved) = (work.path().join("kept"), work.path().join("moved"));
+        std::fs::create_dir_all(&kept).unwrap();
+        std::fs::create_dir_all(&moved).unwrap();
+        let s = SlotUsers::open(work.path(), 64210, 64211).unwrap();
+        for (job, owner, dir) in [(1, 1000, &kept), (2, 1001, &moved)] {
+            s.claim(job, owner, owner, workdir(dir)).unwrap().unwrap();
+        }
+        let f = kept.join("left");
         std::fs::write(&f, "x").unwrap();
-        nix::unistd::chown(&f, Some(uid.into()), Some(uid.into())).unwrap();
-        drop(s); // the starter died
-        let s = SlotUsers::open(work.path(), 64210, 64210).unwrap();
-        assert_eq!(std::fs::metadata(&f).unwrap().uid(), 1000);
-        assert!(s
-            .claim(
-                2,
-                1001,
-                1001,
-                Writable {
-                    root: "/".into(),
-                    path: "/nonexistent".into()
-                }
-            )
+        nix::unistd::chown(&f, Some(64210.into()), Some(64210.into())).unwrap();
+        drop(s); // the starter died; then one directory is replaced
+        std::fs::rename(&moved, work.path().join("elsewhere")).unwrap();
+        std::fs::create_dir(&moved).unwrap();
+        let s = SlotUsers::open(work.path(), 64210, 64211).unwrap();
+        assert_eq!(std::fs::metadata(&f).unwrap().uid(), 1000, "swept");
+        let listed = SlotUsers::list(work.path()).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, 64211);
+        assert!(listed[0]
+            .3
+            .as_deref()
             .unwrap()
-            .is_some());
+            .contains("another directory"));
+        // 64211 stays out of service; 64210 is free again.
+        assert_eq!(s.claim(3, 1002, 1002, workdir(&kept)).unwrap(), Some(64210));
+        assert_eq!(s.claim(4, 1003, 1003, workdir(&kept)).unwrap(), None);
+        drop(s);
+        SlotUsers::release_quarantined(work.path(), 64211).unwrap();
+        assert!(SlotUsers::list(work.path())
+            .unwrap()
+            .iter()
+            .all(|l| l.0 != 64211));
     }
 }

@@ -189,3 +189,144 @@ fn an_image_is_mounted_not_modified() {
     );
     assert_eq!(fs::read_dir(&noread).unwrap().count(), 1, "nothing created");
 }
+
+#[test]
+fn swapping_image_entries_for_symlinks_reaches_nothing_outside() {
+    let mut c = Cluster::new();
+    c.start_starter("node1", 2);
+    let alice = TestUser::alice();
+    // What alice must never see: a readable directory under one she cannot enter.
+    let vault = c.path().join("vault");
+    fs::create_dir_all(vault.join("open")).unwrap();
+    fs::write(vault.join("open/secret"), "TOPSECRET\n").unwrap();
+    fs::set_permissions(vault.join("open"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(vault.join("open/secret"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(&vault, fs::Permissions::from_mode(0o700)).unwrap();
+    // Her own image, with many top-level directories she keeps swapping for
+    // symlinks to the vault while jobs start.
+    let img = rootfs::busybox(&c.workdir(&alice).join("img"));
+    std::os::unix::fs::symlink("bin", img.join("sbin")).unwrap();
+    for i in 0..200 {
+        fs::create_dir(img.join(format!("d{i}"))).unwrap();
+    }
+    let out_dir = img.join("work");
+    std::process::Command::new("chown")
+        .args(["-R", &format!("{}:{}", alice.uid, alice.gid)])
+        .arg(&img)
+        .status()
+        .unwrap();
+    let racer = format!(
+        "import os, time\n\
+         os.chdir('{}')\n\
+         end = time.time() + 60\n\
+         while time.time() < end and not os.path.exists('work/stop'):\n\
+         \x20   for i in range(200):\n\
+         \x20       d = 'd%d' % i\n\
+         \x20       try:\n\
+         \x20           os.rename(d, 't%d' % i); os.symlink('{}', d); os.unlink(d); os.rename('t%d' % i, d)\n\
+         \x20       except OSError:\n\
+         \x20           pass\n",
+        img.display(),
+        vault.join("open").display()
+    );
+    let mut race = std::process::Command::new("python3");
+    race.args(["-c", &racer]);
+    std::os::unix::process::CommandExt::uid(&mut race, alice.uid);
+    std::os::unix::process::CommandExt::gid(&mut race, alice.gid);
+    let mut race = race.spawn().unwrap();
+    let ids: Vec<u64> = (0..30)
+        .map(|i| {
+            c.submit(
+                &alice,
+                &[
+                    "--image",
+                    img.to_str().unwrap(),
+                    "--cwd",
+                    "/work",
+                    "--output",
+                    &format!("/work/out{i}"),
+                    "--",
+                    "sh",
+                    "-c",
+                    "cat /d*/secret /t*/secret 2>/dev/null; readlink /sbin",
+                ],
+            )
+        })
+        .collect();
+    for id in &ids {
+        c.wait_state(*id, "completed", T);
+    }
+    fs::write(out_dir.join("stop"), "").unwrap();
+    race.wait().unwrap();
+    for i in 0..30 {
+        let out = fs::read_to_string(out_dir.join(format!("out{i}"))).unwrap_or_default();
+        assert!(!out.contains("TOPSECRET"), "job {i} read the vault: {out}");
+        assert!(
+            out.contains("bin"),
+            "the image's own symlink is there: {out:?}"
+        );
+    }
+}
+
+#[test]
+fn the_sweep_walks_the_directory_the_job_had_whatever_its_path_became() {
+    let mut c = Cluster::new();
+    let slot = 64310;
+    c.start_starter_with(
+        "node1",
+        2,
+        &[
+            "--session-listen",
+            "127.0.0.1:0",
+            "--slot-users",
+            &format!("{slot}-{slot}"),
+        ],
+    );
+    let alice = TestUser::alice();
+    let wd = c.workdir(&alice);
+    for d in ["real", "decoy"] {
+        fs::create_dir_all(wd.join(d)).unwrap();
+        fs::set_permissions(wd.join(d), fs::Permissions::from_mode(0o1777)).unwrap();
+    }
+    let lnk = wd.join("lnk");
+    std::os::unix::fs::symlink(wd.join("real"), &lnk).unwrap();
+    let id = c.submit(
+        &alice,
+        &[
+            "--cwd",
+            lnk.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "umask 077; echo planted > planted; sleep 86430",
+        ],
+    );
+    c.wait_state(id, "running", T);
+    wait_until("the job to write its file", T, || {
+        wd.join("real/planted").exists().then_some(())
+    });
+    assert_eq!(fs::metadata(wd.join("real/planted")).unwrap().uid(), slot);
+    // The owner points the path elsewhere before the job ends.
+    fs::remove_file(&lnk).unwrap();
+    std::os::unix::fs::symlink(wd.join("decoy"), &lnk).unwrap();
+    ok(c.stj(Some(&alice), &wd, &["rm", &id.to_string()]));
+    wait_until("the lease's sweep", T, || {
+        c.starter_log("node1")
+            .contains("slot user's lease ended; swept")
+            .then_some(())
+    });
+    let m = fs::metadata(wd.join("real/planted")).unwrap();
+    assert_eq!(
+        (m.uid(), m.mode() & 0o777),
+        (alice.uid, 0o600),
+        "swept where the job really wrote"
+    );
+
+    // The node's root is no working directory for a slot-user job.
+    let root_job = c.submit(&alice, &["--cwd", "/", "--", "true"]);
+    let job = c.wait_state(root_job, "completed", T);
+    assert!(
+        job["reason"].as_str().unwrap().contains("cannot be /"),
+        "{job}"
+    );
+}

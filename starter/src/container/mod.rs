@@ -46,6 +46,10 @@ pub struct ContainerSpec {
     /// A slot-user job: a read-only, nosuid view of the node outside its
     /// working directory, and no set-id files (see `view.rs`, `confine.rs`).
     pub confined: bool,
+    /// A confined job's working directory as the starter opened it (device,
+    /// inode): the init makes writable exactly that directory — the one
+    /// the slot-user sweep walks — or refuses to start the job.
+    pub writable_workdir: Option<(u64, u64)>,
 }
 
 /// How a job ended, as the init (or its monitor) reported it.
@@ -98,6 +102,24 @@ pub enum Launch {
     Started(Container),
     /// The container or the job could not start; the job is over.
     Failed(Exit),
+}
+
+/// Gives the child `cmd` will start our `fd` as its fd 3 (`session-enter`
+/// gets the job's init pidfd so).
+pub fn pass_as_fd3(cmd: &mut tokio::process::Command, fd: std::os::fd::RawFd) {
+    // SAFETY: only async-signal-safe calls (dup2/fcntl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd == 3 {
+                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {

@@ -17,12 +17,12 @@ use std::ffi::CString;
 use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{symlink, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
-use nix::fcntl::{AtFlags, OFlag};
+use nix::fcntl::OFlag;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::stat::{fstatat, Mode, SFlag};
+use nix::sys::stat::{Mode, SFlag};
 use nix::unistd::{Gid, Uid};
 
 use super::ContainerSpec;
@@ -40,19 +40,41 @@ fn mnt(
 
 /// `mount_setattr(2)` on `path` and, with `recursive`, everything under it.
 fn set_mount_attrs(path: &Path, set: u64, clear: u64, recursive: bool) -> Result<()> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes())?;
+    set_mount_attrs_at(None, path, set, clear, recursive)
+}
+
+/// `set_mount_attrs` on the mount `fd` is on (when given; `path` then only
+/// names it in messages).
+fn set_mount_attrs_at(
+    fd: Option<&OwnedFd>,
+    path: &Path,
+    set: u64,
+    clear: u64,
+    recursive: bool,
+) -> Result<()> {
+    let c = match fd {
+        Some(_) => CString::default(),
+        None => CString::new(path.as_os_str().as_encoded_bytes())?,
+    };
     let attr = libc::mount_attr {
         attr_set: set,
         attr_clr: clear,
         propagation: 0,
         userns_fd: 0,
     };
-    let flags = if recursive { libc::AT_RECURSIVE } else { 0 };
+    let mut flags = if recursive { libc::AT_RECURSIVE } else { 0 };
+    let dirfd = match fd {
+        Some(fd) => {
+            flags |= libc::AT_EMPTY_PATH;
+            fd.as_raw_fd()
+        }
+        None => libc::AT_FDCWD,
+    };
     // SAFETY: a NUL-terminated path and a mount_attr of the size we pass.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
+            dirfd,
             c.as_ptr(),
             flags,
             &attr as *const libc::mount_attr,
@@ -66,8 +88,57 @@ fn set_mount_attrs(path: &Path, set: u64, clear: u64, recursive: bool) -> Result
     Ok(())
 }
 
-/// Binds `path` onto itself, writable (but still nosuid): a confined job's
-/// own places in an otherwise read-only view.
+/// A confined job's working directory, made writable (that mount only:
+/// mounts below it stay read-only) and nosuid. It must be the directory the
+/// starter opened (`id`: device and inode), which the slot-user sweep walks:
+/// resolved here in the job's view (`base`), checked, then bound onto itself
+/// from the checked fd, so no path swap in between changes what is made
+/// writable. A different directory refuses the job.
+fn writable_workdir(base: &OwnedFd, cwd: &str, id: (u64, u64)) -> Result<()> {
+    let open = || {
+        crate::in_root::open(base, cwd, libc::O_PATH | libc::O_DIRECTORY)
+            .with_context(|| format!("cannot open the working directory {cwd}"))
+    };
+    let dir = open()?;
+    let st = nix::sys::stat::fstat(dir.as_raw_fd())?;
+    if (st.st_dev, st.st_ino) != id {
+        anyhow::bail!(
+            "the working directory {cwd} was replaced while the job started; submit it again"
+        );
+    }
+    let at = format!("/proc/self/fd/{}", dir.as_raw_fd());
+    mnt(
+        &at,
+        Path::new(&at),
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    drop(dir);
+    // Opened again: now the path crosses into the new mount.
+    let top = open()?;
+    set_mount_attrs_at(
+        Some(&top),
+        Path::new(cwd),
+        libc::MOUNT_ATTR_NOSUID,
+        libc::MOUNT_ATTR_RDONLY,
+        false,
+    )
+}
+
+fn open_dir(path: &Path) -> Result<OwnedFd> {
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: a fresh fd from open().
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Binds `path` onto itself, writable (but still nosuid): the job's session
+/// files, in a confined job's otherwise read-only view.
 fn writable(path: &Path) -> Result<()> {
     let p = path.to_string_lossy();
     mnt(&p, path, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
@@ -124,11 +195,8 @@ fn nosuid() -> MsFlags {
 }
 
 fn node_view(spec: &ContainerSpec) -> Result<()> {
-    if spec.confined {
-        let cwd = Path::new(&spec.cwd);
-        if cwd.is_dir() {
-            writable(cwd)?;
-        }
+    if let Some(id) = spec.writable_workdir {
+        writable_workdir(&open_dir(Path::new("/"))?, &spec.cwd, id)?;
     }
     private_proc_and_tmp(Path::new("/"))?;
     mount_devpts(Path::new("/dev/pts"))?;
@@ -183,7 +251,6 @@ fn image_root(spec: &ContainerSpec, image: &Path, root: &Path, groups: &[Gid]) -
     })?;
     // SAFETY: a fresh fd from open().
     let img = unsafe { OwnedFd::from_raw_fd(img) };
-    let at = |name: &str| PathBuf::from(format!("/proc/self/fd/{}/{name}", img.as_raw_fd()));
 
     mnt(
         "tmpfs",
@@ -202,18 +269,29 @@ fn image_root(spec: &ContainerSpec, image: &Path, root: &Path, groups: &[Gid]) -
         .collect::<Vec<_>>();
     for name in names {
         let target = root.join(&name);
-        let Ok(st) = fstatat(
+        // Opened without following a symlink, checked on what was opened,
+        // and mounted from that very fd: the image is its owner's, who could
+        // swap an entry for a symlink between a check by name and a mount
+        // by name (mount(2) follows symlinks, as root).
+        let Ok(entry) = nix::fcntl::openat(
             Some(img.as_raw_fd()),
             name.as_str(),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
         ) else {
             continue;
         };
+        // SAFETY: a fresh fd from openat().
+        let entry = unsafe { OwnedFd::from_raw_fd(entry) };
+        let Ok(st) = nix::sys::stat::fstat(entry.as_raw_fd()) else {
+            continue;
+        };
+        let source = format!("/proc/self/fd/{}", entry.as_raw_fd());
         match SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT) {
             SFlag::S_IFDIR => {
                 fs::create_dir(&target)?;
                 mnt(
-                    &at(&name).to_string_lossy(),
+                    &source,
                     &target,
                     None,
                     MsFlags::MS_BIND | MsFlags::MS_REC,
@@ -222,16 +300,11 @@ fn image_root(spec: &ContainerSpec, image: &Path, root: &Path, groups: &[Gid]) -
             }
             SFlag::S_IFREG => {
                 fs::File::create(&target)?;
-                mnt(
-                    &at(&name).to_string_lossy(),
-                    &target,
-                    None,
-                    MsFlags::MS_BIND,
-                    None,
-                )?;
+                mnt(&source, &target, None, MsFlags::MS_BIND, None)?;
             }
             SFlag::S_IFLNK => {
-                let to = nix::fcntl::readlinkat(Some(img.as_raw_fd()), name.as_str())?;
+                // The link itself (empty path: the fd), copied, never followed.
+                let to = nix::fcntl::readlinkat(Some(entry.as_raw_fd()), "")?;
                 symlink(to, &target)?;
             }
             _ => {}
@@ -276,6 +349,9 @@ fn image_root(spec: &ContainerSpec, image: &Path, root: &Path, groups: &[Gid]) -
     if let Some(kit) = &spec.kit {
         mount_kit(&r(".stj"), kit, &spec.sessions, spec.confined)?;
     }
+    if let Some(id) = spec.writable_workdir {
+        writable_workdir(&open_dir(root)?, &spec.cwd, id)?;
+    }
     nix::unistd::chdir(root)?;
     // pivot_root(".", ".") stacks the old root on the new one; the lazy
     // unmount then drops it without needing a spare directory.
@@ -284,12 +360,6 @@ fn image_root(spec: &ContainerSpec, image: &Path, root: &Path, groups: &[Gid]) -
     nix::unistd::chdir("/")?;
     // The top level is ours and fixed; what is under it is the image's.
     set_mount_attrs(Path::new("/"), libc::MOUNT_ATTR_RDONLY, 0, false)?;
-    if spec.confined {
-        let cwd = Path::new(&spec.cwd);
-        if cwd.is_dir() && cwd != Path::new("/") {
-            writable(cwd)?;
-        }
-    }
     Ok(())
 }
 

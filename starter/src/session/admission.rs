@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Handshakes doing work at once on this node.
-pub const MAX_HANDSHAKES: usize = 256;
+pub const MAX_HANDSHAKES: usize = 1024;
 /// Of those, the most one user's capabilities may hold; more wait.
 pub const MAX_HANDSHAKES_PER_USER: usize = 32;
 /// Direct connections not heard from yet, per source address and in all

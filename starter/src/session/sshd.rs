@@ -114,6 +114,15 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
     fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let enter_path = spec.sessions.with_file_name(format!("session-{sid}.json"));
     let _cleanup = Cleanup(vec![dir.clone(), enter_path.clone()]);
+    // A private home is made while the session dir is still root's alone:
+    // once it is the job user's, a path under it could be swapped for a
+    // symlink between our calls (and root's chown would follow it).
+    if a.home == Home::Private {
+        let private = dir.join("home");
+        fs::create_dir(&private).with_context(|| format!("cannot create {}", private.display()))?;
+        std::os::unix::fs::chown(&private, Some(spec.uid), Some(spec.gid))?;
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o700))?;
+    }
     std::os::unix::fs::chown(&dir, Some(spec.uid), Some(spec.gid))?;
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
 
@@ -141,16 +150,8 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
 
     let home = match &a.home {
         Home::Own(h) => h.clone(),
-        Home::Private => {
-            // A fresh one per session, private to the job's user, gone
-            // with the session's files.
-            let private = dir.join("home");
-            fs::create_dir(&private)
-                .with_context(|| format!("cannot create {}", private.display()))?;
-            std::os::unix::fs::chown(&private, Some(spec.uid), Some(spec.gid))?;
-            fs::set_permissions(&private, fs::Permissions::from_mode(0o700))?;
-            dir_in_job.join("home").to_string_lossy().into_owned()
-        }
+        // A fresh one per session (made above), gone with its files.
+        Home::Private => dir_in_job.join("home").to_string_lossy().into_owned(),
     };
     let passwd = passwd_line(spec);
     let mut env = spec.env.clone();
@@ -222,20 +223,7 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
         .stdin(Stdio::from(socket))
         .stdout(Stdio::from(socket_out))
         .stderr(Stdio::piped());
-    let raw = init.pidfd.as_raw_fd();
-    // SAFETY: only async-signal-safe calls (dup2/fcntl) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if raw == 3 {
-                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(raw, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::container::pass_as_fd3(&mut cmd, init.pidfd.as_raw_fd());
     let mut child = cmd.spawn().context("cannot start the session helper")?;
     // The helper holds the socket now; our copies went with `cmd`.
     drop(cmd);
