@@ -1,13 +1,18 @@
 //! Audit records of ssh-to-job sessions (the request, granted or denied, then
 //! the path, start, end, bytes each way and exit status), written by one
 //! thread in batches: one transaction (one fsync) per batch instead of one
-//! per request, so issuing capabilities is not bound by disk latency. A
-//! record reaches disk within milliseconds; a crash can lose only the
-//! records of the last batch in flight, never a job state change (those
-//! commit one by one in `queue.rs`).
+//! per request, so issuing capabilities is not bound by disk latency.
+//!
+//! It fails closed: a grant is recorded with `record`, which returns only
+//! once the record is committed — the capability is handed out after that,
+//! or not at all (disk full, database broken). Everything else (denials,
+//! what nodes report) is `send`: never waited for, and never dropped when
+//! a commit fails — the writer keeps it and tries again.
 
 use std::path::Path;
 use std::sync::mpsc;
+
+use tokio::sync::oneshot;
 
 use rusqlite::{params, Connection};
 
@@ -56,11 +61,19 @@ pub enum Event {
     },
 }
 
+/// An event, when it happened, and who waits for its commit.
+type Queued = (Event, i64, Option<oneshot::Sender<Result<(), String>>>);
+
 pub struct AuditLog {
-    tx: mpsc::Sender<(Event, i64)>,
+    tx: mpsc::Sender<Queued>,
 }
 
 const MAX_BATCH: usize = 4096;
+/// Events kept across failed commits at most (about 1 KiB each); beyond
+/// this the oldest are dropped, loudly.
+const MAX_HELD: usize = 100_000;
+/// How soon a failed commit is tried again.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl AuditLog {
     /// Opens a second connection to the queue database for the writer
@@ -70,18 +83,30 @@ impl AuditLog {
         let conn = Connection::open(db)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let (tx, rx) = mpsc::channel::<(Event, i64)>();
+        let (tx, rx) = mpsc::channel::<Queued>();
+        let path = db.to_path_buf();
         std::thread::Builder::new()
             .name("stj-audit".into())
-            .spawn(move || writer(conn, rx, retention_days))
+            .spawn(move || writer(conn, rx, retention_days, &path))
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         Ok(AuditLog { tx })
     }
 
+    /// Queues `e`; it is written soon, and kept until it is.
     pub fn send(&self, e: Event) {
-        if self.tx.send((e, now())).is_err() {
+        if self.tx.send((e, now(), None)).is_err() {
             tracing::error!("audit writer is gone; a record was lost");
         }
+    }
+
+    /// Writes `e` and returns once it is committed, or why it could not be.
+    pub async fn record(&self, e: Event) -> Result<(), String> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send((e, now(), Some(ack)))
+            .map_err(|_| "the audit writer is gone".to_string())?;
+        done.await
+            .unwrap_or_else(|_| Err("the audit writer is gone".to_string()))
     }
 }
 
@@ -156,8 +181,10 @@ fn prune(conn: &Connection, days: u64, now: i64) -> rusqlite::Result<usize> {
     conn.execute("DELETE FROM sessions WHERE issued_at < ?1", params![cutoff])
 }
 
-fn writer(mut conn: Connection, rx: mpsc::Receiver<(Event, i64)>, retention_days: u64) {
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Queued>, retention_days: u64, path: &Path) {
     let mut next_prune = std::time::Instant::now();
+    // Events whose commit failed, oldest first, tried again with the next batch.
+    let mut held: std::collections::VecDeque<(Event, i64)> = std::collections::VecDeque::new();
     loop {
         if std::time::Instant::now() >= next_prune {
             match prune(&conn, retention_days, now()) {
@@ -167,12 +194,13 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<(Event, i64)>, retention_days
             }
             next_prune = std::time::Instant::now() + PRUNE_EVERY;
         }
-        let first = match rx.recv_timeout(PRUNE_EVERY) {
-            Ok(e) => e,
-            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+        let wait = if held.is_empty() { PRUNE_EVERY } else { RETRY };
+        let mut batch: Vec<Queued> = match rx.recv_timeout(wait) {
+            Ok(e) => vec![e],
+            Err(mpsc::RecvTimeoutError::Timeout) if held.is_empty() => continue,
+            Err(mpsc::RecvTimeoutError::Timeout) => vec![],
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
-        let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(r) => batch.push(r),
@@ -185,13 +213,46 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<(Event, i64)>, retention_days
             // that reads first cannot wait when it upgrades: it failed with
             // "database is locked" when a requeue committed in between.
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            for (event, at) in &batch {
+            for (event, at) in &held {
+                apply(&tx, event, *at)?;
+            }
+            for (event, at, _) in &batch {
                 apply(&tx, event, *at)?;
             }
             tx.commit()
         })();
-        if let Err(e) = result {
-            tracing::error!(error = %e, records = batch.len(), "cannot write audit records");
+        match result {
+            Ok(()) => {
+                if !held.is_empty() {
+                    tracing::info!(records = held.len(), "held audit records written");
+                    held.clear();
+                }
+                for (_, _, ack) in batch {
+                    if let Some(ack) = ack {
+                        let _ = ack.send(Ok(()));
+                    }
+                }
+            }
+            Err(e) => {
+                let why = format!(
+                    "cannot write the audit log {} ({e}; is its filesystem full?)",
+                    path.display()
+                );
+                tracing::error!(error = %why, held = held.len() + batch.len(), "audit records kept for another try; grants are refused until they can be recorded");
+                for (event, at, ack) in batch {
+                    match ack {
+                        // The grant is refused: nothing to keep.
+                        Some(ack) => {
+                            let _ = ack.send(Err(why.clone()));
+                        }
+                        None => held.push_back((event, at)),
+                    }
+                }
+                while held.len() > MAX_HELD {
+                    held.pop_front();
+                    tracing::error!("too many audit records held; the oldest was dropped");
+                }
+            }
         }
     }
 }

@@ -73,7 +73,7 @@ pub fn connect_back(
     Ok(())
 }
 
-pub fn issue(
+pub async fn issue(
     schedd: &Schedd,
     uid: u32,
     req: RequestSessionRequest,
@@ -174,16 +174,28 @@ pub fn issue(
     let encoded = cap.encode().map_err(|e| internal(&e))?;
     let k = derive_k(&target.key, &encoded);
     let sid = cap.session_hex();
+    // No grant that cannot be audited: the capability leaves only once its
+    // record is committed.
+    if let Err(why) = schedd
+        .audit
+        .record(Event::Issued(Record {
+            session_id: sid.clone(),
+            job_id: job.id,
+            uid,
+            node: job.node.clone(),
+            outcome: "granted".into(),
+        }))
+        .await
+    {
+        schedd.limits.forget(&session_id);
+        tracing::error!(job_id = job.id, uid, reason = %why, "session not granted: it could not be audited");
+        return Err(Status::unavailable(format!(
+            "no session was granted because the schedd could not record it ({why}); tell the admin"
+        )));
+    }
     let relay_token = schedd
         .rendezvous
         .grant(session_id, &job.node, uid, cap.expiry);
-    schedd.audit.send(Event::Issued(Record {
-        session_id: sid.clone(),
-        job_id: job.id,
-        uid,
-        node: job.node.clone(),
-        outcome: "granted".into(),
-    }));
     tracing::info!(session_id = %sid, job_id = job.id, uid, node = %job.node, "session granted");
     Ok(RequestSessionReply {
         capability: encoded,

@@ -161,6 +161,11 @@ impl SessionLimits {
         }
     }
 
+    /// A capability that was never handed out stops counting.
+    pub fn forget(&self, id: &SessionId) {
+        self.lock().remove(id);
+    }
+
     /// `node` says the session ended.
     pub fn ended(&self, node: &str, id: &SessionId) {
         let mut inner = self.lock();

@@ -229,7 +229,9 @@ impl ScheddApi for UserApi {
         req: Request<RequestSessionRequest>,
     ) -> Result<Response<RequestSessionReply>, Status> {
         let who = caller(&req)?;
-        crate::capability_issuer::issue(&self.schedd, who.uid, req.into_inner()).map(Response::new)
+        crate::capability_issuer::issue(&self.schedd, who.uid, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn audit(&self, req: Request<AuditRequest>) -> Result<Response<AuditReply>, Status> {

@@ -190,3 +190,65 @@ fn per_user_caps_on_open_sessions_and_unused_capabilities() {
         .filter(|r| r["outcome"] != "granted")
         .all(|r| r["path"].is_null() && r["started_at"].is_null()));
 }
+
+#[test]
+fn a_grant_that_cannot_be_audited_is_not_given() {
+    let mut c = Cluster::new();
+    c.start_starter("node1", 1);
+    let alice = TestUser::alice();
+    let job = c.submit(&alice, &["--", "sleep", "86433"]);
+    c.wait_state(job, "running", T);
+    // The schedd's state moves to a small filesystem of its own.
+    c.kill_schedd();
+    let backup = c.path().join("state-backup");
+    let sh = |cmd: String| {
+        assert!(
+            std::process::Command::new("sh")
+                .args(["-c", &cmd])
+                .status()
+                .unwrap()
+                .success(),
+            "{cmd}"
+        )
+    };
+    let state = c.state_dir.display().to_string();
+    sh(format!(
+        "cp -a {state} {b} && mount -t tmpfs -o size=4m tmpfs {state} && cp -a {b}/. {state}/ && chmod 700 {state}",
+        b = backup.display()
+    ));
+    c.start_schedd();
+    c.wait_registrations("node1", 2, T);
+    // Full: nothing more can be written there.
+    let _ = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("dd if=/dev/zero of={state}/fill bs=64k 2>/dev/null"),
+        ])
+        .status();
+    let out = c.ssh_to_job(&alice, &[&job.to_string(), "echo should-not-run"], None);
+    let err = stderr(&out);
+    let granted_anyway = out.status.success();
+    sh(format!("rm -f {state}/fill"));
+    assert!(
+        !granted_anyway,
+        "a session ran without an audit record: {err}"
+    );
+    assert!(out.stdout.is_empty());
+    assert!(
+        err.contains("could not record it") && err.contains("queue.sqlite") && err.contains("full"),
+        "{err}"
+    );
+    assert!(c
+        .schedd_log()
+        .contains("grants are refused until they can be recorded"));
+    // With room again, sessions are granted, and recorded.
+    let out = c.ssh_to_job(&alice, &[&job.to_string(), "echo recorded"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let records = c.audit(None, job);
+    assert!(
+        records.iter().any(|r| r["outcome"] == "granted"),
+        "{records:?}"
+    );
+    c.kill_schedd();
+    sh(format!("umount {state}"));
+}
