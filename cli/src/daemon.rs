@@ -16,6 +16,20 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// The soft fd limit now (after `raise_fd_limit`): what the daemons divide
+/// among the things a peer can make them hold.
+pub fn fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit on our own process with a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    lim.rlim_cur
+}
+
 /// Resolves on SIGTERM or SIGINT: the daemons' graceful shutdown.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

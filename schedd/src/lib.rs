@@ -14,6 +14,7 @@ pub mod queue;
 mod registry;
 mod session_limits;
 mod user_api;
+mod user_socket;
 
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -24,7 +25,6 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Notify};
-use tokio_stream::wrappers::UnixListenerStream;
 
 pub use config::ScheddConfig;
 
@@ -47,6 +47,33 @@ pub struct Schedd {
     limits: session_limits::SessionLimits,
     /// The port as clients on this host dial it.
     broker_addr: String,
+    /// What peers may hold, as shares of the fd limit.
+    budget: Budget,
+    /// Relayed sessions at once (each holds two sockets and two pipes).
+    relays: Arc<tokio::sync::Semaphore>,
+}
+
+/// The schedd's fd limit, divided among what peers can make it hold, so
+/// that no kind of peer can exhaust it for the others: half for TCP
+/// connections (starter links, relay halves, routing), a quarter for the
+/// pipes of relayed sessions, a sixteenth for users' connections to the
+/// UNIX socket and a thirty-second for root's; the rest (database, logs,
+/// dial-outs) stays free.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    pub tcp: usize,
+    pub relays: usize,
+    pub user_socket: user_socket::Caps,
+}
+
+impl Budget {
+    pub fn for_fd_limit(limit: u64) -> Budget {
+        Budget {
+            tcp: (limit / 2).max(64) as usize,
+            relays: (limit / 16).max(16) as usize,
+            user_socket: user_socket::Caps::for_fd_limit(limit),
+        }
+    }
 }
 
 impl Schedd {
@@ -81,6 +108,8 @@ pub async fn run(config: ScheddConfig, shutdown: impl Future<Output = ()>) -> Re
     std::fs::write(config.state_dir.join(ADDR_FILE), local.to_string())?;
 
     let limits = restore_limits(&queue, &config)?;
+    let budget = Budget::for_fd_limit(stj_cli::daemon::fd_limit());
+    tracing::info!(?budget, "connection caps (shares of the fd limit)");
     let (changes, _) = watch::channel(0);
     let schedd = Arc::new(Schedd {
         enrolment,
@@ -101,6 +130,8 @@ pub async fn run(config: ScheddConfig, shutdown: impl Future<Output = ()>) -> Re
             };
             std::net::SocketAddr::new(ip, local.port()).to_string()
         }),
+        budget,
+        relays: Arc::new(tokio::sync::Semaphore::new(budget.relays)),
         config,
     });
     tracing::info!(listen = %local, socket = %schedd.config.socket.display(), "schedd ready");
@@ -110,16 +141,27 @@ pub async fn run(config: ScheddConfig, shutdown: impl Future<Output = ()>) -> Re
     });
     let user_server = tonic::transport::Server::builder()
         .add_service(api)
-        .serve_with_incoming(UnixListenerStream::new(uds));
+        .serve_with_incoming(user_socket::incoming(uds, budget.user_socket));
 
-    tokio::select! {
-        _ = listener::run(schedd.clone(), tcp, tls) => {}
-        _ = matchmaker::run(schedd.clone()) => {}
-        r = user_server => r.context("user API server failed")?,
-        _ = shutdown => tracing::info!("schedd shutting down"),
+    // None of these ends while the schedd is healthy: one that does is a
+    // failure, said loudly and with a non-zero exit, never a quiet exit 0.
+    let outcome = tokio::select! {
+        _ = listener::run(schedd.clone(), tcp, tls) => Err(anyhow::anyhow!("the TCP listener on {local} stopped")),
+        _ = matchmaker::run(schedd.clone()) => Err(anyhow::anyhow!("the matchmaker stopped")),
+        r = user_server => Err(match r {
+            Ok(()) => anyhow::anyhow!("the user API server on {} stopped", schedd.config.socket.display()),
+            Err(e) => anyhow::Error::new(e).context(format!("the user API server on {} failed", schedd.config.socket.display())),
+        }),
+        _ = shutdown => {
+            tracing::info!("schedd shutting down");
+            Ok(())
+        }
+    };
+    if let Err(e) = &outcome {
+        tracing::error!(error = %format!("{e:#}"), "schedd stopping");
     }
     std::fs::remove_file(&schedd.config.socket).ok();
-    Ok(())
+    outcome
 }
 
 /// The per-user session counts as the audit records left them: open

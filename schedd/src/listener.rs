@@ -17,7 +17,6 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::Schedd;
 
-const MAX_CONNECTIONS: usize = 20_000;
 const TLS_DEADLINE: Duration = Duration::from_secs(10);
 /// A connection must say what it is this quickly.
 const PREAMBLE_DEADLINE: Duration = Duration::from_secs(5);
@@ -25,7 +24,9 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 pub async fn run(schedd: Arc<Schedd>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
     let acceptor = TlsAcceptor::from(tls);
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // A share of the fd limit (lib.rs, Budget): beyond it, connections
+    // wait in the kernel's backlog instead of taking fds others need.
+    let limit = Arc::new(Semaphore::new(schedd.budget.tcp));
     let mut backoff = Duration::from_millis(10);
     loop {
         let permit = match limit.clone().acquire_owned().await {

@@ -33,6 +33,8 @@ pub struct Cluster {
     pub net: Option<crate::netns::Net>,
     /// Daemons started from now on log at debug level.
     pub debug: bool,
+    /// The schedd's fd limit, when a test wants a small one.
+    pub schedd_fd_limit: Option<u64>,
 }
 
 fn log_file(path: &Path) -> Stdio {
@@ -81,6 +83,7 @@ impl Cluster {
             daemon_sock: p.join("daemon_sock"),
             net,
             debug: false,
+            schedd_fd_limit: None,
         };
         let out = Command::new(bin("stj-schedd"))
             .arg("init-daemon-sock")
@@ -143,8 +146,24 @@ impl Cluster {
             (None, None) => "127.0.0.1:0".into(),
         };
         let ns = self.net.as_ref().map(|n| n.submit.clone());
-        let child = self
-            .command(ns.as_deref(), None, &bin("stj-schedd"))
+        let mut cmd = self.command(ns.as_deref(), None, &bin("stj-schedd"));
+        if let Some(n) = self.schedd_fd_limit {
+            // SAFETY: setrlimit between fork and exec is async-signal-safe;
+            // the schedd then raises its soft limit only up to this hard one.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .arg("--daemon-sock-dir")
             .arg(&self.daemon_sock)
             .arg("--config")

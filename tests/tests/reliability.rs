@@ -508,3 +508,72 @@ fn submits_cut_off_by_a_schedd_kill_queue_each_job_exactly_once() {
     let again = ok(submit(&["--request-id", "settle-me"]).output().unwrap());
     assert_eq!(first, again, "the same request id returns the same job");
 }
+
+#[test]
+fn a_local_user_flooding_both_ports_neither_stops_nor_starves_the_schedd() {
+    let mut c = Cluster::new();
+    // A small fd limit, so that the flood would reach it without the caps.
+    c.kill_schedd();
+    c.schedd_fd_limit = Some(1024);
+    c.start_schedd();
+    c.start_starter("node1", 1);
+    let (alice, bob) = (TestUser::alice(), TestUser::bob());
+    let job = c.submit(&alice, &["--", "sleep", "86434"]);
+    c.wait_state(job, "running", T);
+    let pid = nix::unistd::Pid::from_raw(c.schedd_pid().unwrap() as i32);
+    // Bob opens 3,000 connections to the user socket and 1,500 to the TCP
+    // port, holds them, and says "ready".
+    let addr = c.addr.clone().unwrap();
+    let (host, port) = addr.split_once(':').unwrap();
+    let flood = format!(
+        "import socket, sys, time\n\
+         held = []\n\
+         for i in range(3000):\n\
+         \x20   s = socket.socket(socket.AF_UNIX); s.settimeout(1)\n\
+         \x20   try: s.connect('{sock}'); held.append(s)\n\
+         \x20   except OSError: pass\n\
+         for i in range(1500):\n\
+         \x20   s = socket.socket(); s.settimeout(1)\n\
+         \x20   try: s.connect(('{host}', {port})); held.append(s)\n\
+         \x20   except OSError: pass\n\
+         print('ready', flush=True)\n\
+         sys.stdin.read()\n",
+        sock = c.socket.display()
+    );
+    let mut bobs = std::process::Command::new("python3");
+    bobs.args(["-c", &flood])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    std::os::unix::process::CommandExt::uid(&mut bobs, bob.uid);
+    std::os::unix::process::CommandExt::gid(&mut bobs, bob.gid);
+    let mut bobs = bobs.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(bobs.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    // Meanwhile: alice and root are served, and alice gets a session.
+    let started = std::time::Instant::now();
+    let q = c.stj(Some(&alice), c.path(), &["q", "--json"]);
+    let q_took = started.elapsed();
+    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    assert!(c.stj(None, c.path(), &["q"]).status.success());
+    let out = ok(c.ssh_to_job(
+        &alice,
+        &["--mode", "direct", &job.to_string(), "echo served"],
+        None,
+    ));
+    assert_eq!(out, "served\n");
+    eprintln!("under the flood: alice's stj q took {q_took:?}");
+    assert!(
+        nix::sys::signal::kill(pid, None).is_ok(),
+        "the schedd is alive"
+    );
+    assert!(c.socket.exists(), "its socket is still there");
+    assert!(c.schedd_log().contains("connection caps"));
+    drop(bobs.stdin.take());
+    bobs.wait().unwrap();
+    assert!(c.stj(Some(&alice), c.path(), &["q"]).status.success());
+}

@@ -31,6 +31,12 @@ pub async fn serve(
             }
         }
         Role::Client => {
+            // Each relayed session holds two sockets and two kernel pipes:
+            // their number is a share of the fd limit (lib.rs, Budget).
+            let Ok(_relaying) = schedd.relays.clone().try_acquire_owned() else {
+                tracing::warn!(session_id = %sid, cap = schedd.budget.relays, "relay: as many sessions relayed as the schedd may hold; refused (direct and reverse paths still work)");
+                return;
+            };
             let (node, starter_token, partner) =
                 match schedd.rendezvous.client_arrives(&session_id, &token) {
                     Ok(v) => v,
