@@ -3,9 +3,11 @@
 //! (every binary has a hidden `generate-docs DIR`; `scripts/gen-docs.sh`
 //! runs them all). `daemon`: process setup of stj-schedd and stj-starter.
 //! `private_file`: secrets on disk, written and read so others cannot.
+//! `shares`: what peers may hold of a daemon's capacity.
 
 pub mod daemon;
 pub mod private_file;
+pub mod shares;
 
 use std::fs;
 use std::io;

@@ -240,6 +240,16 @@ impl Enrolment {
         Ok(Admitted::Enrolled)
     }
 
+    /// Whether some node is enrolled with this key.
+    pub fn is_enrolled(&self, cert: [u8; 32]) -> rusqlite::Result<bool> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT 1 FROM nodes WHERE cert_sha256 = ?1")?
+            .query_row(params![cert.to_vec()], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
     /// Unpins `name`: it can enrol again with a new token. False if it was
     /// not enrolled.
     pub fn forget(&self, name: &str) -> rusqlite::Result<bool> {

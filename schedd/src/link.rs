@@ -28,16 +28,27 @@ const HELLO_DEADLINE: Duration = Duration::from_secs(10);
 /// Messages queued for one starter before it counts as too slow.
 const OUTBOX: usize = 1024;
 const LINK_BUFFER: usize = 128;
+/// The largest hello from a key no node is enrolled with.
+pub const MAX_ENROLMENT_HELLO: usize = 16 * 1024;
 
 /// Registers a starter, then hands its link to a task of its own. `cert`
 /// is the SHA-256 of the certificate the starter proved it holds in TLS;
-/// `keep` (the listener's connection permit) lives as long as the link.
-pub async fn serve<S, K>(schedd: Arc<Schedd>, stream: S, peer: SocketAddr, cert: [u8; 32], keep: K)
-where
+/// `keep` (the listener's connection permit) lives as long as the link,
+/// `preauth` (its pre-authentication slot) until the hello is checked.
+pub async fn serve<S, K, P>(
+    schedd: Arc<Schedd>,
+    stream: S,
+    peer: SocketAddr,
+    cert: [u8; 32],
+    keep: K,
+    preauth: P,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     K: Send + 'static,
 {
-    match register(schedd, stream, peer, cert).await {
+    let registered = register(schedd, stream, peer, cert).await;
+    drop(preauth);
+    match registered {
         // The registration's state machine is several KiB (the hello, its
         // reconciliation); the link's steady state needs far less. A fresh
         // task sized for the steady state alone is what each of thousands
@@ -83,6 +94,13 @@ where
     // Small initial buffers: an idle link must cost the schedd little memory
     // (thousands of starters); they grow when a large message comes.
     let mut framed = Framed::with_capacity(stream, link_codec(), LINK_BUFFER);
+    // A key no node is enrolled with may only enrol: its hello is small
+    // (a new node has little to report), so unauthenticated peers cannot
+    // make us buffer megabytes each.
+    let known = schedd.enrolment.is_enrolled(cert).unwrap_or(false);
+    if !known {
+        framed.codec_mut().set_max_frame_length(MAX_ENROLMENT_HELLO);
+    }
     let first = tokio::time::timeout(HELLO_DEADLINE, framed.next())
         .await
         .context("no hello within the deadline")?
@@ -125,6 +143,10 @@ where
         bail!("refused: {reason}");
     }
     let name = hello.name.clone();
+    // Known now: its reports may be as large as any node's.
+    framed
+        .codec_mut()
+        .set_max_frame_length(stj_proto::framing::MAX_LINK_FRAME);
 
     let mut starter_key = [0u8; 32];
     SystemRandom::new()

@@ -1,17 +1,22 @@
 //! The schedd's one TCP port. Every inbound connection (starter links over
 //! TLS, shared-port routing, relay halves) arrives here and is told apart by
-//! its first bytes, so an admin opens exactly one port. Bounded: a semaphore
-//! caps concurrent connections, accept errors back off, a peer that says
-//! nothing is dropped after a deadline, and one bad connection never takes
-//! the listener down.
+//! its first bytes, so an admin opens exactly one port. Bounded before a
+//! peer is known: connections are a share of the fd limit; silent ones are
+//! bounded per source and evicted oldest first; TLS handshakes up to the
+//! checked hello take one of a few slots (a share per source), and an
+//! unknown key's hello is small (`link.rs`); accept errors back off and one
+//! bad connection never takes the listener down.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::net::IpAddr;
 use stj_proto::preamble::{Preamble, MAX_LEN};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
+
+use stj_cli::shares::{KeyedShares, Unheard, UnheardConn};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
@@ -21,12 +26,22 @@ const TLS_DEADLINE: Duration = Duration::from_secs(10);
 /// A connection must say what it is this quickly.
 const PREAMBLE_DEADLINE: Duration = Duration::from_secs(5);
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+/// Connections not heard from yet, per source and in all.
+const UNHEARD_PER_SOURCE: usize = 1024;
+const UNHEARD: usize = 4096;
+/// Starter links between accept and their checked hello (TLS state, the
+/// hello frame), at once, and per source address: a reconnect storm from
+/// behind one NAT proceeds a slice at a time, a flood holds at most this.
+pub const PREAUTH: usize = 128;
+pub const PREAUTH_PER_SOURCE: usize = 64;
 
 pub async fn run(schedd: Arc<Schedd>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
     let acceptor = TlsAcceptor::from(tls);
     // A share of the fd limit (lib.rs, Budget): beyond it, connections
     // wait in the kernel's backlog instead of taking fds others need.
     let limit = Arc::new(Semaphore::new(schedd.budget.tcp));
+    let unheard = Unheard::new(UNHEARD_PER_SOURCE, UNHEARD);
+    let preauth = Arc::new(KeyedShares::new(PREAUTH, PREAUTH_PER_SOURCE));
     let mut backoff = Duration::from_millis(10);
     loop {
         let permit = match limit.clone().acquire_owned().await {
@@ -49,7 +64,11 @@ pub async fn run(schedd: Arc<Schedd>, listener: TcpListener, tls: Arc<rustls::Se
         tcp.set_nodelay(true).ok();
         let acceptor = acceptor.clone();
         let schedd = schedd.clone();
-        tokio::spawn(dispatch(schedd, acceptor, tcp, peer, permit));
+        let silent = unheard.arrived(peer.ip());
+        let preauth = preauth.clone();
+        tokio::spawn(dispatch(
+            schedd, acceptor, tcp, peer, permit, silent, preauth,
+        ));
     }
 }
 
@@ -60,9 +79,18 @@ async fn dispatch(
     peer: SocketAddr,
     // Held for as long as the connection lives, wherever it goes.
     permit: OwnedSemaphorePermit,
+    mut silent: UnheardConn,
+    preauth: Arc<KeyedShares<IpAddr>>,
 ) {
     let mut first = [0u8; 1];
-    match tokio::time::timeout(PREAMBLE_DEADLINE, tcp.peek(&mut first)).await {
+    let peeked = tokio::select! {
+        r = tokio::time::timeout(PREAMBLE_DEADLINE, tcp.peek(&mut first)) => r,
+        _ = silent.evicted() => {
+            tracing::debug!(%peer, "silent connection evicted for a newer one");
+            return;
+        }
+    };
+    match peeked {
         Ok(Ok(1)) => {}
         Ok(_) => return,
         Err(_) => {
@@ -70,7 +98,13 @@ async fn dispatch(
             return;
         }
     }
+    drop(silent);
     if first[0] == TLS_HANDSHAKE_RECORD {
+        // Until its hello is checked, a link holds one of few slots.
+        let Ok(share) = tokio::time::timeout(TLS_DEADLINE, preauth.acquire(peer.ip())).await else {
+            tracing::warn!(%peer, "too many TLS handshakes in progress; dropped");
+            return;
+        };
         match tokio::time::timeout(TLS_DEADLINE, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => {
                 // Client certificates are mandatory (pki.rs): the starter
@@ -84,7 +118,7 @@ async fn dispatch(
                 else {
                     return tracing::warn!(%peer, "starter presented no certificate");
                 };
-                crate::link::serve(schedd, tls, peer, cert, permit).await
+                crate::link::serve(schedd, tls, peer, cert, permit, share).await
             }
             Ok(Err(e)) => tracing::warn!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),

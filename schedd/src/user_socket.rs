@@ -30,10 +30,12 @@ pub struct Caps {
 
 impl Caps {
     /// Shares of the daemon's fd limit (see `lib.rs` for the whole budget).
+    /// One user may hold half of the users' share: enough for bursts (an
+    /// editor or Ansible opening a hundred sessions at once), never all.
     pub fn for_fd_limit(limit: u64) -> Caps {
         let total = (limit / 16).clamp(32, 8192) as usize;
         Caps {
-            per_uid: (total / 16).max(4),
+            per_uid: (total / 2).max(4),
             total,
             root: (limit / 32).clamp(16, 4096) as usize,
         }

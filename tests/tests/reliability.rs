@@ -577,3 +577,109 @@ fn a_local_user_flooding_both_ports_neither_stops_nor_starves_the_schedd() {
     bobs.wait().unwrap();
     assert!(c.stj(Some(&alice), c.path(), &["q"]).status.success());
 }
+
+/// Counts one peer as done when dropped, however it ended.
+struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The schedd's resident memory, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn unauthenticated_peers_cannot_make_the_schedd_buffer_megabytes() {
+    use tokio::io::AsyncWriteExt;
+    let mut c = Cluster::new();
+    let pid = c.schedd_pid().unwrap();
+    let token =
+        stj_proto::token::JoinToken::parse(&std::fs::read_to_string(&c.token_file).unwrap())
+            .unwrap();
+    let addr = c.addr.clone().unwrap();
+    let before = rss_kib(pid);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // 500 peers, each with a key of its own (any key passes TLS), each
+    // sending a 1 MiB frame as its "hello" and then holding on.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let peers: Vec<_> = (0..500)
+        .map(|_| {
+            let (addr, token, mut stop) = (addr.clone(), token.clone(), stop_rx.clone());
+            let sent = sent.clone();
+            rt.spawn(async move {
+                let _count = Counted(sent);
+                let key = rcgen::KeyPair::generate().unwrap();
+                let cert = rcgen::CertificateParams::new(vec!["x".to_string()])
+                    .unwrap()
+                    .self_signed(&key)
+                    .unwrap();
+                let id = (
+                    vec![rustls::pki_types::CertificateDer::from(cert.der().to_vec())],
+                    rustls::pki_types::PrivateKeyDer::Pkcs8(
+                        rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
+                    ),
+                );
+                let (cfg, _) = stj_starter::tls::client_config(token.ca_sha256, id).unwrap();
+                let Ok(tcp) = tokio::net::TcpStream::connect(&addr).await else {
+                    return;
+                };
+                let Ok(mut tls) = tokio_rustls::TlsConnector::from(cfg)
+                    .connect(stj_starter::tls::server_name(), tcp)
+                    .await
+                else {
+                    return;
+                };
+                let mut frame = (1u32 << 20).to_be_bytes().to_vec();
+                frame.resize(4 + (1 << 20), 7);
+                let _ = tls.write_all(&frame).await;
+                drop(_count);
+                let _ = stop.changed().await;
+            })
+        })
+        .collect();
+    // The highest the schedd's memory goes while they come.
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        })
+    };
+    // Meanwhile a real starter registers.
+    c.start_starter("node1", 1);
+    wait_until(
+        "every peer to have sent its frame (or been refused)",
+        Duration::from_secs(60),
+        || (sent.load(std::sync::atomic::Ordering::Relaxed) == 500).then_some(()),
+    );
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    stop_tx.send(true).unwrap();
+    for p in peers {
+        let _ = rt.block_on(p);
+    }
+    let grown_mib = peak.saturating_sub(before) / 1024;
+    eprintln!("schedd RSS {before} KiB before, {peak} KiB under 500 unauthenticated 1 MiB hellos");
+    assert!(grown_mib < 48, "the schedd grew by {grown_mib} MiB");
+    assert!(c.stj(None, c.path(), &["q"]).status.success());
+}

@@ -12,10 +12,10 @@ use stj_proto::handshake::{
 use stj_proto::session::ErrorCode;
 use tokio::net::TcpStream;
 
-use super::admission::UnheardConn;
 use super::home::{self, Home};
 use super::{now, Sessions};
 use crate::jobs::JobTarget;
+use stj_cli::shares::UnheardConn;
 
 pub struct Accepted {
     pub stream: TcpStream,

@@ -127,7 +127,7 @@ impl Sessions {
         stream: TcpStream,
         peer: SocketAddr,
         path: DataPath,
-        unheard: Option<admission::UnheardConn>,
+        unheard: Option<stj_cli::shares::UnheardConn>,
     ) {
         let accepted = handshake::run(&self, stream, peer, unheard).await;
         let Some(accepted) = accepted else { return };
