@@ -447,7 +447,11 @@ fn sessions_lost(schedd: &Schedd, node: &str, still_open: &[SessionStarted], not
 
 fn job_exited(schedd: &Schedd, node: &str, exit: JobExited) -> Result<()> {
     let recorded = schedd.queue.finish(node, &exit)?;
-    tracing::info!(node = %node, job_id = exit.job_id, exit_code = ?exit.exit_code, exit_signal = ?exit.exit_signal, error = %exit.error, recorded, "job exited");
+    if exit.node_failure {
+        tracing::warn!(node = %node, job_id = exit.job_id, error = %exit.error, recorded, "the node could not start the job; requeued (or ended after too many tries)");
+    } else {
+        tracing::info!(node = %node, job_id = exit.job_id, exit_code = ?exit.exit_code, exit_signal = ?exit.exit_signal, error = %exit.error, recorded, "job exited");
+    }
     schedd.registry.send(
         node,
         ScheddMessage {

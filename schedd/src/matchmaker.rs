@@ -25,12 +25,13 @@ pub async fn schedule(schedd: &Schedd) -> anyhow::Result<()> {
         }
     }
     let mut changed = false;
-    for job in idle {
-        // The emptiest node first spreads jobs across the pool.
+    for (job, avoid) in idle {
+        // The emptiest node first spreads jobs across the pool; a node that
+        // just failed to start the job only if no other one is free.
         let Some(slot) = free
             .iter_mut()
             .filter(|(_, n)| *n > 0)
-            .max_by_key(|(_, n)| *n)
+            .max_by_key(|(name, n)| (*name != avoid, *n))
         else {
             break;
         };

@@ -80,6 +80,14 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if !job_columns.iter().any(|c| c == "request_id") {
         conn.execute_batch("ALTER TABLE jobs ADD COLUMN request_id TEXT NOT NULL DEFAULT ''")?;
     }
+    if !job_columns.iter().any(|c| c == "start_failures") {
+        conn.execute_batch(
+            "ALTER TABLE jobs ADD COLUMN start_failures INTEGER NOT NULL DEFAULT 0",
+        )?;
+    }
+    if !job_columns.iter().any(|c| c == "avoid_node") {
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN avoid_node TEXT NOT NULL DEFAULT ''")?;
+    }
     // A retried submit finds the job its first try made.
     conn.execute_batch(
         "CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_request ON jobs(owner_uid, request_id) WHERE request_id != ''",
@@ -109,6 +117,10 @@ pub struct LiveSession {
     pub issued_at: i64,
     pub started: bool,
 }
+
+/// Node-side start failures after which a job is ended instead of requeued:
+/// something about it breaks every node it goes to.
+pub const MAX_START_FAILURES: i64 = 3;
 
 pub fn now() -> i64 {
     SystemTime::now()
@@ -256,8 +268,21 @@ impl Queue {
         self.select("", [])
     }
 
-    pub fn idle(&self) -> Result<Vec<Job>> {
-        self.select("WHERE state = ?1", [JobState::Idle as i32])
+    /// Idle jobs, oldest first, each with the node that last failed to
+    /// start it (to be tried elsewhere first; empty if none).
+    pub fn idle(&self) -> Result<Vec<(Job, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS}, avoid_node FROM jobs WHERE state = ?1 ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([JobState::Idle as i32], |r| {
+            Ok((job_from_row(r)?, r.get::<_, String>(13)?))
+        })?;
+        rows.map(|r| {
+            let (job, avoid) = r?;
+            Ok((with_spec(job)?, avoid))
+        })
+        .collect()
     }
 
     pub fn running_on(&self, node: &str) -> Result<Vec<Job>> {
@@ -286,8 +311,27 @@ impl Queue {
 
     /// Records a job's end as reported by the node that ran it. A running job
     /// becomes completed; a removed one keeps its state but gains the exit
-    /// status. Reports from a node the job is not on change nothing.
+    /// status. Reports from a node the job is not on change nothing. A job
+    /// that could not start for the node's reasons goes back to the queue,
+    /// up to `MAX_START_FAILURES` times.
     pub fn finish(&self, node: &str, exit: &JobExited) -> Result<bool> {
+        if exit.node_failure {
+            let n = self.execute(
+                "UPDATE jobs SET state = ?1, node = '', start_time = 0, start_failures = start_failures + 1,
+                     avoid_node = ?4, reason = ?2 WHERE id = ?3 AND node = ?4 AND state = ?5 AND start_failures + 1 < ?6",
+                params![
+                    JobState::Idle as i32,
+                    format!("node {node} could not start the job ({}); requeued", exit.error),
+                    exit.job_id as i64,
+                    node,
+                    JobState::Running as i32,
+                    MAX_START_FAILURES
+                ],
+            )?;
+            if n == 1 {
+                return Ok(true);
+            }
+        }
         let n = self.execute(
             "UPDATE jobs SET state = CASE WHEN state = ?1 THEN ?2 ELSE state END,
                  exit_code = ?3, exit_signal = ?4,
@@ -377,7 +421,7 @@ mod tests {
 
         let q = Queue::open(&db).unwrap();
         assert_eq!(q.running_on("n1").unwrap().len(), 1);
-        assert_eq!(q.idle().unwrap()[0].id, b);
+        assert_eq!(q.idle().unwrap()[0].0.id, b);
         let exit = JobExited {
             job_id: a,
             exit_code: Some(3),
@@ -392,6 +436,32 @@ mod tests {
         assert_eq!(job.state, JobState::Completed as i32);
         assert_eq!(job.exit_code, Some(3));
         assert_eq!(job.spec.unwrap().args, vec!["true".to_string()]);
+    }
+
+    #[test]
+    fn a_node_failure_requeues_until_it_happened_too_often() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&dir.path().join("q.sqlite")).unwrap();
+        let (a, _) = q.submit(&owner(), &spec(), "").unwrap();
+        let broken = JobExited {
+            job_id: a,
+            error: "Too many open files".into(),
+            node_failure: true,
+            ..Default::default()
+        };
+        for _ in 1..MAX_START_FAILURES {
+            assert!(q.assign(a, "n1").unwrap());
+            assert!(q.finish("n1", &broken).unwrap());
+            let job = q.get(a).unwrap().unwrap();
+            assert_eq!(job.state, JobState::Idle as i32);
+            assert!(job
+                .reason
+                .contains("node n1 could not start the job (Too many open files)"));
+            assert_eq!(q.idle().unwrap()[0].1, "n1", "to be tried elsewhere first");
+        }
+        assert!(q.assign(a, "n1").unwrap());
+        assert!(q.finish("n1", &broken).unwrap());
+        assert_eq!(q.get(a).unwrap().unwrap().state, JobState::Completed as i32);
     }
 
     #[test]

@@ -68,6 +68,7 @@ fn to_report(job_id: u64, e: Exit) -> JobExited {
         exit_code: e.code,
         exit_signal: e.signal,
         error: e.error,
+        node_failure: e.node_fault,
     }
 }
 
@@ -155,8 +156,15 @@ impl Jobs {
     async fn run(&self, run: RunJob) -> Exit {
         let id = run.job_id;
         let spec = run.spec.unwrap_or_default();
+        // The job's own fault: it would fail on any node.
         let failed = |error: String| Exit {
             error,
+            ..Default::default()
+        };
+        // The node's: the job goes back to the queue.
+        let node_failed = |error: String| Exit {
+            error,
+            node_fault: true,
             ..Default::default()
         };
         if run.uid == 0 {
@@ -187,13 +195,13 @@ impl Jobs {
                 match slots.claim(id, run.uid, run.gid, dir) {
                     Ok(Some(uid)) => (uid, uid, format!("stj-slot{uid}")),
                     Ok(None) => {
-                        return failed(format!(
+                        return node_failed(format!(
                             "all slot users {} are leased to other owners' jobs on this node",
                             slots.range()
                         ))
                     }
                     Err(e) => {
-                        return failed(format!(
+                        return node_failed(format!(
                             "node could not record the job's slot-user lease: {e:#}"
                         ))
                     }
@@ -207,7 +215,7 @@ impl Jobs {
             .join(id.to_string())
             .join("sessions");
         if let Err(e) = make_traversable(&self.work_dir, &sessions) {
-            return failed(format!(
+            return node_failed(format!(
                 "node could not prepare the job's session dir: {e:#}"
             ));
         }
@@ -215,7 +223,7 @@ impl Jobs {
             // The placeholder of `stj submit --interactive` comes from the
             // kit, so it runs in any image.
             let Some(kit) = &self.kit else {
-                return failed("interactive jobs need ssh-to-job on the node, which is unavailable there (see the starter's log)".into());
+                return node_failed("interactive jobs need ssh-to-job on the node, which is unavailable there (see the starter's log)".into());
             };
             let mut a = kit.command(&kit.view(in_image, &sessions).kit, "stj-starter", false);
             a.push("placeholder".into());
@@ -270,7 +278,7 @@ impl Jobs {
             }
             Err(e) => {
                 tracing::error!(job_id = id, error = %format!("{e:#}"), "cannot launch container");
-                return failed(format!("node could not start the container: {e:#}"));
+                return node_failed(format!("node could not start the container: {e:#}"));
             }
         };
         let init = container.init.clone();

@@ -35,6 +35,26 @@ pub struct Cluster {
     pub debug: bool,
     /// The schedd's fd limit, when a test wants a small one.
     pub schedd_fd_limit: Option<u64>,
+    /// The same for starters started from now on.
+    pub starter_fd_limit: Option<u64>,
+}
+
+/// The child `cmd` starts gets `n` as its hard (and soft) fd limit: a
+/// daemon then raises its soft limit only up to it.
+fn fd_limit(cmd: &mut Command, n: u64) {
+    // SAFETY: setrlimit between fork and exec is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 fn log_file(path: &Path) -> Stdio {
@@ -84,6 +104,7 @@ impl Cluster {
             net,
             debug: false,
             schedd_fd_limit: None,
+            starter_fd_limit: None,
         };
         let out = Command::new(bin("stj-schedd"))
             .arg("init-daemon-sock")
@@ -148,20 +169,7 @@ impl Cluster {
         let ns = self.net.as_ref().map(|n| n.submit.clone());
         let mut cmd = self.command(ns.as_deref(), None, &bin("stj-schedd"));
         if let Some(n) = self.schedd_fd_limit {
-            // SAFETY: setrlimit between fork and exec is async-signal-safe;
-            // the schedd then raises its soft limit only up to this hard one.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let lim = libc::rlimit {
-                        rlim_cur: n,
-                        rlim_max: n,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            fd_limit(&mut cmd, n);
         }
         let child = cmd
             .arg("--daemon-sock-dir")
@@ -314,8 +322,11 @@ impl Cluster {
             let i: usize = name.trim_start_matches("node").parse().unwrap_or(1);
             n.nodes[i.saturating_sub(1).min(n.nodes.len() - 1)].clone()
         });
-        self.command(ns.as_deref(), None, &bin("stj-starter"))
-            .args(["--schedd", self.addr.as_deref().expect("schedd address")])
+        let mut cmd = self.command(ns.as_deref(), None, &bin("stj-starter"));
+        if let Some(n) = self.starter_fd_limit {
+            fd_limit(&mut cmd, n);
+        }
+        cmd.args(["--schedd", self.addr.as_deref().expect("schedd address")])
             .arg("--token-file")
             .arg(token_file)
             .args([

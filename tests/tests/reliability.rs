@@ -683,3 +683,86 @@ fn unauthenticated_peers_cannot_make_the_schedd_buffer_megabytes() {
     assert!(grown_mib < 48, "the schedd grew by {grown_mib} MiB");
     assert!(c.stj(None, c.path(), &["q"]).status.success());
 }
+
+#[test]
+fn a_flooded_starter_still_starts_jobs_and_a_broken_one_hands_them_back() {
+    // A starter with a small fd limit, its session port flooded by bob.
+    let mut c = Cluster::new();
+    c.starter_fd_limit = Some(1024);
+    c.start_starter("node1", 4);
+    let (alice, bob) = (TestUser::alice(), TestUser::bob());
+    let direct = c.session_listen_addr("node1");
+    let (host, port) = direct.split_once(':').unwrap();
+    let flood = format!(
+        "import socket, sys\n\
+         held = []\n\
+         for i in range(3000):\n\
+         \x20   s = socket.socket(); s.settimeout(1)\n\
+         \x20   try: s.connect(('{host}', {port})); held.append(s)\n\
+         \x20   except OSError: pass\n\
+         print('ready', flush=True)\n\
+         sys.stdin.read()\n"
+    );
+    let mut bobs = std::process::Command::new("python3");
+    bobs.args(["-c", &flood])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    std::os::unix::process::CommandExt::uid(&mut bobs, bob.uid);
+    std::os::unix::process::CommandExt::gid(&mut bobs, bob.gid);
+    let mut bobs = bobs.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(bobs.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    // Jobs assigned during the flood start (they used to end with "Too many
+    // open files"), and sessions into them work.
+    let jobs: Vec<u64> = (0..3)
+        .map(|i| c.submit(&alice, &["--", "sleep", &format!("8643{i}")]))
+        .collect();
+    for j in &jobs {
+        c.wait_state(*j, "running", T);
+    }
+    let out = ok(c.ssh_to_job(
+        &alice,
+        &["--mode", "relay", &jobs[0].to_string(), "echo started"],
+        None,
+    ));
+    assert_eq!(out, "started\n");
+    drop(bobs.stdin.take());
+    bobs.wait().unwrap();
+    for j in &jobs {
+        ok(c.stj(Some(&alice), c.path(), &["rm", &j.to_string()]));
+    }
+
+    // A node whose work dir broke after it registered (read-only now)
+    // cannot start jobs: they go back to the queue and run elsewhere.
+    c.kill_starter("node1");
+    c.start_starter("node2", 8);
+    let jobs_dir = c.path().join("node-node2/jobs");
+    let sh = |cmd: String| {
+        assert!(
+            std::process::Command::new("sh")
+                .args(["-c", &cmd])
+                .status()
+                .unwrap()
+                .success(),
+            "{cmd}"
+        )
+    };
+    sh(format!(
+        "mount --bind {0} {0} && mount -o remount,ro,bind {0}",
+        jobs_dir.display()
+    ));
+    c.start_starter("node3", 1);
+    // node2 has the most free slots, so it is tried first.
+    let j = c.submit(&alice, &["--", "sleep", "86439"]);
+    let job = c.wait_state(j, "running", T);
+    sh(format!("umount {}", jobs_dir.display()));
+    assert_eq!(job["node"], "node3", "{job}");
+    assert!(
+        c.schedd_log()
+            .contains("the node could not start the job; requeued"),
+        "node2 failed it first"
+    );
+}

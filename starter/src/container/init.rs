@@ -4,7 +4,8 @@
 //! namespace) ─ init (pid 1 inside) ─ job.
 //!
 //! Status lines go to stdout (a pipe to the starter): `pid N` (the init's
-//! host pid), then `started` or `error MSG`, and at the end `exit code N` or
+//! host pid), then `started` or `error job|node MSG` (whose fault: see
+//! `JobFault`), and at the end `exit code N` or
 //! `exit signal N`. The monitor's stdin is a pipe the starter never writes:
 //! when it reads EOF the starter is gone, and the monitor kills the container
 //! so no job outlives its starter unseen.
@@ -34,11 +35,21 @@ fn status(line: &str) {
     let _ = out.flush();
 }
 
+/// The `error` status line for `e`: the job's fault or the node's.
+fn failed(e: &anyhow::Error) {
+    let whose = if e.downcast_ref::<super::JobFault>().is_some() {
+        "job"
+    } else {
+        "node"
+    };
+    status(&format!("error {whose} {e:#}"));
+}
+
 pub fn main(spec_path: &Path) -> ! {
     let code = match monitor(spec_path) {
         Ok(code) => code,
         Err(e) => {
-            status(&format!("error {e:#}"));
+            failed(&e);
             1
         }
     };
@@ -66,7 +77,7 @@ fn monitor(spec_path: &Path) -> Result<i32> {
             let code = match init(&spec) {
                 Ok(code) => code,
                 Err(e) => {
-                    status(&format!("error {e:#}"));
+                    failed(&e);
                     127
                 }
             };
@@ -175,7 +186,9 @@ fn init(spec: &ContainerSpec) -> Result<i32> {
     fs::File::from(rd).read_to_string(&mut msg).ok();
     if !msg.is_empty() {
         let _ = waitpid(job, None);
-        bail!("{msg}");
+        // What stopped exec (the command, its directory, its output files)
+        // is the job's: it would fail on any node.
+        return Err(super::JobFault(msg).into());
     }
     status("started");
     // Nothing in a job runs as root, pid 1 included: what is left for it to

@@ -59,7 +59,17 @@ pub struct Exit {
     pub signal: Option<i32>,
     /// Set when the job never started.
     pub error: String,
+    /// It never started because of the node, not the job: to be requeued.
+    pub node_fault: bool,
 }
+
+/// An error that is the job's (or its owner's) doing: a missing command,
+/// a working directory it cannot enter, an image its owner cannot read.
+/// Every other reason a job cannot start is the node's, and the job goes
+/// back to the queue.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct JobFault(pub String);
 
 /// The container's init (pid 1 of the job): a pidfd, which signals and
 /// setns target safely whatever happens to pid numbers, and its host pid,
@@ -203,8 +213,14 @@ pub async fn launch(spec: &ContainerSpec, job_dir: &Path) -> Result<Launch> {
             early_exit = Some(e);
         } else if let Some(msg) = line.strip_prefix("error ") {
             child.wait().await.ok();
+            let (node_fault, msg) = match msg.split_once(' ') {
+                Some(("job", m)) => (false, m),
+                Some(("node", m)) => (true, m),
+                _ => (true, msg),
+            };
             return Ok(Launch::Failed(Exit {
                 error: msg.to_string(),
+                node_fault,
                 ..Default::default()
             }));
         }
@@ -228,6 +244,7 @@ pub async fn launch(spec: &ContainerSpec, job_dir: &Path) -> Result<Launch> {
     let status = child.wait().await?;
     Ok(Launch::Failed(Exit {
         error: format!("the container init died before the job started ({status})"),
+        node_fault: true,
         ..Default::default()
     }))
 }

@@ -96,15 +96,19 @@ fn set_mount_attrs_at(
 /// writable. A different directory refuses the job.
 fn writable_workdir(base: &OwnedFd, cwd: &str, id: (u64, u64)) -> Result<()> {
     let open = || {
-        crate::in_root::open(base, cwd, libc::O_PATH | libc::O_DIRECTORY)
-            .with_context(|| format!("cannot open the working directory {cwd}"))
+        crate::in_root::open(base, cwd, libc::O_PATH | libc::O_DIRECTORY).map_err(|e| {
+            anyhow::Error::new(super::JobFault(format!(
+                "cannot open the working directory {cwd}: {e}"
+            )))
+        })
     };
     let dir = open()?;
     let st = nix::sys::stat::fstat(dir.as_raw_fd())?;
     if (st.st_dev, st.st_ino) != id {
-        anyhow::bail!(
+        return Err(super::JobFault(format!(
             "the working directory {cwd} was replaced while the job started; submit it again"
-        );
+        ))
+        .into());
     }
     let at = format!("/proc/self/fd/{}", dir.as_raw_fd());
     mnt(
@@ -243,11 +247,11 @@ fn image_root(spec: &ContainerSpec, image: &Path, root: &Path, groups: &[Gid]) -
         )
     })?
     .map_err(|e| {
-        anyhow::anyhow!(
+        super::JobFault(format!(
             "the job's owner (uid {}) cannot read the image {} ({e}); give --image a root filesystem directory its owner can read",
             spec.uid,
             image.display()
-        )
+        ))
     })?;
     // SAFETY: a fresh fd from open().
     let img = unsafe { OwnedFd::from_raw_fd(img) };

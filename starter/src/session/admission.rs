@@ -29,13 +29,25 @@ pub struct Admission {
     unheard: Unheard,
 }
 
+impl Admission {
+    /// The caps, as shares of the starter's fd limit where it is small:
+    /// silent connections take at most an eighth of it (a quarter of that
+    /// per source), handshakes at most an eighth, so a flood of the session
+    /// port never leaves jobs without the fds they need to start.
+    pub fn for_fd_limit(limit: u64) -> Admission {
+        let eighth = (limit / 8) as usize;
+        let unheard = MAX_UNHEARD.min(eighth).max(16);
+        Admission {
+            slots: KeyedShares::new(MAX_HANDSHAKES.min(eighth).max(8), MAX_HANDSHAKES_PER_USER),
+            in_flight: Arc::default(),
+            unheard: Unheard::new(MAX_UNHEARD_PER_SOURCE.min(unheard / 4).max(4), unheard),
+        }
+    }
+}
+
 impl Default for Admission {
     fn default() -> Self {
-        Admission {
-            slots: KeyedShares::new(MAX_HANDSHAKES, MAX_HANDSHAKES_PER_USER),
-            in_flight: Arc::default(),
-            unheard: Unheard::new(MAX_UNHEARD_PER_SOURCE, MAX_UNHEARD),
-        }
+        Admission::for_fd_limit(u64::MAX)
     }
 }
 

@@ -107,7 +107,7 @@ impl Sessions {
             sshd,
             kit,
             replay: replay::ReplayCache::default(),
-            admission: admission::Admission::default(),
+            admission: admission::Admission::for_fd_limit(stj_cli::daemon::fd_limit()),
             open: Mutex::new(HashMap::new()),
             reporter: jobs.reporter(),
             jobs,
