@@ -8,9 +8,56 @@ use stj_proto::user::{JobState, RequestSessionReply, RequestSessionRequest};
 use tonic::Status;
 
 use crate::audit::{Event, Record};
+use crate::denials::{Summary, Verdict};
 use crate::queue::now;
 use crate::session_limits::Refusal;
 use crate::Schedd;
+
+/// Records a denied request, unless its user is over the denial rate: then
+/// it only counts towards the minute's summary record.
+pub fn record_denial(schedd: &Schedd, uid: u32, job_id: u64, node: &str, why: &str) {
+    let (verdict, summary) = schedd.denials.denied(uid, now());
+    if let Some(s) = summary {
+        write_summary(schedd, s);
+    }
+    if verdict == Verdict::Record {
+        schedd.audit.send(Event::Issued(Record {
+            session_id: denial_id(),
+            job_id,
+            uid,
+            node: node.to_string(),
+            outcome: why.to_string(),
+        }));
+    }
+}
+
+/// The record for a minute's denials beyond the rate.
+pub fn write_summary(schedd: &Schedd, s: Summary) {
+    tracing::warn!(
+        uid = s.uid,
+        denials = s.count,
+        "denied requests over the rate, summed up in one audit record"
+    );
+    schedd.audit.send(Event::Issued(Record {
+        session_id: denial_id(),
+        job_id: 0,
+        uid: s.uid,
+        node: String::new(),
+        outcome: format!(
+            "{} more requests of this user were denied in the minute from unix time {} (over {} a minute, not recorded one by one)",
+            s.count,
+            s.since,
+            crate::denials::PER_MINUTE
+        ),
+    }));
+}
+
+/// A denial has no session; it still gets an id of its own.
+fn denial_id() -> String {
+    let mut id = [0u8; 8];
+    let _ = SystemRandom::new().fill(&mut id);
+    format!("denied-{}", hex::encode(id))
+}
 
 /// ConnectBack: the client of a granted session asks its starter to dial
 /// back through the shared port to the client's socket `route_name`.
@@ -79,30 +126,31 @@ pub async fn issue(
     req: RequestSessionRequest,
 ) -> Result<RequestSessionReply, Status> {
     let internal = |e: &dyn std::fmt::Display| Status::internal(format!("schedd error: {e}"));
-    let job = schedd
-        .queue
-        .get(req.job_id)
-        .map_err(|e| internal(&e))?
-        .ok_or_else(|| {
+    // Every request leaves a record, denials too (rate-limited per user,
+    // denials.rs), the job's and its node's when the job exists.
+    let deny = |job_id: u64, node: &str, status: Status| {
+        record_denial(schedd, uid, job_id, node, status.message());
+        tracing::warn!(job_id, uid, reason = %status.message(), "session denied");
+        Err(status)
+    };
+    let Some(job) = schedd.queue.get(req.job_id).map_err(|e| internal(&e))? else {
+        return deny(
+            req.job_id,
+            "",
             Status::not_found(format!(
                 "there is no job {} (stj q lists the queue)",
                 req.job_id
-            ))
-        })?;
-    let deny = |status: Status| {
-        // A denial has no session; it still gets an id of its own.
-        let mut id = [0u8; 8];
-        let _ = SystemRandom::new().fill(&mut id);
-        schedd.audit.send(Event::Issued(Record {
-            session_id: format!("denied-{}", hex::encode(id)),
-            job_id: job.id,
-            uid,
-            node: job.node.clone(),
-            outcome: status.message().to_string(),
-        }));
-        tracing::warn!(job_id = job.id, uid, reason = %status.message(), "session denied");
-        Err(status)
+            )),
+        );
     };
+    let Ok(client_pubkey) = <[u8; 32]>::try_from(req.client_pubkey.as_slice()) else {
+        return deny(
+            job.id,
+            &job.node,
+            Status::invalid_argument("client_pubkey must be 32 bytes (ed25519)"),
+        );
+    };
+    let deny = |status: Status| deny(job.id, &job.node, status);
     if uid != 0 && uid != job.owner_uid {
         return deny(Status::permission_denied(format!(
             "job {} belongs to {} (uid {}); only its owner or root can open a session in it",
@@ -140,11 +188,6 @@ pub async fn issue(
             job.node, job.id
         )));
     };
-    let client_pubkey: [u8; 32] = req
-        .client_pubkey
-        .as_slice()
-        .try_into()
-        .map_err(|_| Status::invalid_argument("client_pubkey must be 32 bytes (ed25519)"))?;
     let mut session_id = [0u8; 16];
     SystemRandom::new()
         .fill(&mut session_id)

@@ -47,6 +47,10 @@ pub struct ScheddConfig {
     pub max_pending_per_user: usize,
     /// Audit records older than this are dropped (0: keep them all).
     pub audit_retention_days: u64,
+    /// Jobs one user may have idle, running or held at once.
+    pub max_jobs_per_user: usize,
+    /// Ended jobs are dropped this long after they ended (0: keep them all).
+    pub job_retention_days: u64,
 }
 
 impl Default for ScheddConfig {
@@ -65,6 +69,8 @@ impl Default for ScheddConfig {
             max_sessions_per_user: 64,
             max_pending_per_user: 32,
             audit_retention_days: 365,
+            max_jobs_per_user: 10_000,
+            job_retention_days: 30,
         }
     }
 }

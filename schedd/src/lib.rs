@@ -5,7 +5,9 @@ mod audit;
 mod broker;
 mod capability_issuer;
 pub mod config;
+mod denials;
 pub mod enrolment;
+mod housekeeping;
 mod link;
 mod listener;
 mod matchmaker;
@@ -51,6 +53,8 @@ pub struct Schedd {
     budget: Budget,
     /// Relayed sessions at once (each holds two sockets and two pipes).
     relays: Arc<tokio::sync::Semaphore>,
+    /// Denied requests per user, for the audit's rate.
+    denials: denials::Denials,
 }
 
 /// The schedd's fd limit, divided among what peers can make it hold, so
@@ -132,6 +136,7 @@ pub async fn run(config: ScheddConfig, shutdown: impl Future<Output = ()>) -> Re
         }),
         budget,
         relays: Arc::new(tokio::sync::Semaphore::new(budget.relays)),
+        denials: denials::Denials::default(),
         config,
     });
     tracing::info!(listen = %local, socket = %schedd.config.socket.display(), "schedd ready");
@@ -148,6 +153,7 @@ pub async fn run(config: ScheddConfig, shutdown: impl Future<Output = ()>) -> Re
     let outcome = tokio::select! {
         _ = listener::run(schedd.clone(), tcp, tls) => Err(anyhow::anyhow!("the TCP listener on {local} stopped")),
         _ = matchmaker::run(schedd.clone()) => Err(anyhow::anyhow!("the matchmaker stopped")),
+        _ = housekeeping::run(schedd.clone()) => Err(anyhow::anyhow!("housekeeping stopped")),
         r = user_server => Err(match r {
             Ok(()) => anyhow::anyhow!("the user API server on {} stopped", schedd.config.socket.display()),
             Err(e) => anyhow::Error::new(e).context(format!("the user API server on {} failed", schedd.config.socket.display())),

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stj_proto::starter::{schedd_message, RunJob, ScheddMessage};
-use stj_proto::user::JobState;
 
 use crate::Schedd;
 
@@ -13,10 +12,6 @@ use crate::Schedd;
 /// (re-)registration never interleaves with an assignment to it.
 pub async fn schedule(schedd: &Schedd) -> anyhow::Result<()> {
     let _pool = schedd.pool_lock.lock().await;
-    let idle = schedd.queue.idle()?;
-    if idle.is_empty() {
-        return Ok(());
-    }
     let mut free = Vec::new();
     for (name, slots) in schedd.registry.slots() {
         let used = schedd.queue.count_running_on(&name)?;
@@ -24,6 +19,13 @@ pub async fn schedule(schedd: &Schedd) -> anyhow::Result<()> {
             free.push((name, slots - used));
         }
     }
+    // Only as many idle jobs as could start now: the pass costs what the
+    // free slots are, not what the queue (or its history) holds.
+    let room: usize = free.iter().map(|(_, n)| *n as usize).sum();
+    if room == 0 {
+        return Ok(());
+    }
+    let idle = schedd.queue.idle(room)?;
     let mut changed = false;
     for (job, avoid) in idle {
         // The emptiest node first spreads jobs across the pool; a node that
@@ -87,8 +89,8 @@ async fn expire_leases(schedd: &Schedd) -> anyhow::Result<()> {
     let _pool = schedd.pool_lock.lock().await;
     let lease = Duration::from_secs(schedd.config.job_lease_secs);
     let mut changed = false;
-    for job in schedd.queue.list()? {
-        if job.state != JobState::Running as i32 || schedd.registry.is_connected(&job.node) {
+    for job in schedd.queue.running()? {
+        if schedd.registry.is_connected(&job.node) {
             continue;
         }
         let since = schedd

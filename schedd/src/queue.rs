@@ -21,6 +21,23 @@ pub enum QueueError {
 
 pub type Result<T> = std::result::Result<T, QueueError>;
 
+/// What a submit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    New(u64),
+    /// The request id was used before: the job that submit made.
+    Again(u64),
+    /// The owner has this many live jobs, the cap.
+    OverCap(usize),
+}
+
+/// Why a job was not removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoveRefusal {
+    NoSuchJob,
+    NotOwner { owner: u32, owner_name: String },
+}
+
 pub struct Owner {
     pub uid: u32,
     pub gid: u32,
@@ -48,6 +65,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     spec        BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, node);
+CREATE INDEX IF NOT EXISTS jobs_in_order ON jobs(state, id);
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs(owner_uid, state);
+CREATE INDEX IF NOT EXISTS jobs_ended ON jobs(state, end_time);
 CREATE TABLE IF NOT EXISTS sessions (
     session_id  TEXT PRIMARY KEY,
     job_id      INTEGER NOT NULL,
@@ -183,30 +203,117 @@ impl Queue {
 
     /// Audit records, oldest first, of one job (0: all) and one uid (None: all).
     pub fn sessions(&self, job_id: u64, uid: Option<u32>) -> Result<Vec<AuditRecord>> {
+        Ok(self
+            .sessions_page(job_id, uid, (i64::MIN, i64::MIN), i64::MAX as usize)?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
+    }
+
+    /// Up to `limit` audit records after `after` (issued_at, rowid), oldest
+    /// first, each with its own cursor.
+    pub fn sessions_page(
+        &self,
+        job_id: u64,
+        uid: Option<u32>,
+        after: (i64, i64),
+        limit: usize,
+    ) -> Result<Vec<(AuditRecord, (i64, i64))>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT session_id, job_id, uid, node, issued_at, outcome, path, started_at, ended_at, bytes_from_client, bytes_to_client, exit_status, end_note FROM sessions WHERE (?1 = 0 OR job_id = ?1) AND (?2 IS NULL OR uid = ?2) ORDER BY issued_at, rowid",
+            "SELECT session_id, job_id, uid, node, issued_at, outcome, path, started_at, ended_at, bytes_from_client, bytes_to_client, exit_status, end_note, rowid FROM sessions
+             WHERE (?1 = 0 OR job_id = ?1) AND (?2 IS NULL OR uid = ?2) AND (issued_at > ?3 OR (issued_at = ?3 AND rowid > ?4))
+             ORDER BY issued_at, rowid LIMIT ?5",
         )?;
-        let rows = stmt.query_map(params![job_id as i64, uid], |r| {
-            Ok(AuditRecord {
-                session_id: r.get(0)?,
-                job_id: r.get::<_, i64>(1)? as u64,
-                uid: r.get(2)?,
-                node: r.get(3)?,
-                issued_at: r.get(4)?,
-                outcome: r.get(5)?,
-                path: r.get(6)?,
-                started_at: r.get::<_, Option<i64>>(7)?.unwrap_or(0),
-                ended_at: r.get::<_, Option<i64>>(8)?.unwrap_or(0),
-                bytes_from_client: r.get::<_, i64>(9)? as u64,
-                bytes_to_client: r.get::<_, i64>(10)? as u64,
-                exit_status: r.get(11)?,
-                end_note: r.get(12)?,
-            })
-        })?;
+        let rows = stmt.query_map(
+            params![
+                job_id as i64,
+                uid,
+                after.0,
+                after.1,
+                limit.min(i64::MAX as usize) as i64
+            ],
+            |r| {
+                let issued_at: i64 = r.get(4)?;
+                let rowid: i64 = r.get(13)?;
+                Ok((audit_record(r)?, (issued_at, rowid)))
+            },
+        )?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
+    /// Up to `limit` jobs with ids above `after_id`, in id order: `ids`
+    /// only when given, else the live ones (idle, running, held), or all
+    /// with `include_ended`. By index: the cost follows `limit`.
+    pub fn jobs_page(
+        &self,
+        ids: &[u64],
+        include_ended: bool,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<Job>> {
+        if !ids.is_empty() {
+            let mut ids: Vec<u64> = ids.iter().copied().filter(|&i| i > after_id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids.truncate(limit);
+            return ids
+                .into_iter()
+                .filter_map(|id| self.get(id).transpose())
+                .collect();
+        }
+        let (live, limit) = (!include_ended, limit.min(i64::MAX as usize) as i64);
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM jobs WHERE id > ?1 AND (?2 = 0 OR state IN (?3, ?4, ?5)) ORDER BY id LIMIT ?6"
+        ))?;
+        let rows = stmt.query_map(
+            params![
+                after_id as i64,
+                live,
+                JobState::Idle as i32,
+                JobState::Running as i32,
+                JobState::Held as i32,
+                limit
+            ],
+            job_from_row,
+        )?;
+        rows.map(|r| with_spec(r?)).collect()
+    }
+
+    /// Drops ended jobs that ended more than `days` ago (0: keep all);
+    /// returns how many.
+    pub fn prune_history(&self, days: u64) -> Result<usize> {
+        if days == 0 {
+            return Ok(0);
+        }
+        let cutoff = now().saturating_sub(days.saturating_mul(86_400) as i64);
+        self.execute(
+            "DELETE FROM jobs WHERE state IN (?1, ?2) AND end_time < ?3",
+            params![JobState::Completed as i32, JobState::Removed as i32, cutoff],
+        )
+    }
+}
+
+fn audit_record(r: &Row<'_>) -> rusqlite::Result<AuditRecord> {
+    Ok(AuditRecord {
+        session_id: r.get(0)?,
+        job_id: r.get::<_, i64>(1)? as u64,
+        uid: r.get(2)?,
+        node: r.get(3)?,
+        issued_at: r.get(4)?,
+        outcome: r.get(5)?,
+        path: r.get(6)?,
+        started_at: r.get::<_, Option<i64>>(7)?.unwrap_or(0),
+        ended_at: r.get::<_, Option<i64>>(8)?.unwrap_or(0),
+        bytes_from_client: r.get::<_, i64>(9)? as u64,
+        bytes_to_client: r.get::<_, i64>(10)? as u64,
+        exit_status: r.get(11)?,
+        end_note: r.get(12)?,
+    })
+}
+
+impl Queue {
     /// Granted sessions issued since `since` (still pending) or started and
     /// not ended (open).
     pub fn live_sessions(&self, since: i64) -> Result<Vec<LiveSession>> {
@@ -226,23 +333,51 @@ impl Queue {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
-    /// Queues a job; returns its id and whether it is new. A non-empty
-    /// `request_id` that `owner` used before returns that submit's job.
-    pub fn submit(&self, owner: &Owner, spec: &JobSpec, request_id: &str) -> Result<(u64, bool)> {
-        let conn = self.conn();
-        let inserted = conn.execute(
-            "INSERT INTO jobs (owner_uid, owner_gid, owner_name, state, submit_time, spec, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
-            params![owner.uid, owner.gid, owner.name, JobState::Idle as i32, now(), spec.encode_to_vec(), request_id],
-        )?;
-        if inserted == 1 {
-            return Ok((conn.last_insert_rowid() as u64, true));
+    /// Queues a job, unless `owner` has `max_live` jobs idle, running or
+    /// held already. A non-empty `request_id` that `owner` used before
+    /// returns that submit's job. Counting and inserting are one
+    /// transaction, so concurrent submits cannot pass the cap together.
+    pub fn submit(
+        &self,
+        owner: &Owner,
+        spec: &JobSpec,
+        request_id: &str,
+        max_live: usize,
+    ) -> Result<Submitted> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if !request_id.is_empty() {
+            let before: Option<i64> = tx
+                .prepare_cached("SELECT id FROM jobs WHERE owner_uid = ?1 AND request_id = ?2")?
+                .query_row(params![owner.uid, request_id], |r| r.get(0))
+                .optional()?;
+            if let Some(id) = before {
+                return Ok(Submitted::Again(id as u64));
+            }
         }
-        let id: i64 = conn.query_row(
-            "SELECT id FROM jobs WHERE owner_uid = ?1 AND request_id = ?2",
-            params![owner.uid, request_id],
-            |r| r.get(0),
-        )?;
-        Ok((id as u64, false))
+        let live: i64 = tx
+            .prepare_cached(
+                "SELECT COUNT(*) FROM jobs WHERE owner_uid = ?1 AND state IN (?2, ?3, ?4)",
+            )?
+            .query_row(
+                params![
+                    owner.uid,
+                    JobState::Idle as i32,
+                    JobState::Running as i32,
+                    JobState::Held as i32
+                ],
+                |r| r.get(0),
+            )?;
+        if live as usize >= max_live {
+            return Ok(Submitted::OverCap(live as usize));
+        }
+        tx.prepare_cached(
+            "INSERT INTO jobs (owner_uid, owner_gid, owner_name, state, submit_time, spec, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![owner.uid, owner.gid, owner.name, JobState::Idle as i32, now(), spec.encode_to_vec(), request_id])?;
+        let id = tx.last_insert_rowid() as u64;
+        tx.commit()?;
+        Ok(Submitted::New(id))
     }
 
     pub fn get(&self, id: u64) -> Result<Option<Job>> {
@@ -264,18 +399,15 @@ impl Queue {
         rows.map(|r| with_spec(r?)).collect()
     }
 
-    pub fn list(&self) -> Result<Vec<Job>> {
-        self.select("", [])
-    }
-
-    /// Idle jobs, oldest first, each with the node that last failed to
-    /// start it (to be tried elsewhere first; empty if none).
-    pub fn idle(&self) -> Result<Vec<(Job, String)>> {
+    /// The `limit` oldest idle jobs, each with the node that last failed to
+    /// start it (to be tried elsewhere first; empty if none). By index: the
+    /// cost follows `limit`, not the queue or its history.
+    pub fn idle(&self, limit: usize) -> Result<Vec<(Job, String)>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {COLUMNS}, avoid_node FROM jobs WHERE state = ?1 ORDER BY id"
+            "SELECT {COLUMNS}, avoid_node FROM jobs WHERE state = ?1 ORDER BY id LIMIT ?2"
         ))?;
-        let rows = stmt.query_map([JobState::Idle as i32], |r| {
+        let rows = stmt.query_map(params![JobState::Idle as i32, limit as i64], |r| {
             Ok((job_from_row(r)?, r.get::<_, String>(13)?))
         })?;
         rows.map(|r| {
@@ -283,6 +415,11 @@ impl Queue {
             Ok((with_spec(job)?, avoid))
         })
         .collect()
+    }
+
+    /// Every running job (for the lease sweep), by index.
+    pub fn running(&self) -> Result<Vec<Job>> {
+        self.select("WHERE state = ?1", [JobState::Running as i32])
     }
 
     pub fn running_on(&self, node: &str) -> Result<Vec<Job>> {
@@ -362,6 +499,56 @@ impl Queue {
         Ok(n == 1)
     }
 
+    /// Marks the jobs `ids` removed, in one transaction, where `by_uid` may
+    /// (their owner, or root). For each: where it ran and whether it was
+    /// running (its node must kill it), or why it was not removed.
+    pub fn remove_many(
+        &self,
+        ids: &[u64],
+        by_uid: u32,
+    ) -> Result<Vec<(u64, std::result::Result<Option<String>, RemoveRefusal>)>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut out = Vec::with_capacity(ids.len());
+        {
+            let mut get = tx.prepare_cached(
+                "SELECT owner_uid, owner_name, state, node FROM jobs WHERE id = ?1",
+            )?;
+            let mut set = tx.prepare_cached(
+                "UPDATE jobs SET state = ?1, end_time = ?2, reason = ?3 WHERE id = ?4 AND state = ?5",
+            )?;
+            let reason = format!("removed by uid {by_uid}");
+            for &id in ids {
+                let row: Option<(u32, String, i32, String)> = get
+                    .query_row([id as i64], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })
+                    .optional()?;
+                let Some((owner, owner_name, state, node)) = row else {
+                    out.push((id, Err(RemoveRefusal::NoSuchJob)));
+                    continue;
+                };
+                if by_uid != 0 && by_uid != owner {
+                    out.push((id, Err(RemoveRefusal::NotOwner { owner, owner_name })));
+                    continue;
+                }
+                let st = JobState::try_from(state).unwrap_or(JobState::Unspecified);
+                if !st.is_terminal() {
+                    set.execute(params![
+                        JobState::Removed as i32,
+                        now(),
+                        reason,
+                        id as i64,
+                        state
+                    ])?;
+                }
+                out.push((id, Ok((st == JobState::Running).then_some(node))));
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
     /// Marks a job removed. Returns the job as it was before, or None if it
     /// does not exist. Terminal jobs are left as they are.
     pub fn remove(&self, id: u64, by_uid: u32) -> Result<Option<Job>> {
@@ -397,6 +584,60 @@ mod tests {
         }
     }
 
+    fn new(s: Submitted) -> u64 {
+        match s {
+            Submitted::New(id) => id,
+            other => panic!("not a new job: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn old_ended_jobs_are_pruned_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&dir.path().join("q.sqlite")).unwrap();
+        let old = new(q.submit(&owner(), &spec(), "", 10).unwrap());
+        let recent = new(q.submit(&owner(), &spec(), "", 10).unwrap());
+        let live = new(q.submit(&owner(), &spec(), "", 10).unwrap());
+        q.remove(old, 0).unwrap();
+        q.remove(recent, 0).unwrap();
+        q.execute(
+            "UPDATE jobs SET end_time = end_time - 31 * 86400 WHERE id = ?1",
+            [old as i64],
+        )
+        .unwrap();
+        assert_eq!(q.prune_history(0).unwrap(), 0, "0 keeps everything");
+        assert_eq!(q.prune_history(30).unwrap(), 1);
+        assert!(q.get(old).unwrap().is_none());
+        assert!(q.get(recent).unwrap().is_some() && q.get(live).unwrap().is_some());
+        // Paging: live jobs by default, history with include_ended.
+        let ids = |v: Vec<Job>| v.into_iter().map(|j| j.id).collect::<Vec<_>>();
+        assert_eq!(ids(q.jobs_page(&[], false, 0, 10).unwrap()), vec![live]);
+        assert_eq!(
+            ids(q.jobs_page(&[], true, 0, 10).unwrap()),
+            vec![recent, live]
+        );
+        assert_eq!(ids(q.jobs_page(&[], true, recent, 10).unwrap()), vec![live]);
+        assert_eq!(
+            ids(q.jobs_page(&[live, recent], true, 0, 1).unwrap()),
+            vec![recent]
+        );
+    }
+
+    #[test]
+    fn one_user_has_at_most_max_live_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&dir.path().join("q.sqlite")).unwrap();
+        let a = new(q.submit(&owner(), &spec(), "", 2).unwrap());
+        new(q.submit(&owner(), &spec(), "", 2).unwrap());
+        assert_eq!(
+            q.submit(&owner(), &spec(), "", 2).unwrap(),
+            Submitted::OverCap(2)
+        );
+        // Ended jobs do not count.
+        q.remove(a, 0).unwrap();
+        new(q.submit(&owner(), &spec(), "", 2).unwrap());
+    }
+
     fn spec() -> JobSpec {
         JobSpec {
             args: vec!["true".into()],
@@ -409,8 +650,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("q.sqlite");
         let q = Queue::open(&db).unwrap();
-        let (a, _) = q.submit(&owner(), &spec(), "").unwrap();
-        let (b, _) = q.submit(&owner(), &spec(), "").unwrap();
+        let a = new(q.submit(&owner(), &spec(), "", 10).unwrap());
+        let b = new(q.submit(&owner(), &spec(), "", 10).unwrap());
         assert_ne!(a, b);
         assert!(q.assign(a, "n1").unwrap());
         assert!(
@@ -421,7 +662,7 @@ mod tests {
 
         let q = Queue::open(&db).unwrap();
         assert_eq!(q.running_on("n1").unwrap().len(), 1);
-        assert_eq!(q.idle().unwrap()[0].0.id, b);
+        assert_eq!(q.idle(10).unwrap()[0].0.id, b);
         let exit = JobExited {
             job_id: a,
             exit_code: Some(3),
@@ -442,7 +683,7 @@ mod tests {
     fn a_node_failure_requeues_until_it_happened_too_often() {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(&dir.path().join("q.sqlite")).unwrap();
-        let (a, _) = q.submit(&owner(), &spec(), "").unwrap();
+        let a = new(q.submit(&owner(), &spec(), "", 10).unwrap());
         let broken = JobExited {
             job_id: a,
             error: "Too many open files".into(),
@@ -457,7 +698,7 @@ mod tests {
             assert!(job
                 .reason
                 .contains("node n1 could not start the job (Too many open files)"));
-            assert_eq!(q.idle().unwrap()[0].1, "n1", "to be tried elsewhere first");
+            assert_eq!(q.idle(1).unwrap()[0].1, "n1", "to be tried elsewhere first");
         }
         assert!(q.assign(a, "n1").unwrap());
         assert!(q.finish("n1", &broken).unwrap());
@@ -468,24 +709,29 @@ mod tests {
     fn a_retried_submit_returns_the_first_ones_job() {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(&dir.path().join("q.sqlite")).unwrap();
-        let (a, new) = q.submit(&owner(), &spec(), "r1").unwrap();
-        assert!(new);
-        assert_eq!(q.submit(&owner(), &spec(), "r1").unwrap(), (a, false));
+        let a = new(q.submit(&owner(), &spec(), "r1", 10).unwrap());
+        assert_eq!(
+            q.submit(&owner(), &spec(), "r1", 10).unwrap(),
+            Submitted::Again(a)
+        );
         // Another request id, or another user with the same id: new jobs.
-        assert_ne!(q.submit(&owner(), &spec(), "r2").unwrap().0, a);
+        assert_ne!(new(q.submit(&owner(), &spec(), "r2", 10).unwrap()), a);
         let bob = Owner {
             uid: 1001,
             gid: 1001,
             name: "bob".into(),
         };
-        assert!(q.submit(&bob, &spec(), "r1").unwrap().1);
+        assert!(matches!(
+            q.submit(&bob, &spec(), "r1", 10).unwrap(),
+            Submitted::New(_)
+        ));
     }
 
     #[test]
     fn remove_and_requeue() {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(&dir.path().join("q.sqlite")).unwrap();
-        let (a, _) = q.submit(&owner(), &spec(), "").unwrap();
+        let a = new(q.submit(&owner(), &spec(), "", 10).unwrap());
         q.assign(a, "n1").unwrap();
         assert!(q.requeue(a, "n1", "node lost it").unwrap());
         let job = q.get(a).unwrap().unwrap();

@@ -8,17 +8,30 @@ use stj_proto::starter::{schedd_message::Msg as Out, KillJob, ScheddMessage};
 use stj_proto::user::schedd_server::Schedd as ScheddApi;
 use stj_proto::user::{
     AuditReply, AuditRequest, ConnectBackReply, ConnectBackRequest, Job, JobSpec, JobState,
-    QueryReply, QueryRequest, RemoveReply, RemoveRequest, ReportExitReply, ReportExitRequest,
-    RequestSessionReply, RequestSessionRequest, SubmitReply, SubmitRequest, WaitReply, WaitRequest,
+    QueryReply, QueryRequest, RemoveOutcome, RemoveReply, RemoveRequest, ReportExitReply,
+    ReportExitRequest, RequestSessionReply, RequestSessionRequest, SubmitReply, SubmitRequest,
+    WaitReply, WaitRequest,
 };
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
-use crate::queue::Owner;
+use crate::queue::{Owner, RemoveRefusal, Submitted};
 use crate::Schedd;
 
 const MAX_WAIT: Duration = Duration::from_secs(3600);
 const MAX_ARGS_BYTES: usize = 256 * 1024;
+/// Environment variables per job: sessions pass them to sshd, which refuses
+/// more than about 1,000 ("child_set_env: too many env vars").
+const MAX_ENV: usize = 900;
+/// A reply's size, well under the 4 MiB a gRPC client takes by default:
+/// longer answers come in pages.
+const REPLY_BUDGET: usize = 2 * 1024 * 1024;
+/// Rows read from the queue at a time while filling a reply.
+const PAGE_ROWS: usize = 1000;
+/// Job ids one Query may name.
+const MAX_QUERY_IDS: usize = 10_000;
+/// Jobs one Remove call may name.
+const MAX_REMOVE: usize = 100_000;
 
 pub struct UserApi {
     pub schedd: Arc<Schedd>,
@@ -79,6 +92,11 @@ fn validate(spec: &JobSpec) -> Result<(), Status> {
     }
     if !spec.image.is_empty() && !spec.image.starts_with('/') {
         return bad("--image must be an absolute path to a root filesystem directory");
+    }
+    if spec.env.len() > MAX_ENV {
+        return bad(&format!(
+            "at most {MAX_ENV} --env variables (a session's sshd passes at most about 1,000); put the rest in a file the job reads"
+        ));
     }
     if spec.umask.is_some_and(|m| m > 0o777) {
         return bad("umask must be at most 0777");
@@ -143,15 +161,24 @@ impl ScheddApi for UserApi {
             gid: who.gid,
             name: owner_name(who.uid),
         };
-        let (id, new) = self
+        let cap = self.schedd.config.max_jobs_per_user;
+        let id = match self
             .schedd
             .queue
-            .submit(&owner, &spec, &req.request_id)
-            .map_err(internal)?;
-        if !new {
-            tracing::info!(job_id = id, uid = owner.uid, request_id = %req.request_id, "submit retried; the job it made already");
-            return Ok(Response::new(SubmitReply { job_id: id }));
-        }
+            .submit(&owner, &spec, &req.request_id, cap)
+            .map_err(internal)?
+        {
+            Submitted::New(id) => id,
+            Submitted::Again(id) => {
+                tracing::info!(job_id = id, uid = owner.uid, request_id = %req.request_id, "submit retried; the job it made already");
+                return Ok(Response::new(SubmitReply { job_id: id }));
+            }
+            Submitted::OverCap(n) => {
+                return Err(Status::resource_exhausted(format!(
+                    "you have {n} jobs idle, running or held, the most one user may (max_jobs_per_user in the schedd's [schedd] config); remove some with stj rm, or wait for them to end"
+                )))
+            }
+        };
         tracing::info!(job_id = id, owner = %owner.name, uid = owner.uid, "job submitted");
         self.schedd.job_changed();
         self.schedd.schedule.notify_one();
@@ -160,68 +187,126 @@ impl ScheddApi for UserApi {
 
     async fn query(&self, req: Request<QueryRequest>) -> Result<Response<QueryReply>, Status> {
         let who = caller(&req)?;
-        let ids = req.into_inner().job_ids;
-        let jobs = if ids.is_empty() {
-            self.schedd.queue.list().map_err(internal)?
-        } else {
-            let mut jobs = Vec::new();
-            for id in ids {
-                match self.schedd.queue.get(id).map_err(internal)? {
-                    Some(j) => jobs.push(j),
-                    None => {
-                        return Err(Status::not_found(format!(
-                            "there is no job {id} (stj q lists the queue)"
-                        )))
-                    }
+        let req = req.into_inner();
+        if req.job_ids.len() > MAX_QUERY_IDS {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_QUERY_IDS} job ids per query"
+            )));
+        }
+        // Named jobs must exist (the first page says so).
+        if req.after_id == 0 {
+            for &id in &req.job_ids {
+                if self.schedd.queue.get(id).map_err(internal)?.is_none() {
+                    return Err(Status::not_found(format!(
+                        "there is no job {id} (stj q lists the queue)"
+                    )));
                 }
             }
-            jobs
-        };
-        let jobs = jobs.into_iter().map(|j| visible_to(who.uid, j)).collect();
-        Ok(Response::new(QueryReply { jobs }))
+        }
+        let mut jobs = Vec::new();
+        let mut size = 0;
+        let mut after = req.after_id;
+        loop {
+            let page = self
+                .schedd
+                .queue
+                .jobs_page(&req.job_ids, req.include_ended, after, PAGE_ROWS)
+                .map_err(internal)?;
+            let last_page = page.len() < PAGE_ROWS;
+            for job in page {
+                let job = visible_to(who.uid, job);
+                let len = prost::Message::encoded_len(&job);
+                if !jobs.is_empty() && size + len > REPLY_BUDGET {
+                    return Ok(Response::new(QueryReply {
+                        jobs,
+                        next_after_id: after,
+                    }));
+                }
+                size += len;
+                after = job.id;
+                jobs.push(job);
+            }
+            if last_page {
+                return Ok(Response::new(QueryReply {
+                    jobs,
+                    next_after_id: 0,
+                }));
+            }
+        }
     }
 
     async fn remove(&self, req: Request<RemoveRequest>) -> Result<Response<RemoveReply>, Status> {
         let who = caller(&req)?;
-        let id = req.into_inner().job_id;
-        let job = self
-            .schedd
-            .queue
-            .get(id)
-            .map_err(internal)?
-            .ok_or_else(|| {
-                Status::not_found(format!("there is no job {id} (stj q lists the queue)"))
-            })?;
-        if who.uid != 0 && who.uid != job.owner_uid {
-            tracing::warn!(
-                job_id = id,
-                uid = who.uid,
-                owner = job.owner_uid,
-                "refused to remove another user's job"
-            );
-            return Err(Status::permission_denied(format!(
-                "job {id} belongs to {} (uid {}); only its owner or root can remove it",
-                job.owner_name, job.owner_uid
+        let req = req.into_inner();
+        let single = (req.job_id != 0).then_some(req.job_id);
+        let ids: Vec<u64> = single.into_iter().chain(req.job_ids).collect();
+        if ids.len() > MAX_REMOVE {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_REMOVE} jobs per call; remove them in batches"
             )));
         }
-        let before = self.schedd.queue.remove(id, who.uid).map_err(internal)?;
-        if let Some(before) = before {
-            if before.state == JobState::Running as i32 {
-                let sent = self.schedd.registry.send(
-                    &before.node,
-                    ScheddMessage {
-                        msg: Some(Out::KillJob(KillJob { job_id: id })),
-                    },
-                );
-                tracing::info!(job_id = id, node = %before.node, sent, "job removed; kill sent to its node");
-            } else {
-                tracing::info!(job_id = id, "job removed");
+        let done = self
+            .schedd
+            .queue
+            .remove_many(&ids, who.uid)
+            .map_err(internal)?;
+        let mut outcomes = Vec::with_capacity(done.len());
+        let mut refusal_of_single = None;
+        for (id, result) in done {
+            if single == Some(id) {
+                if let Err(r) = &result {
+                    refusal_of_single = Some(r.clone());
+                }
             }
+            let error = match result {
+                Ok(Some(node)) => {
+                    let sent = self.schedd.registry.send(
+                        &node,
+                        ScheddMessage {
+                            msg: Some(Out::KillJob(KillJob { job_id: id })),
+                        },
+                    );
+                    tracing::info!(job_id = id, node = %node, sent, uid = who.uid, "job removed; kill sent to its node");
+                    String::new()
+                }
+                Ok(None) => {
+                    tracing::info!(job_id = id, uid = who.uid, "job removed");
+                    String::new()
+                }
+                Err(RemoveRefusal::NoSuchJob) => {
+                    format!("there is no job {id} (stj q lists the queue)")
+                }
+                Err(RemoveRefusal::NotOwner { owner, owner_name }) => {
+                    tracing::warn!(
+                        job_id = id,
+                        uid = who.uid,
+                        owner,
+                        "refused to remove another user's job"
+                    );
+                    format!("job {id} belongs to {owner_name} (uid {owner}); only its owner or root can remove it")
+                }
+            };
+            outcomes.push(RemoveOutcome { job_id: id, error });
         }
         self.schedd.job_changed();
         self.schedd.schedule.notify_one();
-        let job = self.schedd.queue.get(id).map_err(internal)?;
-        Ok(Response::new(RemoveReply { job }))
+        // One job asked the old way: its refusal is the call's error.
+        if let (Some(id), [only]) = (single, outcomes.as_slice()) {
+            return match refusal_of_single {
+                Some(RemoveRefusal::NoSuchJob) => Err(Status::not_found(only.error.clone())),
+                Some(RemoveRefusal::NotOwner { .. }) => {
+                    Err(Status::permission_denied(only.error.clone()))
+                }
+                None => {
+                    let job = self.schedd.queue.get(id).map_err(internal)?;
+                    Ok(Response::new(RemoveReply { job, outcomes }))
+                }
+            };
+        }
+        Ok(Response::new(RemoveReply {
+            job: None,
+            outcomes,
+        }))
     }
 
     async fn request_session(
@@ -237,35 +322,61 @@ impl ScheddApi for UserApi {
     async fn audit(&self, req: Request<AuditRequest>) -> Result<Response<AuditReply>, Status> {
         let who = caller(&req)?;
         let req = req.into_inner();
+        let mut after = match req.after.split_once(':') {
+            None if req.after.is_empty() => (i64::MIN, i64::MIN),
+            Some((t, r)) => match (t.parse(), r.parse()) {
+                (Ok(t), Ok(r)) => (t, r),
+                _ => return Err(Status::invalid_argument("bad audit cursor")),
+            },
+            None => return Err(Status::invalid_argument("bad audit cursor")),
+        };
         let mut records = Vec::new();
+        let mut size = 0;
         let mut owners = std::collections::HashMap::new();
-        for r in self
-            .schedd
-            .queue
-            .sessions(req.job_id, req.uid)
-            .map_err(internal)?
-        {
-            let visible = who.uid == 0 || r.uid == who.uid || {
-                let owner = match owners.get(&r.job_id) {
-                    Some(o) => *o,
-                    None => {
-                        let o = self
-                            .schedd
-                            .queue
-                            .get(r.job_id)
-                            .map_err(internal)?
-                            .map(|j| j.owner_uid);
-                        owners.insert(r.job_id, o);
-                        o
-                    }
+        loop {
+            let page = self
+                .schedd
+                .queue
+                .sessions_page(req.job_id, req.uid, after, PAGE_ROWS)
+                .map_err(internal)?;
+            let last_page = page.len() < PAGE_ROWS;
+            for (r, cursor) in page {
+                let visible = who.uid == 0 || r.uid == who.uid || {
+                    let owner = match owners.get(&r.job_id) {
+                        Some(o) => *o,
+                        None => {
+                            let o = self
+                                .schedd
+                                .queue
+                                .get(r.job_id)
+                                .map_err(internal)?
+                                .map(|j| j.owner_uid);
+                            owners.insert(r.job_id, o);
+                            o
+                        }
+                    };
+                    owner == Some(who.uid)
                 };
-                owner == Some(who.uid)
-            };
-            if visible {
-                records.push(r);
+                if visible {
+                    let len = prost::Message::encoded_len(&r);
+                    if !records.is_empty() && size + len > REPLY_BUDGET {
+                        return Ok(Response::new(AuditReply {
+                            records,
+                            next: format!("{}:{}", after.0, after.1),
+                        }));
+                    }
+                    size += len;
+                    records.push(r);
+                }
+                after = cursor;
+            }
+            if last_page {
+                return Ok(Response::new(AuditReply {
+                    records,
+                    next: String::new(),
+                }));
             }
         }
-        Ok(Response::new(AuditReply { records }))
     }
 
     async fn report_exit(

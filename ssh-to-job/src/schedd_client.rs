@@ -52,3 +52,52 @@ pub async fn connect(path: &Path) -> Result<ScheddClient<Channel>> {
 pub fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", s.message())
 }
+
+/// Every job the query matches, page after page (the schedd keeps each
+/// reply small).
+pub async fn query_all(
+    c: &mut ScheddClient<Channel>,
+    job_ids: Vec<u64>,
+    include_ended: bool,
+) -> Result<Vec<stj_proto::user::Job>> {
+    let mut jobs = Vec::new();
+    let mut after_id = 0;
+    loop {
+        let page = c
+            .query(stj_proto::user::QueryRequest {
+                job_ids: job_ids.clone(),
+                include_ended,
+                after_id,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        jobs.extend(page.jobs);
+        if page.next_after_id == 0 {
+            return Ok(jobs);
+        }
+        after_id = page.next_after_id;
+    }
+}
+
+/// Every audit record the request matches, page after page.
+pub async fn audit_all(
+    c: &mut ScheddClient<Channel>,
+    job_id: u64,
+    uid: Option<u32>,
+) -> Result<Vec<stj_proto::user::AuditRecord>> {
+    let mut records = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = c
+            .audit(stj_proto::user::AuditRequest { job_id, uid, after })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        records.extend(page.records);
+        if page.next.is_empty() {
+            return Ok(records);
+        }
+        after = page.next;
+    }
+}

@@ -91,7 +91,13 @@ impl Signals {
 
 async fn remove_job(o: &Options) {
     match connect(&o.socket).await {
-        Ok(mut c) => match c.remove(RemoveRequest { job_id: o.job }).await {
+        Ok(mut c) => match c
+            .remove(RemoveRequest {
+                job_id: o.job,
+                ..Default::default()
+            })
+            .await
+        {
             Ok(_) => eprintln!("ssh-to-job: job {} removed", o.job),
             Err(s) => eprintln!(
                 "ssh-to-job: could not remove job {}: {}",

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use stj_proto::user::{Job, JobState, QueryRequest, WaitRequest};
+use stj_proto::user::{Job, JobState, WaitRequest};
 
 use crate::schedd_client::{connect, status_error};
 
@@ -57,12 +57,11 @@ pub async fn until_running(socket: &Path, id: u64) -> Result<()> {
     });
     let mut last = String::new();
     let result = loop {
-        let jobs = c
-            .query(QueryRequest { job_ids: vec![] })
-            .await
-            .map_err(status_error)?
-            .into_inner()
-            .jobs;
+        // The live queue (for the position), and the job itself if it ended.
+        let mut jobs = crate::schedd_client::query_all(&mut c, vec![], false).await?;
+        if !jobs.iter().any(|j| j.id == id) {
+            jobs.extend(crate::schedd_client::query_all(&mut c, vec![id], true).await?);
+        }
         let Some(me) = jobs.iter().find(|j| j.id == id) else {
             break Err(anyhow::anyhow!(
                 "there is no job {id} (stj q lists the queue)"

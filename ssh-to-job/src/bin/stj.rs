@@ -4,9 +4,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use ssh_to_job::jobs_view;
-use ssh_to_job::schedd_client::{connect, socket_path, status_error};
+use ssh_to_job::schedd_client::{audit_all, connect, query_all, socket_path, status_error};
 use ssh_to_job::session::{self, Options};
-use stj_proto::user::{EnvVar, JobSpec, JobState, QueryRequest, RemoveRequest, WaitRequest};
+use stj_proto::user::{EnvVar, JobSpec, JobState, RemoveRequest, WaitRequest};
 
 /// Submit, list, remove and wait for ssh-to-job batch jobs.
 ///
@@ -182,15 +182,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }),
             };
             let mut c = connect(&socket).await?;
-            let records = c
-                .audit(stj_proto::user::AuditRequest {
-                    job_id: job.unwrap_or(0),
-                    uid,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .records;
+            let records = audit_all(&mut c, job.unwrap_or(0), uid).await?;
             if json {
                 println!(
                     "{}",
@@ -260,20 +252,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Q { json, all, ids } => {
             let mut c = connect(&socket).await?;
-            let named = !ids.is_empty();
-            let mut jobs = c
-                .query(QueryRequest { job_ids: ids })
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .jobs;
-            if !all && !named {
-                jobs.retain(|j| {
-                    !JobState::try_from(j.state)
-                        .unwrap_or(JobState::Unspecified)
-                        .is_terminal()
-                });
-            }
+            // Live jobs unless --all: the schedd filters, history is paged.
+            let jobs = query_all(&mut c, ids, all).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&jobs_view::json(&jobs))?);
             } else {
@@ -283,11 +263,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Rm { ids } => {
             let mut c = connect(&socket).await?;
             let mut failed = false;
-            for id in ids {
-                match c.remove(RemoveRequest { job_id: id }).await {
-                    Ok(_) => println!("job {id} removed"),
-                    Err(s) => {
-                        eprintln!("stj: error: {}", s.message());
+            // Many ids go in few calls, each one transaction on the schedd.
+            for batch in ids.chunks(10_000) {
+                let reply = c
+                    .remove(RemoveRequest {
+                        job_id: 0,
+                        job_ids: batch.to_vec(),
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                for o in reply.outcomes {
+                    if o.error.is_empty() {
+                        println!("job {} removed", o.job_id);
+                    } else {
+                        eprintln!("stj: error: {}", o.error);
                         failed = true;
                     }
                 }
@@ -345,7 +335,12 @@ async fn interactive_session(id: u64, socket: PathBuf) -> Result<ExitCode> {
     // The placeholder ends by itself once the session is gone; removing it
     // too makes sure nothing lingers (a no-op for an ended job).
     if let Ok(mut c) = connect(&socket).await {
-        let _ = c.remove(RemoveRequest { job_id: id }).await;
+        let _ = c
+            .remove(RemoveRequest {
+                job_id: id,
+                ..Default::default()
+            })
+            .await;
     }
     match result {
         Ok(code) => Ok(ExitCode::from(code)),
