@@ -70,3 +70,30 @@ pub fn bin(name: &str) -> PathBuf {
     );
     p
 }
+
+/// Runs a shell command line that must succeed (mounts and the like).
+pub fn sh(cmd: &str) {
+    let st = std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .status()
+        .expect("run sh");
+    assert!(st.success(), "{cmd}: {st}");
+}
+
+/// `path` made read-only (for root too) by a read-only bind mount of
+/// itself, until dropped.
+pub struct ReadOnly(std::path::PathBuf);
+
+pub fn read_only(path: &std::path::Path) -> ReadOnly {
+    sh(&format!(
+        "mount --bind {0} {0} && mount -o remount,ro,bind {0}",
+        path.display()
+    ));
+    ReadOnly(path.to_path_buf())
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}

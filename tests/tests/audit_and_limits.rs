@@ -201,16 +201,7 @@ fn a_grant_that_cannot_be_audited_is_not_given() {
     // The schedd's state moves to a small filesystem of its own.
     c.kill_schedd();
     let backup = c.path().join("state-backup");
-    let sh = |cmd: String| {
-        assert!(
-            std::process::Command::new("sh")
-                .args(["-c", &cmd])
-                .status()
-                .unwrap()
-                .success(),
-            "{cmd}"
-        )
-    };
+    let sh = |cmd: String| stj_tests::sh(&cmd);
     let state = c.state_dir.display().to_string();
     sh(format!(
         "cp -a {state} {b} && mount -t tmpfs -o size=4m tmpfs {state} && cp -a {b}/. {state}/ && chmod 700 {state}",

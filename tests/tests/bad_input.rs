@@ -91,33 +91,23 @@ fn malformed_token_and_config_are_named() {
         "{log}"
     );
 
+    // A misspelled knob, and a misspelled section (ignored, the schedd would
+    // listen on 0.0.0.0:9618 with defaults): errors naming file and typo.
     let cfg = c.path().join("broken.toml");
-    fs::write(&cfg, "[schedd]\nlisen = \"0.0.0.0:1\"\n").unwrap();
-    let out = Command::new(bin("stj-schedd"))
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("broken.toml") && err.contains("lisen"),
-        "{err}"
-    );
-    // A misspelled section is no less an error than a misspelled knob:
-    // ignored, the schedd would listen on 0.0.0.0:9618 with defaults.
-    fs::write(&cfg, "[shcedd]\nlisten = \"127.0.0.1:1\"\n").unwrap();
-    let out = Command::new(bin("stj-schedd"))
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("broken.toml") && err.contains("shcedd"),
-        "{err}"
-    );
+    for (text, typo) in [
+        ("[schedd]\nlisen = \"0.0.0.0:1\"\n", "lisen"),
+        ("[shcedd]\nlisten = \"127.0.0.1:1\"\n", "shcedd"),
+    ] {
+        fs::write(&cfg, text).unwrap();
+        let out = Command::new(bin("stj-schedd"))
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("broken.toml") && err.contains(typo), "{err}");
+    }
 
     // A starter work dir under /tmp would be invisible inside jobs (each
     // has a private /tmp): refused at start-up, naming the knob.
@@ -143,26 +133,12 @@ fn a_starter_that_cannot_write_its_work_dir_refuses_to_start() {
     let c = Cluster::new();
     let work = c.path().join("ro-work");
     fs::create_dir_all(&work).unwrap();
-    // Read-only for root too: a bind mount of it, remounted read-only.
-    let sh = |cmd: String| {
-        assert!(
-            Command::new("sh")
-                .args(["-c", &cmd])
-                .status()
-                .unwrap()
-                .success(),
-            "{cmd}"
-        )
-    };
-    sh(format!(
-        "mount --bind {0} {0} && mount -o remount,ro,bind {0}",
-        work.display()
-    ));
+    let ro = stj_tests::read_only(&work);
     let mut child = c.spawn_starter_in("nodero", "nodero", &work, 1, &c.token_file, &[]);
     let status = wait_until("the starter to refuse", Duration::from_secs(30), || {
         child.try_wait().unwrap()
     });
-    sh(format!("umount {}", work.display()));
+    drop(ro);
     assert!(!status.success());
     let log = c.starter_log("nodero");
     assert!(
@@ -183,17 +159,7 @@ fn a_first_start_on_a_full_disk_names_the_file() {
         .tempdir_in("/var/tmp")
         .unwrap();
     let full = dir.path();
-    let sh = |cmd: String| {
-        assert!(
-            Command::new("sh")
-                .args(["-c", &cmd])
-                .status()
-                .unwrap()
-                .success(),
-            "{cmd}"
-        )
-    };
-    sh(format!(
+    stj_tests::sh(&format!(
         "mount -t tmpfs -o size=12k tmpfs {0} && dd if=/dev/zero of={0}/fill bs=1k count=9 2>/dev/null",
         full.display()
     ));
@@ -205,7 +171,7 @@ fn a_first_start_on_a_full_disk_names_the_file() {
         .args(["--listen", "127.0.0.1:0"])
         .output()
         .unwrap();
-    sh(format!("umount {}", full.display()));
+    stj_tests::sh(&format!("umount {}", full.display()));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -739,26 +739,12 @@ fn a_flooded_starter_still_starts_jobs_and_a_broken_one_hands_them_back() {
     // cannot start jobs: they go back to the queue and run elsewhere.
     c.kill_starter("node1");
     c.start_starter("node2", 8);
-    let jobs_dir = c.path().join("node-node2/jobs");
-    let sh = |cmd: String| {
-        assert!(
-            std::process::Command::new("sh")
-                .args(["-c", &cmd])
-                .status()
-                .unwrap()
-                .success(),
-            "{cmd}"
-        )
-    };
-    sh(format!(
-        "mount --bind {0} {0} && mount -o remount,ro,bind {0}",
-        jobs_dir.display()
-    ));
+    let ro = stj_tests::read_only(&c.path().join("node-node2/jobs"));
     c.start_starter("node3", 1);
     // node2 has the most free slots, so it is tried first.
     let j = c.submit(&alice, &["--", "sleep", "86439"]);
     let job = c.wait_state(j, "running", T);
-    sh(format!("umount {}", jobs_dir.display()));
+    drop(ro);
     assert_eq!(job["node"], "node3", "{job}");
     assert!(
         c.schedd_log()
