@@ -37,7 +37,9 @@ pub use pb::stj::starter::v1 as starter;
 pub use pb::stj::user::v1 as user;
 
 /// Version the starter announces in its hello; the schedd refuses others.
-pub const STARTER_PROTOCOL_VERSION: u32 = 1;
+/// 2: node keys in TLS and enrolment tokens, route tokens, start failures
+/// that say whose fault they are.
+pub const STARTER_PROTOCOL_VERSION: u32 = 2;
 
 /// The node-name rule (starters, capabilities, enrolment): 1-64 characters
 /// of `[A-Za-z0-9._-]`, not `.` or `..` — the same rule as routing names, so
