@@ -548,28 +548,6 @@ impl Queue {
         tx.commit()?;
         Ok(out)
     }
-
-    /// Marks a job removed. Returns the job as it was before, or None if it
-    /// does not exist. Terminal jobs are left as they are.
-    pub fn remove(&self, id: u64, by_uid: u32) -> Result<Option<Job>> {
-        let Some(before) = self.get(id)? else {
-            return Ok(None);
-        };
-        let state = JobState::try_from(before.state).unwrap_or(JobState::Unspecified);
-        if !state.is_terminal() {
-            self.execute(
-                "UPDATE jobs SET state = ?1, end_time = ?2, reason = ?3 WHERE id = ?4 AND state = ?5",
-                params![
-                    JobState::Removed as i32,
-                    now(),
-                    format!("removed by uid {by_uid}"),
-                    id as i64,
-                    before.state
-                ],
-            )?;
-        }
-        Ok(Some(before))
-    }
 }
 
 #[cfg(test)]
@@ -598,8 +576,7 @@ mod tests {
         let old = new(q.submit(&owner(), &spec(), "", 10).unwrap());
         let recent = new(q.submit(&owner(), &spec(), "", 10).unwrap());
         let live = new(q.submit(&owner(), &spec(), "", 10).unwrap());
-        q.remove(old, 0).unwrap();
-        q.remove(recent, 0).unwrap();
+        q.remove_many(&[old, recent], 0).unwrap();
         q.execute(
             "UPDATE jobs SET end_time = end_time - 31 * 86400 WHERE id = ?1",
             [old as i64],
@@ -634,7 +611,7 @@ mod tests {
             Submitted::OverCap(2)
         );
         // Ended jobs do not count.
-        q.remove(a, 0).unwrap();
+        q.remove_many(&[a], 0).unwrap();
         new(q.submit(&owner(), &spec(), "", 2).unwrap());
     }
 
@@ -737,9 +714,12 @@ mod tests {
         let job = q.get(a).unwrap().unwrap();
         assert_eq!(job.state, JobState::Idle as i32);
         assert_eq!(job.reason, "node lost it");
-        assert!(q.remove(a, 0).unwrap().is_some());
+        assert_eq!(q.remove_many(&[a], 0).unwrap(), vec![(a, Ok(None))]);
         assert_eq!(q.get(a).unwrap().unwrap().state, JobState::Removed as i32);
         assert!(!q.assign(a, "n1").unwrap(), "a removed job never runs");
-        assert!(q.remove(999, 0).unwrap().is_none());
+        assert_eq!(
+            q.remove_many(&[999], 0).unwrap(),
+            vec![(999, Err(RemoveRefusal::NoSuchJob))]
+        );
     }
 }
