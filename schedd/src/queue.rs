@@ -38,6 +38,10 @@ pub enum RemoveRefusal {
     NotOwner { owner: u32, owner_name: String },
 }
 
+/// One job's part of a removal: the node it was running on (which must
+/// kill it; None if it was not running), or why it was not removed.
+pub type Removed = std::result::Result<Option<String>, RemoveRefusal>;
+
 pub struct Owner {
     pub uid: u32,
     pub gid: u32,
@@ -500,13 +504,8 @@ impl Queue {
     }
 
     /// Marks the jobs `ids` removed, in one transaction, where `by_uid` may
-    /// (their owner, or root). For each: where it ran and whether it was
-    /// running (its node must kill it), or why it was not removed.
-    pub fn remove_many(
-        &self,
-        ids: &[u64],
-        by_uid: u32,
-    ) -> Result<Vec<(u64, std::result::Result<Option<String>, RemoveRefusal>)>> {
+    /// (their owner, or root); says for each what became of it.
+    pub fn remove_many(&self, ids: &[u64], by_uid: u32) -> Result<Vec<(u64, Removed)>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(ids.len());
