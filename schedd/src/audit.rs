@@ -80,9 +80,7 @@ impl AuditLog {
     /// thread, which also drops records older than `retention_days` (0:
     /// keep all) at start-up and hourly.
     pub fn open(db: &Path, retention_days: u64) -> rusqlite::Result<AuditLog> {
-        let conn = Connection::open(db)?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let conn = crate::queue::connect(db)?;
         let (tx, rx) = mpsc::channel::<Queued>();
         let path = db.to_path_buf();
         std::thread::Builder::new()

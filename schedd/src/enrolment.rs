@@ -115,10 +115,7 @@ fn valid_pattern(p: &str) -> bool {
 
 impl Enrolment {
     pub fn open(db: &Path) -> rusqlite::Result<Enrolment> {
-        let conn = Connection::open(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(Duration::from_secs(5))?;
+        let conn = crate::queue::connect(db)?;
         conn.execute_batch(SCHEMA)?;
         Ok(Enrolment {
             conn: Mutex::new(conn),

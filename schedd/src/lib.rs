@@ -93,7 +93,7 @@ pub const ADDR_FILE: &str = "schedd.addr";
 pub async fn run(config: ScheddConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
     let identity = pki::Identity::load_or_create(&config.state_dir)?;
     let tls = identity.tls_config()?;
-    let db_path = config.state_dir.join("queue.sqlite");
+    let db_path = config.state_dir.join(queue::DB_FILE);
     let queue = queue::Queue::open(&db_path)
         .with_context(|| format!("cannot open the job queue {}", db_path.display()))?;
     let audit = audit::AuditLog::open(&db_path, config.audit_retention_days)

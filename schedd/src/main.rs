@@ -107,7 +107,7 @@ fn state_dir(config: Option<&std::path::Path>, dir: Option<PathBuf>) -> Result<P
 }
 
 fn enrolment(state_dir: &std::path::Path) -> Result<stj_schedd::enrolment::Enrolment> {
-    let db = state_dir.join("queue.sqlite");
+    let db = state_dir.join(stj_schedd::queue::DB_FILE);
     stj_schedd::enrolment::Enrolment::open(&db)
         .with_context(|| format!("cannot open the node table in {}", db.display()))
 }

@@ -21,6 +21,22 @@ pub enum QueueError {
 
 pub type Result<T> = std::result::Result<T, QueueError>;
 
+/// The database in the state dir: the queue, the audit records and the
+/// enrolled nodes.
+pub const DB_FILE: &str = "queue.sqlite";
+
+/// A connection to the database as every user of it needs one: WAL
+/// (readers do not wait for the writer), synchronous=FULL (a committed
+/// change survives a crash), and a busy timeout (the schedd, its audit
+/// writer and `stj-schedd token` share the file).
+pub fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
 /// What a submit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Submitted {
@@ -181,10 +197,7 @@ fn with_spec((mut job, spec): (Job, Vec<u8>)) -> Result<Job> {
 
 impl Queue {
     pub fn open(path: &Path) -> Result<Queue> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let conn = connect(path)?;
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         Ok(Queue {

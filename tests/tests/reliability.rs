@@ -145,7 +145,7 @@ fn twenty_open_sessions_through_a_schedd_kill_9() {
             assert!(status.success(), "session {i}: {status:?}");
         }
     }
-    let q = stj_schedd::queue::Queue::open(&c.state_dir.join("queue.sqlite")).unwrap();
+    let q = stj_schedd::queue::Queue::open(&c.state_dir.join(stj_schedd::queue::DB_FILE)).unwrap();
     // 9 direct + the new one, 9 reverse, 2 relayed.
     let want = [("direct", 10), ("reverse", 9), ("relay", 2)];
     let complete = || -> Vec<(&str, usize)> {
@@ -229,7 +229,7 @@ fn a_killed_starters_jobs_end_and_are_requeued_within_the_heartbeat_deadline() {
     // An open session, recorded as open.
     let mut session = Open::start(&c, &alice, "direct", job);
     assert!(session.answers("open"));
-    let q = stj_schedd::queue::Queue::open(&c.state_dir.join("queue.sqlite")).unwrap();
+    let q = stj_schedd::queue::Queue::open(&c.state_dir.join(stj_schedd::queue::DB_FILE)).unwrap();
     wait_until("the session to be recorded open", T, || {
         q.sessions(job, None)
             .unwrap()

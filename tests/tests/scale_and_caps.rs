@@ -70,7 +70,7 @@ fn big_jobs_and_a_flood_of_denials_leave_q_and_audit_working() {
     });
     // Root's audit still answers, in pages; bob's denials are there, up to
     // the rate, and summed up beyond it.
-    let q = stj_schedd::queue::Queue::open(&c.state_dir.join("queue.sqlite")).unwrap();
+    let q = stj_schedd::queue::Queue::open(&c.state_dir.join(stj_schedd::queue::DB_FILE)).unwrap();
     let records = stj_tests::wait_until("the denials to be written", T, || {
         let r = q.sessions(0, Some(bob.uid)).unwrap();
         (r.len() >= 60).then_some(r)
@@ -113,7 +113,8 @@ fn a_hundred_thousand_jobs_of_history_cost_q_and_submit_little() {
     c.wait_state(live, "running", T);
     // 100,000 ended jobs, written straight into the queue in one go.
     {
-        let mut db = rusqlite::Connection::open(c.state_dir.join("queue.sqlite")).unwrap();
+        let mut db =
+            rusqlite::Connection::open(c.state_dir.join(stj_schedd::queue::DB_FILE)).unwrap();
         db.busy_timeout(Duration::from_secs(10)).unwrap();
         let tx = db.transaction().unwrap();
         {

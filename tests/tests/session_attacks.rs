@@ -64,7 +64,7 @@ fn another_user_gets_no_session() {
         .status
         .success());
     // Records are written in batches within milliseconds.
-    let q = stj_schedd::queue::Queue::open(&c.state_dir.join("queue.sqlite")).unwrap();
+    let q = stj_schedd::queue::Queue::open(&c.state_dir.join(stj_schedd::queue::DB_FILE)).unwrap();
     let records = wait_until("both audit records", T, || {
         let r = q.sessions(id, None).unwrap();
         let denied = r
