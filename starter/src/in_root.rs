@@ -6,6 +6,23 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use anyhow::Context;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
+/// Opens the directory `path` (O_PATH) on the node: a root to `open` in.
+pub fn open_dir(path: &Path) -> anyhow::Result<OwnedFd> {
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: a fresh fd from open().
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
 
 /// `openat2(root, path, flags | O_CLOEXEC, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`.
 pub fn open(root: &OwnedFd, path: &str, flags: libc::c_int) -> io::Result<OwnedFd> {

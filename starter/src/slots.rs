@@ -69,14 +69,7 @@ struct Lease {
 /// a uid others will get); in an image it means no writable directory (the
 /// job's / is read-only anyway).
 pub fn open_workdir(root: &Path, path: &str, image: bool) -> Result<Option<(OwnedFd, Writable)>> {
-    let r = nix::fcntl::open(
-        root,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .with_context(|| format!("cannot open {}", root.display()))?;
-    // SAFETY: a fresh fd from open().
-    let r = unsafe { OwnedFd::from_raw_fd(r) };
+    let r = crate::in_root::open_dir(root)?;
     let dir = crate::in_root::open(&r, path, libc::O_PATH | libc::O_DIRECTORY)
         .with_context(|| format!("the working directory {path} is not a directory on this node"))?;
     let (top, st) = (fstat(r.as_raw_fd())?, fstat(dir.as_raw_fd())?);
@@ -342,13 +335,7 @@ fn directory_of(dir: &Writable, fds: &[Arc<OwnedFd>]) -> Result<OwnedFd> {
             return reopen(fd);
         }
     }
-    let root = nix::fcntl::open(
-        &dir.root,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
-    // SAFETY: a fresh fd from open().
-    let root = unsafe { OwnedFd::from_raw_fd(root) };
+    let root = crate::in_root::open_dir(&dir.root)?;
     let found = crate::in_root::open(&root, &dir.path, libc::O_PATH | libc::O_DIRECTORY)
         .context("the directory is gone")?;
     let st = fstat(found.as_raw_fd())?;

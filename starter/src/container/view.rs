@@ -130,17 +130,6 @@ fn writable_workdir(base: &OwnedFd, cwd: &str, id: (u64, u64)) -> Result<()> {
     )
 }
 
-fn open_dir(path: &Path) -> Result<OwnedFd> {
-    let fd = nix::fcntl::open(
-        path,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: a fresh fd from open().
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// Binds `path` onto itself, writable (but still nosuid): the job's session
 /// files, in a confined job's otherwise read-only view.
 fn writable(path: &Path) -> Result<()> {
@@ -200,7 +189,7 @@ fn nosuid() -> MsFlags {
 
 fn node_view(spec: &ContainerSpec) -> Result<()> {
     if let Some(id) = spec.writable_workdir {
-        writable_workdir(&open_dir(Path::new("/"))?, &spec.cwd, id)?;
+        writable_workdir(&crate::in_root::open_dir(Path::new("/"))?, &spec.cwd, id)?;
     }
     private_proc_and_tmp(Path::new("/"))?;
     mount_devpts(Path::new("/dev/pts"))?;
@@ -354,7 +343,7 @@ fn image_root(spec: &ContainerSpec, image: &Path, root: &Path, groups: &[Gid]) -
         mount_kit(&r(".stj"), kit, &spec.sessions, spec.confined)?;
     }
     if let Some(id) = spec.writable_workdir {
-        writable_workdir(&open_dir(root)?, &spec.cwd, id)?;
+        writable_workdir(&crate::in_root::open_dir(root)?, &spec.cwd, id)?;
     }
     nix::unistd::chdir(root)?;
     // pivot_root(".", ".") stacks the old root on the new one; the lazy

@@ -16,7 +16,7 @@
 //! `~/.ssh/rc` is never run (`PermitUserRC no`): sshd would look for it in
 //! the session's start directory, the job's working directory.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Component, Path};
 
 use crate::container::Init;
@@ -81,14 +81,8 @@ pub fn choose(init: &Init, uid: u32, passwd_home: Option<&str>) -> Result<Home, 
     let Some(home) = passwd_home.filter(|h| h.starts_with('/')) else {
         return Ok(Home::Private);
     };
-    let root = match nix::fcntl::open(
-        format!("/proc/{}/root", init.pid).as_str(),
-        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    ) {
-        // SAFETY: a fresh fd from open().
-        Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
-        Err(_) => return Ok(Home::Private),
+    let Ok(root) = crate::in_root::open_dir(Path::new(&format!("/proc/{}/root", init.pid))) else {
+        return Ok(Home::Private);
     };
     // The pid named the job's init when we opened its root only if the
     // init still runs now (the pidfd says so, whatever pids were reused).
@@ -104,16 +98,6 @@ mod tests {
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
-    fn root(p: &Path) -> OwnedFd {
-        let fd = nix::fcntl::open(
-            p,
-            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
-            nix::sys::stat::Mode::empty(),
-        )
-        .unwrap();
-        unsafe { OwnedFd::from_raw_fd(fd) }
-    }
-
     #[test]
     fn the_rule() {
         let t = tempfile::tempdir().unwrap();
@@ -123,7 +107,7 @@ mod tests {
         for d in ["home", "home/alice"] {
             fs::set_permissions(r.join(d), fs::Permissions::from_mode(0o755)).unwrap();
         }
-        let fd = root(r);
+        let fd = crate::in_root::open_dir(r).unwrap();
         // Owned by root (the test runs as root): fine for any uid.
         assert_eq!(
             check(&fd, "/home/alice", 1000),
