@@ -82,16 +82,8 @@ pub struct Init {
 impl Init {
     /// Whether the init still runs: a pid read before this check named it.
     pub fn alive(&self) -> bool {
-        // SAFETY: plain syscall on a valid pidfd; signal 0 only checks.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                0,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            ) == 0
-        }
+        // Signal 0 only checks.
+        signal_pidfd(&self.pidfd, 0)
     }
 }
 
@@ -142,8 +134,9 @@ fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Sends `sig` to the process behind a pidfd. ESRCH (already gone) is fine.
-pub fn signal_pidfd(fd: &impl AsRawFd, sig: libc::c_int) {
+/// Sends `sig` to the process behind a pidfd; false if it could not (it
+/// is gone: ESRCH), which callers that only stop it may ignore.
+pub fn signal_pidfd(fd: &impl AsRawFd, sig: libc::c_int) -> bool {
     // SAFETY: plain syscall on a valid fd; a null siginfo means "like kill()".
     unsafe {
         libc::syscall(
@@ -152,7 +145,7 @@ pub fn signal_pidfd(fd: &impl AsRawFd, sig: libc::c_int) {
             sig,
             std::ptr::null::<libc::siginfo_t>(),
             0,
-        );
+        ) == 0
     }
 }
 
