@@ -25,6 +25,29 @@ struct Window {
     suppressed: u64,
 }
 
+impl Window {
+    fn new(start: i64) -> Window {
+        Window {
+            start,
+            recorded: 0,
+            suppressed: 0,
+        }
+    }
+
+    fn over(&self, now: i64) -> bool {
+        now - self.start >= WINDOW
+    }
+
+    /// What was counted but not recorded in this minute, if anything.
+    fn summary(&self, uid: u32) -> Option<Summary> {
+        (self.suppressed > 0).then_some(Summary {
+            uid,
+            since: self.start,
+            count: self.suppressed,
+        })
+    }
+}
+
 /// A summary to write: `uid` had `count` denials more, in the minute from
 /// `since`, than were recorded one by one.
 #[derive(Debug, PartialEq, Eq)]
@@ -49,24 +72,10 @@ impl Denials {
     pub fn denied(&self, uid: u32, now: i64) -> (Verdict, Option<Summary>) {
         let mut w = self.lock();
         let mut summary = None;
-        let win = w.entry(uid).or_insert(Window {
-            start: now,
-            recorded: 0,
-            suppressed: 0,
-        });
-        if now - win.start >= WINDOW {
-            if win.suppressed > 0 {
-                summary = Some(Summary {
-                    uid,
-                    since: win.start,
-                    count: win.suppressed,
-                });
-            }
-            *win = Window {
-                start: now,
-                recorded: 0,
-                suppressed: 0,
-            };
+        let win = w.entry(uid).or_insert_with(|| Window::new(now));
+        if win.over(now) {
+            summary = win.summary(uid);
+            *win = Window::new(now);
         }
         let verdict = if win.recorded < PER_MINUTE {
             win.recorded += 1;
@@ -83,16 +92,10 @@ impl Denials {
     pub fn flush(&self, now: i64) -> Vec<Summary> {
         let mut out = Vec::new();
         self.lock().retain(|&uid, win| {
-            if now - win.start < WINDOW {
+            if !win.over(now) {
                 return true;
             }
-            if win.suppressed > 0 {
-                out.push(Summary {
-                    uid,
-                    since: win.start,
-                    count: win.suppressed,
-                });
-            }
+            out.extend(win.summary(uid));
             false
         });
         out
