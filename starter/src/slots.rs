@@ -97,6 +97,24 @@ struct Leases {
     by_uid: BTreeMap<u32, Lease>,
 }
 
+fn leases_file(work_dir: &Path) -> PathBuf {
+    work_dir.join("slot-leases.json")
+}
+
+/// The leases as recorded; none when there is no file yet.
+fn read_leases(file: &Path) -> Result<Leases> {
+    match private_file::read(file) {
+        Ok(text) => serde_json::from_slice(&text).with_context(|| {
+            format!(
+                "{} is damaged; its slot uids may hold files of past jobs: sweep them by hand, then remove it",
+                file.display()
+            )
+        }),
+        Err(e) if e.is_not_found() => Ok(Leases::default()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub struct SlotUsers {
     first: u32,
     last: u32,
@@ -115,20 +133,8 @@ impl SlotUsers {
     /// Loads the leases, sweeps those a previous run left (no job runs on
     /// a starting node) and forgets them.
     pub fn open(work_dir: &Path, first: u32, last: u32) -> Result<SlotUsers> {
-        let file = work_dir.join("slot-leases.json");
-        let left: Leases = match private_file::read(&file) {
-            Ok(text) => serde_json::from_slice(&text).with_context(|| {
-                format!(
-                    "{} is damaged; its slot uids may hold files of past jobs: sweep them by hand, then remove it",
-                    file.display()
-                )
-            })?,
-            Err(e) if e.is_not_found() =>
-            {
-                Leases::default()
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let file = leases_file(work_dir);
+        let left = read_leases(&file)?;
         let mut kept = Leases::default();
         for (uid, lease) in left.by_uid {
             if lease.quarantined.is_some() {
@@ -171,12 +177,7 @@ impl SlotUsers {
 
     /// The admin's view of the leases: (uid, owner, jobs, why quarantined).
     pub fn list(work_dir: &Path) -> Result<Vec<(u32, u32, usize, Option<String>)>> {
-        let file = work_dir.join("slot-leases.json");
-        let l: Leases = match private_file::read(&file) {
-            Ok(t) => serde_json::from_slice(&t)?,
-            Err(e) if e.is_not_found() => Leases::default(),
-            Err(e) => return Err(e.into()),
-        };
+        let l = read_leases(&leases_file(work_dir))?;
         Ok(l.by_uid
             .iter()
             .map(|(u, x)| (*u, x.owner_uid, x.jobs.len(), x.quarantined.clone()))
@@ -186,8 +187,8 @@ impl SlotUsers {
     /// The admin says a quarantined uid's files are dealt with: it may be
     /// leased again. Only with the starter stopped (it rewrites the file).
     pub fn release_quarantined(work_dir: &Path, uid: u32) -> Result<()> {
-        let file = work_dir.join("slot-leases.json");
-        let mut l: Leases = serde_json::from_slice(&private_file::read(&file)?)?;
+        let file = leases_file(work_dir);
+        let mut l = read_leases(&file)?;
         match l.by_uid.get(&uid) {
             Some(x) if x.quarantined.is_some() => {
                 l.by_uid.remove(&uid);
