@@ -405,18 +405,20 @@ fn give_back(uid: u32, owner: u32, owner_gid: u32, top: OwnedFd) -> Result<usize
     let dev = fstat(top.as_raw_fd())?.st_dev;
     let gid = uid; // slot users' gid is their uid
     let mut changed = 0;
+    // The owner's ids where the slot user's were; None leaves an id as is.
+    let handed_back = |st: &libc::stat| {
+        (
+            (st.st_uid == uid).then_some(owner.into()),
+            (st.st_gid == gid).then_some(owner_gid.into()),
+        )
+    };
     let fix = |fd: &OwnedFd| -> nix::Result<bool> {
         let st = fstat(fd.as_raw_fd())?;
         if st.st_uid != uid && st.st_gid != gid {
             return Ok(false);
         }
-        let new_uid = (st.st_uid == uid).then_some(owner);
-        let new_gid = (st.st_gid == gid).then_some(owner_gid);
-        nix::unistd::fchown(
-            fd.as_raw_fd(),
-            new_uid.map(Into::into),
-            new_gid.map(Into::into),
-        )?;
+        let (new_uid, new_gid) = handed_back(&st);
+        nix::unistd::fchown(fd.as_raw_fd(), new_uid, new_gid)?;
         let mode = st.st_mode & 0o7777;
         if mode & 0o6000 != 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG {
             nix::sys::stat::fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(mode & !0o6000))?;
@@ -459,13 +461,12 @@ fn give_back(uid: u32, owner: u32, owner_gid: u32, top: OwnedFd) -> Result<usize
                 }
                 _ if st.st_uid == uid || st.st_gid == gid => {
                     // Symlinks, fifos, sockets: changed without opening.
-                    let new_uid = (st.st_uid == uid).then_some(owner);
-                    let new_gid = (st.st_gid == gid).then_some(owner_gid);
+                    let (new_uid, new_gid) = handed_back(&st);
                     if nix::unistd::fchownat(
                         Some(d.as_raw_fd()),
                         name.as_os_str(),
-                        new_uid.map(Into::into),
-                        new_gid.map(Into::into),
+                        new_uid,
+                        new_gid,
                         AtFlags::AT_SYMLINK_NOFOLLOW,
                     )
                     .is_ok()
