@@ -117,18 +117,20 @@ fn host_key_file(job: u64) -> Result<PathBuf> {
     let dir = match runtime {
         Some(r) => r.join("stj-hostkeys"),
         None => {
-            let home = nix::unistd::User::from_uid(uid.into())
+            let account = nix::unistd::User::from_uid(uid.into())
                 .ok()
                 .flatten()
                 .map(|u| u.dir)
-                .filter(|d| d.is_dir())
-                .map(Ok)
-                .unwrap_or_else(home)?;
-            home.join(".cache/stj/hostkeys")
+                .filter(|d| d.is_dir());
+            match account {
+                Some(h) => h,
+                None => home()?,
+            }
+            .join(".cache/stj/hostkeys")
         }
     };
     if !private_dir_of(&dir, uid) {
-        if dir.exists() || std::fs::symlink_metadata(&dir).is_ok() {
+        if std::fs::symlink_metadata(&dir).is_ok() {
             bail!(
                 "{} is not a private directory of yours (it must be a directory you own, mode 0700); remove it",
                 dir.display()
