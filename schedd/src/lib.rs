@@ -60,9 +60,10 @@ pub struct Schedd {
 /// The schedd's fd limit, divided among what peers can make it hold, so
 /// that no kind of peer can exhaust it for the others: half for TCP
 /// connections (starter links, relay halves, routing), a quarter for the
-/// pipes of relayed sessions, a sixteenth for users' connections to the
-/// UNIX socket and a thirty-second for root's; the rest (database, logs,
-/// dial-outs) stays free.
+/// pipes of relayed sessions (`relays` counts sessions, a sixteenth of the
+/// limit: two pipes, four fds each), a sixteenth for users' connections to
+/// the UNIX socket and a thirty-second for root's; the rest (database,
+/// logs, dial-outs) stays free.
 #[derive(Clone, Copy, Debug)]
 pub struct Budget {
     pub tcp: usize,

@@ -7,16 +7,14 @@
 //! unknown key's hello is small (`link.rs`); accept errors back off and one
 //! bad connection never takes the listener down.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::net::IpAddr;
+use stj_cli::shares::{KeyedShares, Unheard, UnheardConn};
 use stj_proto::preamble::{Preamble, MAX_LEN};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-
-use stj_cli::shares::{KeyedShares, Unheard, UnheardConn};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 

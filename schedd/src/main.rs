@@ -1,7 +1,6 @@
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
-
-use std::os::fd::AsRawFd;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -116,7 +115,6 @@ fn enrolment(state_dir: &std::path::Path) -> Result<stj_schedd::enrolment::Enrol
 /// made 0600 before anything is written to it.
 fn print_secret(text: &str) -> Result<()> {
     use std::io::Write;
-    use std::os::fd::AsFd;
     let out = std::io::stdout();
     let st = nix::sys::stat::fstat(out.as_fd().as_raw_fd())?;
     if st.st_mode & libc::S_IFMT == libc::S_IFREG {
