@@ -254,6 +254,16 @@ impl Cluster {
         self.start_starter_with(name, slots, &["--session-listen", "127.0.0.1:0"]);
     }
 
+    /// `start_starter`, running jobs as the slot uids `first`..=`last`.
+    pub fn start_slot_user_starter(&mut self, name: &str, slots: u32, first: u32, last: u32) {
+        let range = format!("{first}-{last}");
+        self.start_starter_with(
+            name,
+            slots,
+            &["--session-listen", "127.0.0.1:0", "--slot-users", &range],
+        );
+    }
+
     pub fn start_starter_with(&mut self, name: &str, slots: u32, extra: &[&str]) {
         self.start_starter_with_token(name, slots, &self.token_file.clone(), extra)
     }

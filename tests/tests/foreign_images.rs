@@ -134,16 +134,7 @@ fn slot_users_without_any_passwd_entry() {
         );
     }
     let mut c = Cluster::new();
-    c.start_starter_with(
-        "node1",
-        3,
-        &[
-            "--session-listen",
-            "127.0.0.1:0",
-            "--slot-users",
-            &format!("{first}-{last}"),
-        ],
-    );
+    c.start_slot_user_starter("node1", 3, first, last);
     let alice = TestUser::alice();
     let root = rootfs::busybox(&c.path().join("busybox"));
     let id = submit_image_job(&c, &alice, &root);

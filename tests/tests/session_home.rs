@@ -108,16 +108,7 @@ fn a_home_others_can_write_is_refused_with_the_fix() {
 #[test]
 fn a_slot_user_session_gets_a_private_home_of_its_own() {
     let mut c = Cluster::new();
-    c.start_starter_with(
-        "node1",
-        1,
-        &[
-            "--session-listen",
-            "127.0.0.1:0",
-            "--slot-users",
-            "5100-5101",
-        ],
-    );
+    c.start_slot_user_starter("node1", 1, 5100, 5101);
     let alice = TestUser::alice();
     let wd = c.workdir(&alice);
     fs::set_permissions(&wd, fs::Permissions::from_mode(0o777)).unwrap();

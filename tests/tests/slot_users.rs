@@ -32,16 +32,7 @@ fn processes_of(uid: u32) -> Vec<String> {
 fn a_slot_uid_carries_nothing_from_one_owner_to_the_next() {
     let mut c = Cluster::new();
     // One slot uid: the second owner's job must get the first one's.
-    c.start_starter_with(
-        "node1",
-        2,
-        &[
-            "--session-listen",
-            "127.0.0.1:0",
-            "--slot-users",
-            &format!("{SLOT}-{SLOT}"),
-        ],
-    );
+    c.start_slot_user_starter("node1", 2, SLOT, SLOT);
     let (alice, bob) = (TestUser::alice(), TestUser::bob());
     for u in [&alice, &bob] {
         fs::set_permissions(c.workdir(u), fs::Permissions::from_mode(0o1777)).unwrap();
@@ -272,16 +263,7 @@ fn swapping_image_entries_for_symlinks_reaches_nothing_outside() {
 fn the_sweep_walks_the_directory_the_job_had_whatever_its_path_became() {
     let mut c = Cluster::new();
     let slot = 64310;
-    c.start_starter_with(
-        "node1",
-        2,
-        &[
-            "--session-listen",
-            "127.0.0.1:0",
-            "--slot-users",
-            &format!("{slot}-{slot}"),
-        ],
-    );
+    c.start_slot_user_starter("node1", 2, slot, slot);
     let alice = TestUser::alice();
     let wd = c.workdir(&alice);
     for d in ["real", "decoy"] {
