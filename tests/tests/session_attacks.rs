@@ -25,6 +25,41 @@ fn pool(schedd_toml: &str) -> (Cluster, TestUser, u64) {
     (c, alice, id)
 }
 
+/// A pool whose node advertises `addr` for direct sessions: where a
+/// test's impostor or man in the middle listens.
+fn pool_advertising(addr: &str) -> Cluster {
+    let mut c = Cluster::new();
+    c.start_starter_with(
+        "node1",
+        1,
+        &[
+            "--session-listen",
+            "127.0.0.1:0",
+            "--session-advertise",
+            addr,
+        ],
+    );
+    c
+}
+
+/// Alice attaches directly to a new job of hers (`sleep SECS`): the client
+/// must give up before ssh runs, since whoever answered could not prove it
+/// is the node.
+fn direct_attach_is_refused_as_unproven(c: &Cluster, secs: &str) {
+    let alice = TestUser::alice();
+    let id = c.submit(&alice, &["--", "sleep", secs]);
+    c.wait_state(id, "running", T);
+    let out = c.ssh_to_job(
+        &alice,
+        &["--mode", "direct", &id.to_string(), "echo reached"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(255));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("could not prove"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("reached"));
+}
+
 /// The client side of a handshake, as the tests drive it by hand.
 async fn try_handshake(
     grant: &stj_proto::user::RequestSessionReply,
@@ -212,29 +247,8 @@ fn a_fake_starter_is_refused_before_ssh_runs() {
         rest
     });
 
-    let mut c = Cluster::new();
-    c.start_starter_with(
-        "node1",
-        1,
-        &[
-            "--session-listen",
-            "127.0.0.1:0",
-            "--session-advertise",
-            &fake_addr,
-        ],
-    );
-    let alice = TestUser::alice();
-    let id = c.submit(&alice, &["--", "sleep", "86405"]);
-    c.wait_state(id, "running", T);
-    let out = c.ssh_to_job(
-        &alice,
-        &["--mode", "direct", &id.to_string(), "echo reached"],
-        None,
-    );
-    assert_eq!(out.status.code(), Some(255));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("could not prove"), "{err}");
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("reached"));
+    let c = pool_advertising(&fake_addr);
+    direct_attach_is_refused_as_unproven(&c, "86405");
     let after_challenge = server.join().unwrap();
     assert!(
         after_challenge.is_empty(),
@@ -399,17 +413,7 @@ fn a_rewritten_login_name_is_caught_before_ssh_runs() {
     // handshake but changes the login name in Ready.
     let mitm = TcpListener::bind("127.0.0.1:0").unwrap();
     let mitm_addr = mitm.local_addr().unwrap().to_string();
-    let mut c = Cluster::new();
-    c.start_starter_with(
-        "node1",
-        1,
-        &[
-            "--session-listen",
-            "127.0.0.1:0",
-            "--session-advertise",
-            &mitm_addr,
-        ],
-    );
+    let c = pool_advertising(&mitm_addr);
     let real = c.session_listen_addr("node1");
     let relay = std::thread::spawn(move || {
         let (client, _) = mitm.accept().unwrap();
@@ -443,18 +447,7 @@ fn a_rewritten_login_name_is_caught_before_ssh_runs() {
             rest
         })
     });
-    let alice = TestUser::alice();
-    let id = c.submit(&alice, &["--", "sleep", "86408"]);
-    c.wait_state(id, "running", T);
-    let out = c.ssh_to_job(
-        &alice,
-        &["--mode", "direct", &id.to_string(), "echo reached"],
-        None,
-    );
-    assert_eq!(out.status.code(), Some(255));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("could not prove"), "{err}");
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("reached"));
+    direct_attach_is_refused_as_unproven(&c, "86408");
     assert!(
         relay.join().unwrap().is_empty(),
         "no SSH bytes after a tampered Ready"
