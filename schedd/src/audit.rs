@@ -273,6 +273,15 @@ mod tests {
         }
     }
 
+    /// A fresh database, its queue and an audit writer keeping everything.
+    fn open_log() -> (tempfile::TempDir, Queue, AuditLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join(crate::queue::DB_FILE);
+        let q = Queue::open(&db).unwrap();
+        let log = AuditLog::open(&db, 0).unwrap();
+        (dir, q, log)
+    }
+
     fn issued(id: &str, uid: u32) -> Event {
         Event::Issued(Record {
             session_id: id.into(),
@@ -285,10 +294,7 @@ mod tests {
 
     #[test]
     fn only_the_granted_user_reports_the_exit_status_and_only_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("q.sqlite");
-        let q = Queue::open(&db).unwrap();
-        let log = AuditLog::open(&db, 0).unwrap();
+        let (_dir, q, log) = open_log();
         let exit = |uid, status| Event::Exit {
             session_id: "s1".into(),
             uid,
@@ -305,14 +311,11 @@ mod tests {
 
     #[test]
     fn records_older_than_the_retention_are_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("q.sqlite");
-        let q = Queue::open(&db).unwrap();
-        let log = AuditLog::open(&db, 0).unwrap();
+        let (dir, q, log) = open_log();
         log.send(issued("old", 1000));
         log.send(issued("new", 1000));
         wait_records(&q, 2);
-        let conn = Connection::open(&db).unwrap();
+        let conn = Connection::open(dir.path().join(crate::queue::DB_FILE)).unwrap();
         conn.execute(
             "UPDATE sessions SET issued_at = issued_at - 31 * 86400 WHERE session_id = 'old'",
             [],
@@ -329,10 +332,7 @@ mod tests {
     fn another_nodes_reports_change_nothing() {
         // A compromised node knows a session id of another node's: its
         // reports about it are not applied.
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("q.sqlite");
-        let q = Queue::open(&db).unwrap();
-        let log = AuditLog::open(&db, 0).unwrap();
+        let (_dir, q, log) = open_log();
         let sid = [2u8; 16];
         log.send(issued(&hex::encode(sid), 1000)); // granted on node "n"
         let forged = SessionEnded {
@@ -363,10 +363,7 @@ mod tests {
 
     #[test]
     fn a_nodes_report_wins_over_an_inferred_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("q.sqlite");
-        let q = Queue::open(&db).unwrap();
-        let log = AuditLog::open(&db, 0).unwrap();
+        let (_dir, q, log) = open_log();
         let sid = [1u8; 16];
         let id = hex::encode(sid);
         log.send(issued(&id, 1000));
