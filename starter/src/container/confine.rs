@@ -44,6 +44,18 @@ fn target() -> Result<seccompiler::TargetArch> {
         .map_err(|e| anyhow::anyhow!("no seccomp support for this architecture: {e:?}"))
 }
 
+/// A filter that fails the matching system calls with `errno` and lets
+/// every other one through.
+fn failing(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: i32) -> Result<BpfProgram> {
+    Ok(SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(errno as u32),
+        target()?,
+    )?
+    .try_into()?)
+}
+
 fn programs() -> Result<[BpfProgram; 2]> {
     let mut no_set_id: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     #[cfg(target_arch = "x86_64")]
@@ -58,13 +70,6 @@ fn programs() -> Result<[BpfProgram; 2]> {
     no_set_id.insert(libc::SYS_fchmodat2, set_id_mode(2)?);
     no_set_id.insert(libc::SYS_openat, set_id_mode(3)?);
     no_set_id.insert(libc::SYS_mknodat, set_id_mode(2)?);
-    let set_id: BpfProgram = SeccompFilter::new(
-        no_set_id,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        target()?,
-    )?
-    .try_into()?;
 
     let unseen: BTreeMap<i64, Vec<SeccompRule>> = [
         libc::SYS_openat2,
@@ -75,14 +80,10 @@ fn programs() -> Result<[BpfProgram; 2]> {
     .into_iter()
     .map(|n| (n, vec![]))
     .collect();
-    let unseen: BpfProgram = SeccompFilter::new(
-        unseen,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        target()?,
-    )?
-    .try_into()?;
-    Ok([set_id, unseen])
+    Ok([
+        failing(no_set_id, libc::EPERM)?,
+        failing(unseen, libc::ENOSYS)?,
+    ])
 }
 
 /// Confines the calling process and everything it will start, for good
