@@ -28,6 +28,33 @@ const MAX_ENV: usize = 900;
 const REPLY_BUDGET: usize = 2 * 1024 * 1024;
 /// Rows read from the queue at a time while filling a reply.
 const PAGE_ROWS: usize = 1000;
+
+/// One reply's items, up to `REPLY_BUDGET` encoded bytes. The first item
+/// always goes in, so a reply is never empty while there is more.
+struct Reply<T> {
+    items: Vec<T>,
+    size: usize,
+}
+
+impl<T: prost::Message> Reply<T> {
+    fn new() -> Reply<T> {
+        Reply {
+            items: Vec::new(),
+            size: 0,
+        }
+    }
+
+    /// Adds `item`; false (and `item` left out) when the reply is full.
+    fn add(&mut self, item: T) -> bool {
+        let len = item.encoded_len();
+        if !self.items.is_empty() && self.size + len > REPLY_BUDGET {
+            return false;
+        }
+        self.size += len;
+        self.items.push(item);
+        true
+    }
+}
 /// Job ids one Query may name.
 const MAX_QUERY_IDS: usize = 10_000;
 /// Jobs one Remove call may name.
@@ -203,8 +230,7 @@ impl ScheddApi for UserApi {
                 }
             }
         }
-        let mut jobs = Vec::new();
-        let mut size = 0;
+        let mut reply = Reply::new();
         let mut after = req.after_id;
         loop {
             let page = self
@@ -214,21 +240,18 @@ impl ScheddApi for UserApi {
                 .map_err(internal)?;
             let last_page = page.len() < PAGE_ROWS;
             for job in page {
-                let job = visible_to(who.uid, job);
-                let len = prost::Message::encoded_len(&job);
-                if !jobs.is_empty() && size + len > REPLY_BUDGET {
+                let id = job.id;
+                if !reply.add(visible_to(who.uid, job)) {
                     return Ok(Response::new(QueryReply {
-                        jobs,
+                        jobs: reply.items,
                         next_after_id: after,
                     }));
                 }
-                size += len;
-                after = job.id;
-                jobs.push(job);
+                after = id;
             }
             if last_page {
                 return Ok(Response::new(QueryReply {
-                    jobs,
+                    jobs: reply.items,
                     next_after_id: 0,
                 }));
             }
@@ -330,8 +353,7 @@ impl ScheddApi for UserApi {
             },
             None => return Err(Status::invalid_argument("bad audit cursor")),
         };
-        let mut records = Vec::new();
-        let mut size = 0;
+        let mut reply = Reply::new();
         let mut owners = std::collections::HashMap::new();
         loop {
             let page = self
@@ -357,22 +379,17 @@ impl ScheddApi for UserApi {
                     };
                     owner == Some(who.uid)
                 };
-                if visible {
-                    let len = prost::Message::encoded_len(&r);
-                    if !records.is_empty() && size + len > REPLY_BUDGET {
-                        return Ok(Response::new(AuditReply {
-                            records,
-                            next: format!("{}:{}", after.0, after.1),
-                        }));
-                    }
-                    size += len;
-                    records.push(r);
+                if visible && !reply.add(r) {
+                    return Ok(Response::new(AuditReply {
+                        records: reply.items,
+                        next: format!("{}:{}", after.0, after.1),
+                    }));
                 }
                 after = cursor;
             }
             if last_page {
                 return Ok(Response::new(AuditReply {
-                    records,
+                    records: reply.items,
                     next: String::new(),
                 }));
             }
