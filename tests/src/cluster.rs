@@ -366,6 +366,18 @@ impl Cluster {
         fs::read_to_string(self.path().join(format!("starter-{name}.log"))).unwrap_or_default()
     }
 
+    /// Waits for a starter that must refuse to run (`spawn_starter`),
+    /// checks that it exited non-zero, and returns its log.
+    pub fn starter_refused(&self, log: &str, mut child: Child) -> String {
+        let status = wait_until(
+            &format!("starter {log} to give up"),
+            Duration::from_secs(30),
+            || child.try_wait().unwrap(),
+        );
+        assert!(!status.success(), "starter {log} must exit non-zero");
+        self.starter_log(log)
+    }
+
     /// A working directory owned by `user`, outside /tmp.
     pub fn workdir(&self, user: &TestUser) -> PathBuf {
         let d = self.path().join(format!("work-{}", user.name));

@@ -4,9 +4,8 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use stj_tests::{bin, wait_until, Cluster, TestUser};
+use stj_tests::{bin, Cluster, TestUser};
 
 /// Writes a token file as an admin would: 0600.
 fn write_token(path: &Path, text: &str) {
@@ -36,12 +35,7 @@ fn starter_refuses_a_wrong_join_secret_and_exits() {
         .collect();
     let bad = c.path().join("bad-secret");
     write_token(&bad, &format!("{head}.{flipped}\n"));
-    let mut child = c.spawn_starter("intruder", 1, &bad, &[]);
-    let status = wait_until("the starter to give up", Duration::from_secs(30), || {
-        child.try_wait().unwrap()
-    });
-    assert!(!status.success());
-    let log = c.starter_log("intruder");
+    let log = c.starter_refused("intruder", c.spawn_starter("intruder", 1, &bad, &[]));
     assert!(
         log.contains("join token is not known here") && log.contains("stj-schedd token intruder"),
         "{log}"
@@ -59,12 +53,7 @@ fn starter_refuses_a_schedd_whose_ca_does_not_match_the_pin() {
         &bad,
         &format!("{}.{}.{}\n", parts[0], "ab".repeat(32), parts[2]),
     );
-    let mut child = c.spawn_starter("misled", 1, &bad, &[]);
-    let status = wait_until("the starter to give up", Duration::from_secs(30), || {
-        child.try_wait().unwrap()
-    });
-    assert!(!status.success());
-    let log = c.starter_log("misled");
+    let log = c.starter_refused("misled", c.spawn_starter("misled", 1, &bad, &[]));
     assert!(
         log.contains("but this node pins") && log.contains("stj-schedd token"),
         "{log}"
@@ -80,12 +69,7 @@ fn malformed_token_and_config_are_named() {
     let c = Cluster::new();
     let bad = c.path().join("garbage-token");
     write_token(&bad, "hello");
-    let mut child = c.spawn_starter("x", 1, &bad, &[]);
-    let status = wait_until("the starter to exit", Duration::from_secs(30), || {
-        child.try_wait().unwrap()
-    });
-    assert!(!status.success());
-    let log = c.starter_log("x");
+    let log = c.starter_refused("x", c.spawn_starter("x", 1, &bad, &[]));
     assert!(
         log.contains("garbage-token") && log.contains("stj2."),
         "{log}"
@@ -134,13 +118,9 @@ fn a_starter_that_cannot_write_its_work_dir_refuses_to_start() {
     let work = c.path().join("ro-work");
     fs::create_dir_all(&work).unwrap();
     let ro = stj_tests::read_only(&work);
-    let mut child = c.spawn_starter_in("nodero", "nodero", &work, 1, &c.token_file, &[]);
-    let status = wait_until("the starter to refuse", Duration::from_secs(30), || {
-        child.try_wait().unwrap()
-    });
+    let child = c.spawn_starter_in("nodero", "nodero", &work, 1, &c.token_file, &[]);
+    let log = c.starter_refused("nodero", child);
     drop(ro);
-    assert!(!status.success());
-    let log = c.starter_log("nodero");
     assert!(
         log.contains(&format!("the work dir {} is not writable", work.display()))
             && log.contains("--work-dir"),

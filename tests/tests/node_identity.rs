@@ -5,19 +5,12 @@
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use stj_tests::{bin, ok, wait_until, Cluster, TestUser};
 
 const T: Duration = Duration::from_secs(30);
-
-/// Waits for a starter that must give up, and returns its log.
-fn refused(c: &Cluster, name: &str, mut child: Child) -> String {
-    let status = wait_until("the starter to give up", T, || child.try_wait().unwrap());
-    assert!(!status.success(), "the starter must exit non-zero");
-    c.starter_log(name)
-}
 
 #[test]
 fn tokens_are_written_private_and_readable_ones_are_refused() {
@@ -43,7 +36,7 @@ fn tokens_are_written_private_and_readable_ones_are_refused() {
 
     // A token others could read is refused before it is used.
     fs::set_permissions(&out_file, fs::Permissions::from_mode(0o644)).unwrap();
-    let log = refused(&c, "node7", c.spawn_starter("node7", 1, &out_file, &[]));
+    let log = c.starter_refused("node7", c.spawn_starter("node7", 1, &out_file, &[]));
     assert!(
         log.contains("can be read by others")
             && log.contains("chmod 600")
@@ -67,7 +60,7 @@ fn an_impostor_cannot_take_over_an_enrolled_node_or_its_job() {
     // Another machine with the same token (it enrols any name) claims node1.
     let elsewhere = c.path().join("impostor-work");
     let imp = c.spawn_starter_in("node1", "node1-impostor", &elsewhere, 1, &c.token_file, &[]);
-    let log = refused(&c, "node1-impostor", imp);
+    let log = c.starter_refused("node1-impostor", imp);
     assert!(
         log.contains("enrolled with another key") && log.contains("stj-schedd forget-node node1"),
         "{log}"
@@ -89,7 +82,7 @@ fn a_token_enrols_only_its_names_and_each_once() {
     let token = c.path().join("token-node2");
     c.mint_token(&["node2"], &token, &[]);
 
-    let log = refused(&c, "node3", c.spawn_starter("node3", 1, &token, &[]));
+    let log = c.starter_refused("node3", c.spawn_starter("node3", 1, &token, &[]));
     assert!(
         log.contains("does not enrol node name node3") && log.contains("stj-schedd token node3"),
         "{log}"
@@ -99,8 +92,7 @@ fn a_token_enrols_only_its_names_and_each_once() {
 
     // The same token again, from another machine: node2 is taken.
     let other = c.path().join("second-node2");
-    let log = refused(
-        &c,
+    let log = c.starter_refused(
         "node2-again",
         c.spawn_starter_in("node2", "node2-again", &other, 1, &token, &[]),
     );
@@ -124,7 +116,7 @@ fn an_expired_token_enrols_nothing() {
             > minted + 1)
             .then_some(())
     });
-    let log = refused(&c, "node4", c.spawn_starter("node4", 1, &token, &[]));
+    let log = c.starter_refused("node4", c.spawn_starter("node4", 1, &token, &[]));
     assert!(log.contains("join token expired"), "{log}");
 }
 
@@ -145,8 +137,7 @@ fn an_enrolled_node_needs_no_token_and_a_forgotten_one_enrols_again() {
     // Reinstalled (a fresh key): refused until the admin forgets the old one.
     c.mint_token(&["node5"], &token, &[]);
     let fresh = c.path().join("node5-reinstalled");
-    let log = refused(
-        &c,
+    let log = c.starter_refused(
         "node5-new",
         c.spawn_starter_in("node5", "node5-new", &fresh, 1, &token, &[]),
     );
