@@ -2,10 +2,12 @@
 //! completions from its clap definition, so they never drift from `--help`
 //! (every binary has a hidden `generate-docs DIR`; `scripts/gen-docs.sh`
 //! runs them all). `daemon`: process setup of stj-schedd and stj-starter.
+//! `expiring`: a map whose entries lapse (replay sets, pending sessions).
 //! `private_file`: secrets on disk, written and read so others cannot.
 //! `shares`: what peers may hold of a daemon's capacity.
 
 pub mod daemon;
+pub mod expiring;
 pub mod private_file;
 pub mod shares;
 

@@ -12,6 +12,8 @@
 
 use ring::hmac;
 
+use crate::session_id::SessionId;
+
 const MAGIC: &[u8; 7] = b"stjcap1";
 pub const MAX_STARTER_ID: usize = 64;
 const FIXED: usize = 7 + 16 + 8 + 4 + 8 + 32 + 1;
@@ -19,7 +21,7 @@ pub const MAX_ENCODED: usize = FIXED + MAX_STARTER_ID;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capability {
-    pub session_id: [u8; 16],
+    pub session_id: SessionId,
     pub job_id: u64,
     pub owner_uid: u32,
     /// Unix seconds after which the capability is void.
@@ -45,7 +47,7 @@ impl Capability {
         }
         let mut out = Vec::with_capacity(FIXED + id.len());
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&self.session_id);
+        out.extend_from_slice(self.session_id.as_bytes());
         out.extend_from_slice(&self.job_id.to_be_bytes());
         out.extend_from_slice(&self.owner_uid.to_be_bytes());
         out.extend_from_slice(&self.expiry.to_be_bytes());
@@ -70,17 +72,13 @@ impl Capability {
             .map_err(|_| CapabilityError::Malformed)?
             .to_string();
         Ok(Capability {
-            session_id: arr(take(7, 16))?,
+            session_id: SessionId(arr(take(7, 16))?),
             job_id: u64::from_be_bytes(arr(take(23, 8))?),
             owner_uid: u32::from_be_bytes(arr(take(31, 4))?),
             expiry: u64::from_be_bytes(arr(take(35, 8))?),
             client_pubkey: arr(take(43, 32))?,
             starter_id,
         })
-    }
-
-    pub fn session_hex(&self) -> String {
-        hex::encode(self.session_id)
     }
 }
 
@@ -103,7 +101,7 @@ mod tests {
 
     fn sample() -> Capability {
         Capability {
-            session_id: [1; 16],
+            session_id: SessionId([1; 16]),
             job_id: 42,
             owner_uid: 1000,
             expiry: 1_800_000_000,
@@ -129,7 +127,7 @@ mod tests {
         #[test]
         fn round_trip(session_id: [u8; 16], job_id: u64, owner_uid: u32, expiry: u64,
                       client_pubkey: [u8; 32], starter_id in "[A-Za-z0-9._-]{0,64}") {
-            let c = Capability { session_id, job_id, owner_uid, expiry, client_pubkey, starter_id };
+            let c = Capability { session_id: SessionId(session_id), job_id, owner_uid, expiry, client_pubkey, starter_id };
             prop_assert_eq!(Capability::decode(&c.encode().unwrap()).unwrap(), c);
         }
 

@@ -309,7 +309,7 @@ mod tests {
 
     fn cap() -> Capability {
         Capability {
-            session_id: [3; 16],
+            session_id: crate::session_id::SessionId([3; 16]),
             job_id: 7,
             owner_uid: 1000,
             expiry: u64::MAX,

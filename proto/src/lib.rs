@@ -3,11 +3,11 @@
 //! the starter link with its size limits.
 
 pub mod capability;
-pub mod expiring;
 pub mod framing;
 pub mod handshake;
 pub mod job_state;
 pub mod preamble;
+pub mod session_id;
 pub mod token;
 
 /// Generated code, nested as the protobuf packages are so that cross-package

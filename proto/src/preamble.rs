@@ -11,6 +11,8 @@
 //! connection: a routing name is visible to every local user
 //! (`/proc/net/unix`), so the name alone must never be enough.
 
+use crate::session_id::SessionId;
+
 pub const VERSION: u8 = 2;
 pub const ROUTE_MAGIC: &[u8; 4] = b"STJR";
 pub const RELAY_MAGIC: &[u8; 4] = b"STJL";
@@ -34,7 +36,7 @@ pub enum Preamble {
     },
     Relay {
         role: Role,
-        session_id: [u8; 16],
+        session_id: SessionId,
         token: [u8; TOKEN_LEN],
     },
 }
@@ -81,7 +83,7 @@ impl Preamble {
                 let mut v = RELAY_MAGIC.to_vec();
                 v.push(VERSION);
                 v.push(*role as u8);
-                v.extend_from_slice(session_id);
+                v.extend_from_slice(session_id.as_bytes());
                 v.extend_from_slice(token);
                 v
             }
@@ -137,8 +139,9 @@ impl Preamble {
             2 => Role::Starter,
             r => return Err(PreambleError::BadRole(r)),
         };
-        let mut session_id = [0u8; 16];
-        session_id.copy_from_slice(&b[6..22]);
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&b[6..22]);
+        let session_id = SessionId(id);
         let mut token = [0u8; TOKEN_LEN];
         token.copy_from_slice(&b[22..]);
         Ok(Preamble::Relay {
@@ -192,7 +195,7 @@ mod tests {
         assert_eq!(Preamble::decode(&v), Err(PreambleError::Version(9)));
         let mut l = Preamble::Relay {
             role: Role::Client,
-            session_id: [0; 16],
+            session_id: SessionId([0; 16]),
             token: [0; 32],
         }
         .encode();
@@ -205,7 +208,7 @@ mod tests {
         fn round_trip(name in "[A-Za-z0-9_-]{1,64}", sid: [u8; 16], token: [u8; 32], client: bool) {
             for p in [
                 Preamble::Route { name: name.clone(), token },
-                Preamble::Relay { role: if client { Role::Client } else { Role::Starter }, session_id: sid, token },
+                Preamble::Relay { role: if client { Role::Client } else { Role::Starter }, session_id: SessionId(sid), token },
             ] {
                 let e = p.encode();
                 let head: [u8; 6] = e[..6].try_into().unwrap();

@@ -4,6 +4,7 @@
 
 use ring::rand::{SecureRandom, SystemRandom};
 use stj_proto::capability::{derive_k, Capability};
+use stj_proto::session_id::SessionId;
 use stj_proto::user::{JobState, RequestSessionReply, RequestSessionRequest};
 use tonic::Status;
 
@@ -66,11 +67,8 @@ pub fn connect_back(
     uid: u32,
     req: stj_proto::user::ConnectBackRequest,
 ) -> Result<(), Status> {
-    let sid: [u8; 16] = req
-        .session_id
-        .as_slice()
-        .try_into()
-        .map_err(|_| Status::invalid_argument("session_id must be 16 bytes"))?;
+    let sid = SessionId::from_slice(&req.session_id)
+        .ok_or_else(|| Status::invalid_argument("session_id must be 16 bytes"))?;
     let (node, owner) = schedd.rendezvous.lookup(&sid).ok_or_else(|| {
         Status::not_found("no pending session with this id (expired? run ssh-to-job again)")
     })?;
@@ -116,7 +114,7 @@ pub fn connect_back(
             "node {node} is not connected to the schedd right now; retry shortly"
         )));
     }
-    tracing::info!(session_id = %hex::encode(sid), node = %node, "reverse connection requested");
+    tracing::info!(session_id = %sid, node = %node, "reverse connection requested");
     Ok(())
 }
 
@@ -188,10 +186,8 @@ pub async fn issue(
             job.node, job.id
         )));
     };
-    let mut session_id = [0u8; 16];
-    SystemRandom::new()
-        .fill(&mut session_id)
-        .map_err(|_| Status::internal("random generator failed"))?;
+    let session_id =
+        SessionId::random().map_err(|_| Status::internal("random generator failed"))?;
     let cap = Capability {
         session_id,
         job_id: job.id,
@@ -216,7 +212,7 @@ pub async fn issue(
     }
     let encoded = cap.encode().map_err(|e| internal(&e))?;
     let k = derive_k(&target.key, &encoded);
-    let sid = cap.session_hex();
+    let sid = session_id.to_string();
     // No grant that cannot be audited: the capability leaves only once its
     // record is committed.
     if let Err(why) = schedd

@@ -186,7 +186,7 @@ fn restore_limits(
         .live_sessions(queue::now() - ttl)
         .context("cannot read the session records")?
     {
-        let Ok(id) = <[u8; 16]>::try_from(hex::decode(&s.session_id).unwrap_or_default()) else {
+        let Some(id) = stj_proto::session_id::SessionId::parse_hex(&s.session_id) else {
             continue;
         };
         limits.restore(s.uid, id, &s.node, s.started, s.issued_at + ttl);

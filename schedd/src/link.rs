@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use stj_proto::session_id::SessionId;
 
 use anyhow::{bail, Context, Result};
 use futures::{SinkExt, StreamExt};
@@ -367,15 +368,11 @@ fn reconcile(schedd: &Schedd, hello: &StarterHello) -> Result<Vec<ScheddMessage>
     Ok(msgs)
 }
 
-fn session_id(raw: &[u8]) -> Option<[u8; 16]> {
-    raw.try_into().ok()
-}
-
 fn session_started(schedd: &Schedd, node: &str, s: SessionStarted) {
-    let Some(id) = session_id(&s.session_id) else {
+    let Some(id) = SessionId::from_slice(&s.session_id) else {
         return tracing::warn!(node = %node, "session report with a malformed id; ignored");
     };
-    tracing::info!(node = %node, session_id = %hex::encode(id), job_id = s.job_id, path = %s.path, "session started");
+    tracing::info!(node = %node, session_id = %id, job_id = s.job_id, path = %s.path, "session started");
     schedd.limits.started(node, &id);
     schedd.audit.send(Event::Started {
         node: node.to_string(),
@@ -390,11 +387,11 @@ fn session_ended(schedd: &Schedd, node: &str, e: SessionEnded) -> ScheddMessage 
             session_id: e.session_id.clone(),
         })),
     };
-    let Some(id) = session_id(&e.session_id) else {
+    let Some(id) = SessionId::from_slice(&e.session_id) else {
         tracing::warn!(node = %node, "session report with a malformed id; ignored");
         return ack;
     };
-    tracing::info!(node = %node, session_id = %hex::encode(id), job_id = e.job_id, path = %e.path, bytes_from_client = e.bytes_from_client, bytes_to_client = e.bytes_to_client, error = %e.error, "session ended");
+    tracing::info!(node = %node, session_id = %id, job_id = e.job_id, path = %e.path, bytes_from_client = e.bytes_from_client, bytes_to_client = e.bytes_to_client, error = %e.error, "session ended");
     schedd.limits.ended(node, &id);
     schedd.audit.send(Event::Ended {
         node: node.to_string(),
@@ -433,9 +430,9 @@ fn reconcile_sessions(schedd: &Schedd, hello: &StarterHello) -> Vec<ScheddMessag
 /// from it: they stop counting for the caps, and their records are closed
 /// with `note` (unless the node reports the end after all).
 fn sessions_lost(schedd: &Schedd, node: &str, still_open: &[SessionStarted], note: String) {
-    let open: HashSet<[u8; 16]> = still_open
+    let open: HashSet<SessionId> = still_open
         .iter()
-        .filter_map(|s| session_id(&s.session_id))
+        .filter_map(|s| SessionId::from_slice(&s.session_id))
         .collect();
     schedd.limits.reconcile(node, &open);
     schedd.audit.send(Event::Lost {

@@ -164,7 +164,7 @@ fn route(schedd: &Schedd, tcp: TcpStream, peer: SocketAddr, name: &str, token: &
             return;
         }
     };
-    let sid = hex::encode(r.session_id);
+    let sid = r.session_id;
     let result =
         crate::broker::shared_port::open_socket(&schedd.config.daemon_sock_dir, name, r.uid)
             .and_then(|target| {

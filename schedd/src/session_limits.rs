@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-pub type SessionId = [u8; 16];
+pub use stj_proto::session_id::SessionId;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -211,7 +211,7 @@ mod tests {
     };
 
     fn id(n: u8) -> SessionId {
-        [n; 16]
+        SessionId([n; 16])
     }
 
     #[test]

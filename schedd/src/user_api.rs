@@ -402,12 +402,12 @@ impl ScheddApi for UserApi {
     ) -> Result<Response<ReportExitReply>, Status> {
         let who = caller(&req)?;
         let req = req.into_inner();
-        if req.session_id.len() != 16 {
+        let Some(session_id) = stj_proto::session_id::SessionId::from_slice(&req.session_id) else {
             return Err(Status::invalid_argument("session_id must be 16 bytes"));
-        }
+        };
         // Checked in the update itself: only the granted uid's report, once.
         self.schedd.audit.send(crate::audit::Event::Exit {
-            session_id: hex::encode(&req.session_id),
+            session_id: session_id.to_string(),
             uid: who.uid,
             status: req.exit_status,
         });

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
+use stj_proto::session_id::SessionId;
 
 use anyhow::{Context, Result};
 use stj_proto::user::{RemoveRequest, ReportExitRequest};
@@ -111,7 +112,7 @@ async fn remove_job(o: &Options) {
 
 /// Tells the schedd's audit record how the session ended. Best effort, and
 /// brief: the user is not kept waiting for an audit detail.
-async fn report_exit(socket: &std::path::Path, session_id: [u8; 16], exit_status: i32) {
+async fn report_exit(socket: &std::path::Path, session_id: SessionId, exit_status: i32) {
     let report = async {
         let mut c = connect(socket).await?;
         c.report_exit(ReportExitRequest {

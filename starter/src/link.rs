@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use stj_proto::session_id::SessionId;
 
 use futures::{SinkExt, StreamExt};
 use stj_proto::framing::{decode, encode, link_codec};
@@ -97,7 +98,7 @@ impl State {
             Report::SessionEnded(e) => {
                 if self.pending_session_ends.len() >= MAX_UNACKED_SESSION_ENDS {
                     if let Some((_, old)) = self.pending_session_ends.pop_first() {
-                        tracing::warn!(session_id = %hex::encode(&old.session_id), "too many session ends unacknowledged by the schedd; dropping the oldest");
+                        tracing::warn!(session_id = %SessionId::from_slice(&old.session_id).map(|s| s.to_string()).unwrap_or_default(), "too many session ends unacknowledged by the schedd; dropping the oldest");
                     }
                 }
                 self.pending_session_ends
@@ -318,12 +319,12 @@ async fn session(
                 silent_until = tokio::time::Instant::now() + deadline;
                 match decode::<ScheddMessage>(frame).map_err(retry)?.msg {
                     Some(In::RunJob(run)) => jobs.start(run),
-                    Some(In::DialRoute(d)) => match (<[u8; 16]>::try_from(d.session_id.as_slice()), <[u8; 32]>::try_from(d.token.as_slice())) {
-                        (Ok(_), Ok(token)) => dial_back(params, Preamble::Route { name: d.name, token }),
+                    Some(In::DialRoute(d)) => match (SessionId::from_slice(&d.session_id), <[u8; 32]>::try_from(d.token.as_slice())) {
+                        (Some(_), Ok(token)) => dial_back(params, Preamble::Route { name: d.name, token }),
                         _ => tracing::warn!("dial-route with a malformed session id or token; ignored"),
                     },
-                    Some(In::DialRelay(d)) => match (<[u8; 16]>::try_from(d.session_id.as_slice()), <[u8; 32]>::try_from(d.token.as_slice())) {
-                        (Ok(session_id), Ok(token)) => dial_back(params, Preamble::Relay { role: Role::Starter, session_id, token }),
+                    Some(In::DialRelay(d)) => match (SessionId::from_slice(&d.session_id), <[u8; 32]>::try_from(d.token.as_slice())) {
+                        (Some(session_id), Ok(token)) => dial_back(params, Preamble::Relay { role: Role::Starter, session_id, token }),
                         _ => tracing::warn!("dial-relay with a malformed session id or token; ignored"),
                     },
                     Some(In::KillJob(k)) => jobs.kill(k.job_id),

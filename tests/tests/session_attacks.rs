@@ -310,7 +310,7 @@ fn another_uid_gets_no_fd_from_the_client_socket() {
 /// signed with a guessed k: what an attacker who read `stj q` can forge.
 fn forged_hello(id: u64, session: u8) -> HandshakeMessage {
     let cap = Capability {
-        session_id: [session; 16],
+        session_id: stj_proto::session_id::SessionId([session; 16]),
         job_id: id,
         owner_uid: TestUser::alice().uid,
         expiry: SystemTime::now()

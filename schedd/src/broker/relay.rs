@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use stj_proto::session_id::SessionId;
 
 use stj_proto::preamble::{Role, TOKEN_LEN};
 use stj_proto::starter::{schedd_message::Msg as Out, DialRelay, ScheddMessage};
@@ -16,10 +17,10 @@ pub async fn serve(
     schedd: Arc<Schedd>,
     stream: TcpStream,
     role: Role,
-    session_id: [u8; 16],
+    session_id: SessionId,
     token: [u8; TOKEN_LEN],
 ) {
-    let sid = hex::encode(session_id);
+    let sid = session_id;
     match role {
         Role::Starter => {
             if let Err((e, _stream)) =

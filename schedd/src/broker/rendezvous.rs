@@ -3,10 +3,11 @@
 //! per-process key), never logged.
 
 use std::sync::Mutex;
+use stj_proto::session_id::SessionId;
 
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
-use stj_proto::expiring::ExpiringMap;
+use stj_cli::expiring::ExpiringMap;
 use stj_proto::preamble::TOKEN_LEN;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -29,7 +30,7 @@ pub struct Pending {
 }
 
 pub struct Route {
-    pub session_id: [u8; 16],
+    pub session_id: SessionId,
     pub uid: u32,
     /// Tag of the token the starter must present with the name.
     token_tag: hmac::Tag,
@@ -37,7 +38,7 @@ pub struct Route {
 
 pub struct Rendezvous {
     key: hmac::Key,
-    sessions: Mutex<ExpiringMap<[u8; 16], Pending>>,
+    sessions: Mutex<ExpiringMap<SessionId, Pending>>,
     routes: Mutex<ExpiringMap<String, Route>>,
 }
 
@@ -83,7 +84,7 @@ impl Rendezvous {
     /// Records a granted session; returns the client's relay token.
     pub fn grant(
         &self,
-        session_id: [u8; 16],
+        session_id: SessionId,
         node: &str,
         uid: u32,
         expiry: u64,
@@ -109,7 +110,7 @@ impl Rendezvous {
     }
 
     /// (node, uid) of a live pending session.
-    pub fn lookup(&self, session_id: &[u8; 16]) -> Option<(String, u32)> {
+    pub fn lookup(&self, session_id: &SessionId) -> Option<(String, u32)> {
         lock(&self.sessions)
             .get(session_id, now())
             .map(|p| (p.node.clone(), p.uid))
@@ -117,7 +118,7 @@ impl Rendezvous {
 
     /// Marks that `session_id`'s node is asked to dial back, once: a
     /// capability buys one dial-back, however often ConnectBack is called.
-    pub fn dial_back_once(&self, session_id: &[u8; 16]) -> Result<(), RendezvousError> {
+    pub fn dial_back_once(&self, session_id: &SessionId) -> Result<(), RendezvousError> {
         let mut s = lock(&self.sessions);
         let p = s
             .get_mut(session_id, now())
@@ -134,7 +135,7 @@ impl Rendezvous {
     /// must present.
     pub fn client_arrives(
         &self,
-        session_id: &[u8; 16],
+        session_id: &SessionId,
         token: &[u8],
     ) -> Result<(String, [u8; TOKEN_LEN], oneshot::Receiver<TcpStream>), RendezvousError> {
         let mut s = lock(&self.sessions);
@@ -156,7 +157,7 @@ impl Rendezvous {
     /// client half. Gives the stream back if nobody waits for it.
     pub fn starter_arrives(
         &self,
-        session_id: &[u8; 16],
+        session_id: &SessionId,
         token: &[u8],
         stream: TcpStream,
     ) -> Result<(), (RendezvousError, TcpStream)> {
@@ -178,7 +179,7 @@ impl Rendezvous {
     pub fn add_route(
         &self,
         name: &str,
-        session_id: [u8; 16],
+        session_id: SessionId,
         uid: u32,
         expiry: u64,
     ) -> [u8; TOKEN_LEN] {
@@ -211,14 +212,14 @@ mod tests {
     #[test]
     fn relay_tokens_are_checked_and_client_halves_are_single() {
         let r = Rendezvous::default();
-        let sid = [1; 16];
+        let sid = SessionId([1; 16]);
         let token = r.grant(sid, "n1", 1000, now() + 60);
         assert_eq!(
             r.client_arrives(&sid, &[0; 32]).err(),
             Some(RendezvousError::BadToken)
         );
         assert_eq!(
-            r.client_arrives(&[2; 16], &token).err(),
+            r.client_arrives(&SessionId([2; 16]), &token).err(),
             Some(RendezvousError::Unknown)
         );
         let (node, _, _rx) = r.client_arrives(&sid, &token).unwrap();
@@ -232,7 +233,7 @@ mod tests {
     #[test]
     fn a_route_is_taken_only_with_its_token_and_once() {
         let r = Rendezvous::default();
-        let token = r.add_route("stj-1", [1; 16], 1000, now() + 60);
+        let token = r.add_route("stj-1", SessionId([1; 16]), 1000, now() + 60);
         assert_eq!(
             r.take_route("stj-1", &[0; 32]).err(),
             Some(RendezvousError::BadRouteToken)
@@ -252,17 +253,20 @@ mod tests {
     #[test]
     fn a_session_gets_one_dial_back() {
         let r = Rendezvous::default();
-        let sid = [1; 16];
+        let sid = SessionId([1; 16]);
         r.grant(sid, "n1", 1000, now() + 60);
         r.dial_back_once(&sid).unwrap();
         assert_eq!(r.dial_back_once(&sid), Err(RendezvousError::DialedBack));
-        assert_eq!(r.dial_back_once(&[9; 16]), Err(RendezvousError::Unknown));
+        assert_eq!(
+            r.dial_back_once(&SessionId([9; 16])),
+            Err(RendezvousError::Unknown)
+        );
     }
 
     #[test]
     fn expired_sessions_are_unknown() {
         let r = Rendezvous::default();
-        let sid = [1; 16];
+        let sid = SessionId([1; 16]);
         let token = r.grant(sid, "n1", 1000, now().saturating_sub(1));
         assert_eq!(
             r.client_arrives(&sid, &token).err(),

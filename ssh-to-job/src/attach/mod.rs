@@ -10,6 +10,7 @@ pub use reverse::{daemon_sock_dir, DEFAULT_DAEMON_SOCK_DIR};
 
 use std::net::TcpStream as StdTcpStream;
 use std::path::Path;
+use stj_proto::session_id::SessionId;
 
 use anyhow::Result;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -49,7 +50,7 @@ pub async fn request(
 pub struct Session {
     /// The capability's session id (a fallback path may have used a fresh
     /// capability, so the first grant's id is not necessarily this one).
-    pub session_id: [u8; 16],
+    pub session_id: SessionId,
     pub host_pubkey: [u8; 32],
     /// The account to log in as.
     pub user: String,

@@ -11,6 +11,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use stj_proto::session_id::SessionId;
 
 use stj_cli::shares::{KeyedShares, Share, Unheard, UnheardConn};
 
@@ -25,7 +26,7 @@ pub const MAX_UNHEARD: usize = 4096;
 
 pub struct Admission {
     slots: KeyedShares<u32>,
-    in_flight: Arc<Mutex<HashSet<[u8; 16]>>>,
+    in_flight: Arc<Mutex<HashSet<SessionId>>>,
     unheard: Unheard,
 }
 
@@ -53,8 +54,8 @@ impl Default for Admission {
 
 /// Marks a session id as in a handshake; freed when dropped.
 pub struct InFlight {
-    id: [u8; 16],
-    set: Arc<Mutex<HashSet<[u8; 16]>>>,
+    id: SessionId,
+    set: Arc<Mutex<HashSet<SessionId>>>,
 }
 
 impl Drop for InFlight {
@@ -69,7 +70,7 @@ impl Drop for InFlight {
 impl Admission {
     /// The session id is now in a handshake; None if another connection
     /// already uses it.
-    pub fn claim(&self, id: [u8; 16]) -> Option<InFlight> {
+    pub fn claim(&self, id: SessionId) -> Option<InFlight> {
         self.in_flight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -99,10 +100,10 @@ mod tests {
     #[test]
     fn a_capability_serves_one_connection_at_a_time() {
         let a = Admission::default();
-        let first = a.claim([1; 16]).unwrap();
-        assert!(a.claim([1; 16]).is_none());
-        assert!(a.claim([2; 16]).is_some());
+        let first = a.claim(SessionId([1; 16])).unwrap();
+        assert!(a.claim(SessionId([1; 16])).is_none());
+        assert!(a.claim(SessionId([2; 16])).is_some());
         drop(first);
-        assert!(a.claim([1; 16]).is_some());
+        assert!(a.claim(SessionId([1; 16])).is_some());
     }
 }

@@ -38,7 +38,7 @@ pub async fn run(
 ) -> Option<Accepted> {
     match tokio::time::timeout(DEADLINE, exchange(s, &mut stream, unheard)).await {
         Ok(Ok((capability, target, host_seed, home))) => {
-            tracing::info!(%peer, session_id = %capability.session_hex(), job_id = capability.job_id, uid = capability.owner_uid, "session accepted");
+            tracing::info!(%peer, session_id = %capability.session_id, job_id = capability.job_id, uid = capability.owner_uid, "session accepted");
             Some(Accepted {
                 stream,
                 peer,

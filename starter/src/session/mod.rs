@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
+use stj_proto::session_id::SessionId;
 
 use stj_proto::starter::{SessionEnded, SessionStarted};
 
@@ -53,7 +54,7 @@ pub struct Sessions {
     /// that says nothing, or forges, holds no slot.
     admission: admission::Admission,
     /// Sessions whose sshd runs now, for the hello after a reconnect.
-    open: Mutex<HashMap<[u8; 16], SessionStarted>>,
+    open: Mutex<HashMap<SessionId, SessionStarted>>,
     reporter: Reporter,
 }
 
@@ -162,7 +163,7 @@ impl Sessions {
         self.open_sessions().remove(&id);
     }
 
-    fn open_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 16], SessionStarted>> {
+    fn open_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, SessionStarted>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 

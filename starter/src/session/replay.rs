@@ -2,17 +2,18 @@
 //! expires; after that the expiry check refuses the capability anyway.
 
 use std::sync::Mutex;
+use stj_proto::session_id::SessionId;
 
-use stj_proto::expiring::ExpiringMap;
+use stj_cli::expiring::ExpiringMap;
 
 #[derive(Default)]
 pub struct ReplayCache {
-    seen: Mutex<ExpiringMap<[u8; 16], ()>>,
+    seen: Mutex<ExpiringMap<SessionId, ()>>,
 }
 
 impl ReplayCache {
     /// Records `id`; false if it was already used.
-    pub fn first_use(&self, id: [u8; 16], expiry: u64, now: u64) -> bool {
+    pub fn first_use(&self, id: SessionId, expiry: u64, now: u64) -> bool {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.prune(now);
         if seen.contains_key(&id) {
@@ -22,7 +23,7 @@ impl ReplayCache {
         true
     }
 
-    pub fn contains(&self, id: &[u8; 16]) -> bool {
+    pub fn contains(&self, id: &SessionId) -> bool {
         self.seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -37,10 +38,10 @@ mod tests {
     #[test]
     fn second_use_is_refused_until_expiry_pruning() {
         let c = ReplayCache::default();
-        assert!(c.first_use([1; 16], 100, 50));
-        assert!(!c.first_use([1; 16], 100, 60));
-        assert!(c.first_use([2; 16], 100, 60));
+        assert!(c.first_use(SessionId([1; 16]), 100, 50));
+        assert!(!c.first_use(SessionId([1; 16]), 100, 60));
+        assert!(c.first_use(SessionId([2; 16]), 100, 60));
         // Pruned once expired (the expiry check refuses it by then anyway).
-        assert!(c.first_use([1; 16], 300, 200));
+        assert!(c.first_use(SessionId([1; 16]), 300, 200));
     }
 }

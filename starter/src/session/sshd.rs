@@ -105,7 +105,7 @@ pub fn config_text(
 pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
     let spec = &a.target.spec;
     let kit = s.kit.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let sid = a.capability.session_hex();
+    let sid = a.capability.session_id.to_string();
     // Files are written at their node paths and named in sshd's config by
     // the paths the job sees (/.stj/... in an image).
     let view = kit.view(spec.image.is_some(), &spec.sessions);
