@@ -3,11 +3,18 @@
 //! (every binary has a hidden `generate-docs DIR`; `scripts/gen-docs.sh`
 //! runs them all). `daemon`: process setup of stj-schedd and stj-starter.
 //! `expiring`: a map whose entries lapse (replay sets, pending sessions).
+//! `config_file`: the TOML file's sections. `logging`: `--debug` and
+//! `STJ_LOG`. `fd_passing`: one socket to another process. `paths`: where
+//! an installed pool keeps things.
 //! `private_file`: secrets on disk, written and read so others cannot.
 //! `shares`: what peers may hold of a daemon's capacity.
 
+pub mod config_file;
 pub mod daemon;
 pub mod expiring;
+pub mod fd_passing;
+pub mod logging;
+pub mod paths;
 pub mod private_file;
 pub mod shares;
 

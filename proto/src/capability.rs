@@ -82,6 +82,16 @@ impl Capability {
     }
 }
 
+/// Unix seconds: the clock capability expiries (and everything timed
+/// against them: session reports, pending routes, replay sets) count on, in
+/// the schedd and the starter alike.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// `k` for an encoded capability.
 pub fn derive_k(starter_key: &[u8], encoded: &[u8]) -> [u8; 32] {
     let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, starter_key), encoded);

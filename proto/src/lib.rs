@@ -7,6 +7,7 @@ pub mod framing;
 pub mod handshake;
 pub mod job_state;
 pub mod preamble;
+pub mod refusal;
 pub mod session_id;
 pub mod token;
 

@@ -8,14 +8,13 @@
 //! socket and stdin/stdout, half-closing each direction when it ends.
 
 use std::io::{Read, Write};
-use std::mem::ManuallyDrop;
+
 use std::net::Shutdown;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
-use sendfd::{RecvWithFd, SendWithFd};
+use anyhow::{Context, Result};
 
 /// The ProxyCommand ssh-to-job gives ssh; not meant to be run by hand.
 ///
@@ -73,16 +72,10 @@ fn run() -> Result<()> {
         relay(session)
     } else {
         // stdout is the socketpair ssh made for ProxyUseFdpass.
-        // SAFETY: fd 1 stays open for our lifetime; ManuallyDrop keeps us from closing it.
-        let out = ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(1) });
-        out.send_with_fd(&[0], &[session_fd(&session)])
+        stj_cli::fd_passing::send_on_stdout(session.as_fd())
             .context("cannot pass the socket to ssh (is ProxyUseFdpass=yes set?)")?;
         Ok(())
     }
-}
-
-fn session_fd(s: &UnixStream) -> RawFd {
-    std::os::fd::AsRawFd::as_raw_fd(s)
 }
 
 /// Gets the session socket from ssh-to-job. It is a TCP (or other stream)
@@ -91,16 +84,9 @@ fn receive_session(path: &str) -> Result<UnixStream> {
     let ctl = UnixStream::connect(path).with_context(|| {
         format!("cannot reach ssh-to-job at {path} (stj-proxy is meant to be run by ssh-to-job)")
     })?;
-    let mut byte = [0u8; 1];
-    let mut fds = [-1 as RawFd; 1];
-    let (n, nfds) = ctl
-        .recv_with_fd(&mut byte, &mut fds)
-        .context("receiving the session socket")?;
-    if n == 0 || nfds != 1 || fds[0] < 0 {
-        bail!("ssh-to-job sent no socket (it refuses processes of other users)");
-    }
-    // SAFETY: the kernel installed this fd for us; we own it now.
-    Ok(unsafe { UnixStream::from_raw_fd(fds[0]) })
+    let fd = stj_cli::fd_passing::recv_one(&ctl)
+        .context("ssh-to-job sent no socket (it refuses processes of other users)")?;
+    Ok(UnixStream::from(fd))
 }
 
 fn relay(session: UnixStream) -> Result<()> {

@@ -4,15 +4,17 @@
 
 use ring::rand::{SecureRandom, SystemRandom};
 use stj_proto::capability::{derive_k, Capability};
+use stj_proto::refusal::status as refuse;
 use stj_proto::session_id::SessionId;
+use stj_proto::user::Refusal;
 use stj_proto::user::{JobState, RequestSessionReply, RequestSessionRequest};
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::audit::{Event, Record};
 use crate::denials::{Summary, Verdict};
 use crate::queue::now;
-use crate::session_limits::Refusal;
-use crate::Schedd;
+use crate::session_limits::Refusal as LimitRefusal;
+use crate::state::Schedd;
 
 /// Records a denied request, unless its user is over the denial rate: then
 /// it only counts towards the minute's summary record.
@@ -60,64 +62,6 @@ fn denial_id() -> String {
     format!("denied-{}", hex::encode(id))
 }
 
-/// ConnectBack: the client of a granted session asks its starter to dial
-/// back through the shared port to the client's socket `route_name`.
-pub fn connect_back(
-    schedd: &Schedd,
-    uid: u32,
-    req: stj_proto::user::ConnectBackRequest,
-) -> Result<(), Status> {
-    let sid = SessionId::from_slice(&req.session_id)
-        .ok_or_else(|| Status::invalid_argument("session_id must be 16 bytes"))?;
-    let (node, owner) = schedd.rendezvous.lookup(&sid).ok_or_else(|| {
-        Status::not_found("no pending session with this id (expired? run ssh-to-job again)")
-    })?;
-    if uid != owner {
-        return Err(Status::permission_denied(
-            "this session was granted to another user",
-        ));
-    }
-    let dir = &schedd.config.daemon_sock_dir;
-    if !dir.is_dir() {
-        return Err(Status::failed_precondition(format!(
-            "the daemon_sock dir {} does not exist: create it with `stj-schedd init-daemon-sock` or set daemon_sock_dir",
-            dir.display()
-        )));
-    }
-    // Checked now for a clear error, and again on the very inode when routed.
-    crate::broker::shared_port::open_socket(dir, &req.route_name, owner)
-        .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
-    // One dial-back per capability: repeated calls cannot make a node hold
-    // a connection each (and capabilities are capped per user).
-    schedd
-        .rendezvous
-        .dial_back_once(&sid)
-        .map_err(|e| Status::already_exists(e.to_string()))?;
-    let expiry = crate::broker::now() + schedd.config.relay_pairing_secs.max(10);
-    let token = schedd
-        .rendezvous
-        .add_route(&req.route_name, sid, owner, expiry);
-    let sent = schedd.registry.send(
-        &node,
-        stj_proto::starter::ScheddMessage {
-            msg: Some(stj_proto::starter::schedd_message::Msg::DialRoute(
-                stj_proto::starter::DialRoute {
-                    session_id: sid.to_vec(),
-                    name: req.route_name.clone(),
-                    token: token.to_vec(),
-                },
-            )),
-        },
-    );
-    if !sent {
-        return Err(Status::unavailable(format!(
-            "node {node} is not connected to the schedd right now; retry shortly"
-        )));
-    }
-    tracing::info!(session_id = %sid, node = %node, "reverse connection requested");
-    Ok(())
-}
-
 pub async fn issue(
     schedd: &Schedd,
     uid: u32,
@@ -135,37 +79,47 @@ pub async fn issue(
         return deny(
             req.job_id,
             "",
-            Status::not_found(format!(
-                "there is no job {} (stj q lists the queue)",
-                req.job_id
-            )),
+            refuse(
+                Code::NotFound,
+                Refusal::NoSuchJob,
+                format!("there is no job {} (stj q lists the queue)", req.job_id),
+            ),
         );
     };
     let Ok(client_pubkey) = <[u8; 32]>::try_from(req.client_pubkey.as_slice()) else {
         return deny(
             job.id,
             &job.node,
-            Status::invalid_argument("client_pubkey must be 32 bytes (ed25519)"),
+            refuse(
+                Code::InvalidArgument,
+                Refusal::BadRequest,
+                "client_pubkey must be 32 bytes (ed25519)",
+            ),
         );
     };
     let deny = |status: Status| deny(job.id, &job.node, status);
     if uid != 0 && uid != job.owner_uid {
-        return deny(Status::permission_denied(format!(
-            "job {} belongs to {} (uid {}); only its owner or root can open a session in it",
-            job.id, job.owner_name, job.owner_uid
-        )));
+        return deny(refuse(
+            Code::PermissionDenied,
+            Refusal::NotOwner,
+            format!(
+                "job {} belongs to {} (uid {}); only its owner or root can open a session in it",
+                job.id, job.owner_name, job.owner_uid
+            ),
+        ));
     }
     if !schedd.config.enable_ssh_to_job {
-        return deny(Status::failed_precondition(
+        return deny(refuse(Code::FailedPrecondition, Refusal::PoolDisabled,
             "ssh-to-job is disabled in this pool (the admin set enable_ssh_to_job = false in [schedd])",
         ));
     }
     let spec = job.spec.clone().unwrap_or_default();
     if !spec.ssh_enabled {
-        return deny(Status::failed_precondition(format!(
-            "job {} was submitted with --no-ssh",
-            job.id
-        )));
+        return deny(refuse(
+            Code::FailedPrecondition,
+            Refusal::JobSshDisabled,
+            format!("job {} was submitted with --no-ssh", job.id),
+        ));
     }
     let state = JobState::try_from(job.state).unwrap_or(JobState::Unspecified);
     if state != JobState::Running {
@@ -174,14 +128,19 @@ pub async fn issue(
         } else {
             String::new()
         };
-        return deny(Status::failed_precondition(format!(
-            "job {} is {}, not running{hint}",
-            job.id,
-            state.label()
-        )));
+        let refusal = if state == JobState::Idle {
+            Refusal::JobIdle
+        } else {
+            Refusal::JobNotRunning
+        };
+        return deny(refuse(
+            Code::FailedPrecondition,
+            refusal,
+            format!("job {} is {}, not running{hint}", job.id, state.label()),
+        ));
     }
     let Some(target) = schedd.registry.session_target(&job.node) else {
-        return deny(Status::unavailable(format!(
+        return deny(refuse(Code::Unavailable, Refusal::NodeAway, format!(
             "node {} that runs job {} is not connected to the schedd right now; retry in a few seconds",
             job.node, job.id
         )));
@@ -200,11 +159,15 @@ pub async fn issue(
         .limits
         .admit(uid, session_id, &job.node, cap.expiry as i64, now())
     {
-        return deny(Status::resource_exhausted(match r {
-            Refusal::TooManyOpen(n) => format!(
+        let refusal = match r {
+            LimitRefusal::TooManyOpen(_) => Refusal::TooManyOpen,
+            LimitRefusal::TooManyPending(_) => Refusal::TooManyPending,
+        };
+        return deny(refuse(Code::ResourceExhausted, refusal, match r {
+            LimitRefusal::TooManyOpen(n) => format!(
                 "you have {n} ssh-to-job sessions open, the most one user may (max_sessions_per_user in the schedd's [schedd] config); end one first"
             ),
-            Refusal::TooManyPending(n) => format!(
+            LimitRefusal::TooManyPending(n) => format!(
                 "you hold {n} unused ssh-to-job capabilities, the most one user may (max_pending_per_user in the schedd's [schedd] config); wait for your other attempts to finish or for their capabilities to expire (capability_ttl_secs = {} s)",
                 schedd.config.capability_ttl_secs
             ),
@@ -228,9 +191,13 @@ pub async fn issue(
     {
         schedd.limits.forget(&session_id);
         tracing::error!(job_id = job.id, uid, reason = %why, "session not granted: it could not be audited");
-        return Err(Status::unavailable(format!(
+        return Err(refuse(
+            Code::Unavailable,
+            Refusal::NotAudited,
+            format!(
             "no session was granted because the schedd could not record it ({why}); tell the admin"
-        )));
+        ),
+        ));
     }
     let relay_token = schedd
         .rendezvous

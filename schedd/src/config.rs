@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Deserialize;
 
-pub const DEFAULT_CONFIG: &str = "/etc/stj/stj.toml";
+pub use stj_cli::paths::CONFIG as DEFAULT_CONFIG;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -57,13 +57,13 @@ impl Default for ScheddConfig {
     fn default() -> Self {
         ScheddConfig {
             listen: "0.0.0.0:9618".parse().expect("literal address"),
-            socket: PathBuf::from("/run/stj/schedd.sock"),
-            state_dir: PathBuf::from("/var/lib/stj/schedd"),
+            socket: PathBuf::from(stj_cli::paths::SCHEDD_SOCKET),
+            state_dir: PathBuf::from(stj_cli::paths::SCHEDD_STATE_DIR),
             heartbeat_secs: 10,
             enable_ssh_to_job: true,
             job_lease_secs: 1200,
             capability_ttl_secs: 60,
-            daemon_sock_dir: PathBuf::from("/var/lock/stj/daemon_sock"),
+            daemon_sock_dir: PathBuf::from(stj_cli::paths::DAEMON_SOCK_DIR),
             relay_pairing_secs: 10,
             broker_addr: None,
             max_sessions_per_user: 64,
@@ -75,45 +75,17 @@ impl Default for ScheddConfig {
     }
 }
 
-/// The whole file: one section per program. A section nobody reads (a
-/// typo like `[scheddd]`) is an error, as an unknown knob is: it would
-/// otherwise be ignored silently and its program run on defaults.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct FileConfig {
-    schedd: ScheddConfig,
-    // The other daemon's section shares the file; checked by that daemon.
-    #[allow(dead_code)]
-    starter: Option<toml::Value>,
-}
-
-/// Reads the `[schedd]` section of `path`. A missing file is fine only when the
-/// caller did not name it explicitly.
+/// Reads the `[schedd]` section of `path` (default [`DEFAULT_CONFIG`],
+/// which may be missing; a file the caller named may not).
 pub fn load(path: Option<&Path>) -> Result<ScheddConfig> {
-    let (path, explicit) = match path {
-        Some(p) => (p.to_path_buf(), true),
-        None => (PathBuf::from(DEFAULT_CONFIG), false),
-    };
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
-            return Ok(ScheddConfig::default())
-        }
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot read config file {}", path.display()))
-        }
-    };
-    parse(&text).with_context(|| {
-        format!(
-            "config file {} is not valid (see README, section Configuration, for every knob)",
-            path.display()
-        )
-    })
+    check(stj_cli::config_file::load_section(path, "schedd")?)
 }
 
 pub fn parse(text: &str) -> Result<ScheddConfig> {
-    let file: FileConfig = toml::from_str(text)?;
-    let c = file.schedd;
+    check(stj_cli::config_file::parse_section(text, "schedd")?)
+}
+
+fn check(c: ScheddConfig) -> Result<ScheddConfig> {
     anyhow::ensure!(
         c.heartbeat_secs >= 1,
         "schedd.heartbeat_secs must be at least 1"

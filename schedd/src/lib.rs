@@ -15,6 +15,7 @@ pub mod pki;
 pub mod queue;
 mod registry;
 mod session_limits;
+mod state;
 mod user_api;
 mod user_socket;
 
@@ -29,63 +30,8 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Notify};
 
 pub use config::ScheddConfig;
-
-/// State shared by the listener, the links, the user API and the matchmaker.
-pub struct Schedd {
-    pub config: ScheddConfig,
-    pub queue: queue::Queue,
-    registry: registry::Registry,
-    /// Which key may register as which node name.
-    enrolment: enrolment::Enrolment,
-    /// Bumped on every job change; `Wait` calls watch it.
-    changes: watch::Sender<u64>,
-    /// Wakes the matchmaker.
-    schedule: Notify,
-    /// Serialises matchmaking with starter registration.
-    pool_lock: tokio::sync::Mutex<()>,
-    started: Instant,
-    rendezvous: broker::rendezvous::Rendezvous,
-    audit: audit::AuditLog,
-    limits: session_limits::SessionLimits,
-    /// The port as clients on this host dial it.
-    broker_addr: String,
-    /// What peers may hold, as shares of the fd limit.
-    budget: Budget,
-    /// Relayed sessions at once (each holds two sockets and two pipes).
-    relays: Arc<tokio::sync::Semaphore>,
-    /// Denied requests per user, for the audit's rate.
-    denials: denials::Denials,
-}
-
-/// The schedd's fd limit, divided among what peers can make it hold, so
-/// that no kind of peer can exhaust it for the others: half for TCP
-/// connections (starter links, relay halves, routing), a quarter for the
-/// pipes of relayed sessions (`relays` counts sessions, a sixteenth of the
-/// limit: two pipes, four fds each), a sixteenth for users' connections to
-/// the UNIX socket and a thirty-second for root's; the rest (database,
-/// logs, dial-outs) stays free.
-#[derive(Clone, Copy, Debug)]
-pub struct Budget {
-    pub tcp: usize,
-    pub relays: usize,
-    pub user_socket: user_socket::Caps,
-}
-
-impl Budget {
-    pub fn for_fd_limit(limit: u64) -> Budget {
-        Budget {
-            tcp: (limit / 2).max(64) as usize,
-            relays: (limit / 16).max(16) as usize,
-            user_socket: user_socket::Caps::for_fd_limit(limit),
-        }
-    }
-}
-
-impl Schedd {
-    fn job_changed(&self) {
-        self.changes.send_modify(|v| *v = v.wrapping_add(1));
-    }
-}
+pub use state::Budget;
+use state::Schedd;
 
 /// File in the state dir holding the address the schedd listens on, so that
 /// tools (and tests that bind port 0) can find it.

@@ -23,7 +23,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use crate::audit::Event;
 use crate::enrolment::{Admitted, EnrolmentError};
 use crate::registry::StarterHandle;
-use crate::Schedd;
+use crate::state::Schedd;
 
 const HELLO_DEADLINE: Duration = Duration::from_secs(10);
 /// Messages queued for one starter before it counts as too slow.

@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::Schedd;
+use crate::state::Schedd;
 
 const TLS_DEADLINE: Duration = Duration::from_secs(10);
 /// A connection must say what it is this quickly.

@@ -130,20 +130,6 @@ fn print_secret(text: &str) -> Result<()> {
     Ok(())
 }
 
-fn init_logging(debug: bool) {
-    let default = if debug { "debug" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STJ_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "{default},h2=info,tower=info,hyper=info,rustls=info"
-        ))
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = real_main(cli) {
@@ -224,7 +210,7 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         None => {
             let a = cli.run;
-            init_logging(a.debug);
+            stj_cli::logging::init(a.debug);
             let mut c = config::load(a.config.as_deref())?;
             if let Some(v) = a.listen {
                 c.listen = v;

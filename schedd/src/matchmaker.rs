@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use stj_proto::starter::{schedd_message, RunJob, ScheddMessage};
 
-use crate::Schedd;
+use crate::state::Schedd;
 
 /// One matchmaking pass. Runs under the pool lock so a starter's
 /// (re-)registration never interleaves with an assignment to it.

@@ -4,7 +4,6 @@
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -162,11 +161,9 @@ pub struct LiveSession {
 /// something about it breaks every node it goes to.
 pub const MAX_START_FAILURES: i64 = 3;
 
+/// Unix seconds as the database stores them (SQLite integers are signed).
 pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    stj_proto::capability::unix_now() as i64
 }
 
 const COLUMNS: &str = "id, owner_uid, owner_gid, owner_name, state, node, submit_time, start_time, end_time, exit_code, exit_signal, reason, spec";

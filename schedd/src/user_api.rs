@@ -16,7 +16,7 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::queue::{Owner, RemoveRefusal, Submitted};
-use crate::Schedd;
+use crate::state::Schedd;
 
 const MAX_WAIT: Duration = Duration::from_secs(3600);
 const MAX_ARGS_BYTES: usize = 256 * 1024;
@@ -419,7 +419,7 @@ impl ScheddApi for UserApi {
         req: Request<ConnectBackRequest>,
     ) -> Result<Response<ConnectBackReply>, Status> {
         let who = caller(&req)?;
-        crate::capability_issuer::connect_back(&self.schedd, who.uid, req.into_inner())
+        crate::broker::connect_back::connect_back(&self.schedd, who.uid, req.into_inner())
             .map(|()| Response::new(ConnectBackReply {}))
     }
 

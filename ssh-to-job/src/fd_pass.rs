@@ -3,11 +3,10 @@
 //! checking with SO_PEERCRED that the process asking is our own user's.
 
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use sendfd::SendWithFd;
 use tokio::net::UnixListener;
 
 pub fn bind(path: &Path) -> Result<UnixListener> {
@@ -27,7 +26,7 @@ pub async fn serve(listener: UnixListener, session: TcpStream) -> Result<()> {
         }
         let conn = conn.into_std()?;
         conn.set_nonblocking(false)?;
-        conn.send_with_fd(&[0], &[session.as_raw_fd()])
+        stj_cli::fd_passing::send_one(&conn, session.as_fd())
             .context("sending the session socket to stj-proxy")?;
         // Our copy closes here: ssh now holds the only one, so the session
         // ends exactly when ssh lets go of it.

@@ -3,9 +3,9 @@
 
 pub mod attach;
 pub mod audit_view;
+pub mod client_error;
 pub mod fd_pass;
 pub mod jobs_view;
-pub mod logging;
 pub mod runtime_dir;
 pub mod schedd_client;
 pub mod session;

@@ -10,7 +10,7 @@ use stj_proto::user::schedd_client::ScheddClient;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-pub const DEFAULT_SOCKET: &str = "/run/stj/schedd.sock";
+pub use stj_cli::paths::SCHEDD_SOCKET as DEFAULT_SOCKET;
 
 /// The socket named by `--socket`, else `$STJ_SCHEDD_SOCKET`, else the default.
 pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
@@ -48,9 +48,10 @@ pub async fn connect(path: &Path) -> Result<ScheddClient<Channel>> {
     Ok(ScheddClient::new(channel))
 }
 
-/// Turns a schedd refusal into the message it carries, for the user.
+/// A schedd refusal as the typed error that carries its code and reason
+/// (and shows only its message).
 pub fn status_error(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}", s.message())
+    crate::client_error::ClientError::from_status(s).into()
 }
 
 /// Every job the query matches, page after page (the schedd keeps each

@@ -11,6 +11,7 @@ use stj_proto::user::{RemoveRequest, ReportExitRequest};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::attach::{self, Mode};
+use crate::client_error::is_transient;
 use crate::runtime_dir::RuntimeDir;
 use crate::schedd_client::connect;
 use crate::ssh_command::{alias, proxy_path, Program, SshCommand};
@@ -146,13 +147,13 @@ pub async fn run(o: &Options) -> Result<u8> {
                 waiting::until_running(&o.socket, o.job).await?;
             }
             let grant = attach::request(&o.socket, o.job, key.public).await?;
-            tracing::debug!(job_id = o.job, node = %grant.node, direct = %grant.direct_addr, "capability granted");
+            tracing::debug!(job_id = o.job, session_id = %grant.session_id, node = %grant.node, direct = ?grant.direct_addr, "capability granted");
             let started = std::time::Instant::now();
             let (stream, session, path) =
                 attach::connect(o.mode, &o.socket, &grant, o.job, &o.daemon_sock).await?;
             tracing::debug!(
                 job_id = o.job,
-                path,
+                path = path.as_str(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "connected; handshake complete"
             );
@@ -170,7 +171,7 @@ pub async fn run(o: &Options) -> Result<u8> {
         };
         match outcome {
             Ok(v) => break v,
-            Err(e) if (o.auto_retry || attempt < o.retries) && waiting::is_transient(&e) => {
+            Err(e) if (o.auto_retry || attempt < o.retries) && is_transient(&e) => {
                 attempt += 1;
                 tracing::debug!(attempt, error = %format!("{e:#}"), "retrying");
                 let pause = Duration::from_millis(500 * u64::from(attempt.min(6)));
@@ -249,7 +250,7 @@ pub async fn run(o: &Options) -> Result<u8> {
     // ssh's 255 is a connection failure. Through the relay that usually
     // means the schedd went away: say so, rather than leave a bare
     // "connection closed".
-    if path == "relay"
+    if path == attach::Via::Relay
         && status.code() == Some(255)
         && tokio::net::UnixStream::connect(&o.socket).await.is_err()
     {

@@ -9,13 +9,12 @@
 //! ssh (ProxyUseFdpass). The KnownHostsCommand (`ssh-to-job known-hosts %n`)
 //! then answers ssh's host key check with exactly that key.
 
-use std::mem::ManuallyDrop;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use sendfd::SendWithFd;
+
 use ssh_key::private::{Ed25519Keypair, KeypairData};
 use ssh_key::public::{Ed25519PublicKey, KeyData};
 use ssh_key::{LineEnding, PrivateKey, PublicKey};
@@ -180,7 +179,7 @@ pub async fn proxy(host: &str, socket: &Path) -> Result<()> {
         &attach::daemon_sock_dir(None),
     )
     .await?;
-    tracing::debug!(job_id = job, path, "connected");
+    tracing::debug!(job_id = job, path = path.as_str(), "connected");
     let file = host_key_file(job)?;
     if let Some(dir) = file.parent() {
         prune(dir);
@@ -188,9 +187,7 @@ pub async fn proxy(host: &str, socket: &Path) -> Result<()> {
     let key = PublicKey::new(KeyData::Ed25519(Ed25519PublicKey(session.host_pubkey)), "");
     std::fs::write(&file, key.to_openssh()?)?;
     // stdout is the socketpair ssh made for ProxyUseFdpass.
-    // SAFETY: fd 1 stays open; ManuallyDrop keeps us from closing it.
-    let out = ManuallyDrop::new(unsafe { std::os::unix::net::UnixStream::from_raw_fd(1) });
-    out.send_with_fd(&[0], &[stream.as_raw_fd()])
+    stj_cli::fd_passing::send_on_stdout(stream.as_fd())
         .context("cannot pass the socket to ssh (the ssh_config block needs ProxyUseFdpass yes)")?;
     Ok(())
 }

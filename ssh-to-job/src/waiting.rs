@@ -101,16 +101,3 @@ pub async fn until_running(socket: &Path, id: u64) -> Result<()> {
     }
     result
 }
-
-/// True for failures that trying again (with a fresh capability) can cure:
-/// the job has not started yet, its node is momentarily away or busy, or a
-/// handshake ran out of time under load.
-pub fn is_transient(e: &anyhow::Error) -> bool {
-    let m = format!("{e:#}");
-    m.contains("is idle, not running")
-        || m.contains("is not connected to the schedd")
-        || m.contains("still starting")
-        || m.contains("is busy with other handshakes")
-        || m.contains("timed out")
-        || m.contains("was already used")
-}

@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Deserialize;
 
-pub const DEFAULT_CONFIG: &str = "/etc/stj/stj.toml";
+pub use stj_cli::paths::CONFIG as DEFAULT_CONFIG;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -55,7 +55,7 @@ impl Default for StarterConfig {
             schedd: "127.0.0.1:9618".into(),
             token_file: PathBuf::from("/etc/stj/join-token"),
             name: None,
-            work_dir: PathBuf::from("/var/lib/stj/starter"),
+            work_dir: PathBuf::from(stj_cli::paths::STARTER_WORK_DIR),
             slots: None,
             kill_grace_secs: 5,
             session_listen: None,
@@ -72,38 +72,10 @@ impl Default for StarterConfig {
     }
 }
 
-/// The whole file: one section per program. A section nobody reads (a
-/// typo like `[starterd]`) is an error, as an unknown knob is: it would
-/// otherwise be ignored silently and its program run on defaults.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct FileConfig {
-    starter: StarterConfig,
-    // The other daemon's section shares the file; checked by that daemon.
-    #[allow(dead_code)]
-    schedd: Option<toml::Value>,
-}
-
+/// Reads the `[starter]` section of `path` (default [`DEFAULT_CONFIG`],
+/// which may be missing; a file the caller named may not).
 pub fn load(path: Option<&Path>) -> Result<StarterConfig> {
-    let (path, explicit) = match path {
-        Some(p) => (p.to_path_buf(), true),
-        None => (PathBuf::from(DEFAULT_CONFIG), false),
-    };
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
-            return Ok(StarterConfig::default())
-        }
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot read config file {}", path.display()))
-        }
-    };
-    parse(&text).with_context(|| {
-        format!(
-            "config file {} is not valid (see README, section Configuration, for every knob)",
-            path.display()
-        )
-    })
+    Ok(stj_cli::config_file::load_section(path, "starter")?)
 }
 
 /// Checks what the file and the flags set together.
@@ -119,8 +91,7 @@ pub fn validate(c: &StarterConfig) -> Result<()> {
 }
 
 pub fn parse(text: &str) -> Result<StarterConfig> {
-    let file: FileConfig = toml::from_str(text)?;
-    Ok(file.starter)
+    Ok(stj_cli::config_file::parse_section(text, "starter")?)
 }
 
 #[cfg(test)]

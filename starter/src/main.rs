@@ -145,18 +145,7 @@ fn slot_users(
 }
 
 fn real_main(cli: Cli) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STJ_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(if cli.debug {
-            "debug,rustls=info"
-        } else {
-            "info"
-        })
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    stj_cli::logging::init(cli.debug);
     let mut c = stj_starter::config::load(cli.config.as_deref())?;
     if let Some(v) = cli.schedd {
         c.schedd = v;

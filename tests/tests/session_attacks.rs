@@ -61,10 +61,8 @@ fn direct_attach_is_refused_as_unproven(c: &Cluster, secs: &str) {
 }
 
 /// The client side of a handshake, as the tests drive it by hand.
-async fn try_handshake(
-    grant: &stj_proto::user::RequestSessionReply,
-) -> Result<attach::Session, HandshakeError> {
-    let mut s = tokio::net::TcpStream::connect(&grant.direct_addr).await?;
+async fn try_handshake(grant: &attach::Grant) -> Result<attach::Session, HandshakeError> {
+    let mut s = tokio::net::TcpStream::connect(grant.direct_addr.as_deref().unwrap()).await?;
     attach::handshake(&mut s, grant).await
 }
 
@@ -184,10 +182,10 @@ fn a_capability_with_one_byte_changed_gets_no_session() {
         let mut forged = grant.clone();
         forged.capability[pos] ^= 0x01;
         let outcome = rt.block_on(async {
-            let mut s = tokio::net::TcpStream::connect(&grant.direct_addr)
+            let mut s = tokio::net::TcpStream::connect(grant.direct_addr.as_deref().unwrap())
                 .await
                 .unwrap();
-            let k: [u8; 32] = grant.k.as_slice().try_into().unwrap();
+            let k = grant.k;
             let (mut hs, hello) = ClientHandshake::start(forged.capability.clone(), &k, [1; 32]);
             write_message(&mut s, &hello).await.unwrap();
             let (reply, _) = read_message(&mut s).await.unwrap();
@@ -378,8 +376,8 @@ fn one_users_stalled_handshakes_do_not_lock_others_out() {
         let mut v = Vec::new();
         for _ in 0..40 {
             let grant = attach::request(&c.socket, bobs, [7; 32]).await.unwrap();
-            let k: [u8; 32] = grant.k.as_slice().try_into().unwrap();
-            let mut s = tokio::net::TcpStream::connect(&grant.direct_addr)
+            let k = grant.k;
+            let mut s = tokio::net::TcpStream::connect(grant.direct_addr.as_deref().unwrap())
                 .await
                 .unwrap();
             let (_, hello) = ClientHandshake::start(grant.capability.clone(), &k, [1; 32]);

@@ -11,7 +11,7 @@ use stj_proto::preamble::{Role, TOKEN_LEN};
 use stj_proto::starter::{schedd_message::Msg as Out, DialRelay, ScheddMessage};
 use tokio::net::TcpStream;
 
-use crate::Schedd;
+use crate::state::Schedd;
 
 pub async fn serve(
     schedd: Arc<Schedd>,

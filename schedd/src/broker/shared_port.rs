@@ -13,7 +13,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
-use sendfd::SendWithFd;
+use std::os::fd::AsFd;
 use stj_proto::preamble::valid_name;
 
 /// Opens `dir/name` as the routing target for a session of `uid`.
@@ -59,9 +59,7 @@ pub fn pass(target: &OwnedFd, conn: &std::net::TcpStream) -> Result<()> {
     let client =
         std::os::unix::net::UnixStream::connect(format!("/proc/self/fd/{}", target.as_raw_fd()))
             .context("cannot connect to the client's socket")?;
-    client
-        .send_with_fd(&[0], &[conn.as_raw_fd()])
-        .context("cannot pass the connection")?;
+    stj_cli::fd_passing::send_one(&client, conn.as_fd()).context("cannot pass the connection")?;
     Ok(())
 }
 

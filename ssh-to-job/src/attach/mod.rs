@@ -1,6 +1,8 @@
 //! Getting a capability from the schedd and turning it into a connected,
-//! authenticated socket to the job's starter: directly, by reverse
-//! connection through the schedd's shared port, or through its relay.
+//! authenticated socket to the job's starter. The schedd's reply is decoded
+//! once into a [`Grant`]; each path (direct, reverse through the shared
+//! port, relay) only dials and hands back a stream, and the handshake runs
+//! here, in one place, whichever path brought the stream.
 
 mod direct;
 mod relay;
@@ -10,31 +12,82 @@ pub use reverse::{daemon_sock_dir, DEFAULT_DAEMON_SOCK_DIR};
 
 use std::net::TcpStream as StdTcpStream;
 use std::path::Path;
-use stj_proto::session_id::SessionId;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use ring::rand::{SecureRandom, SystemRandom};
 use stj_proto::capability::Capability;
 use stj_proto::handshake::{
     read_message, write_message, ClientHandshake, HandshakeError, DEADLINE, NONCE_LEN,
 };
+use stj_proto::session_id::SessionId;
 use stj_proto::user::{RequestSessionReply, RequestSessionRequest};
 use tokio::net::TcpStream;
 
-use crate::schedd_client::status_error;
+use crate::client_error::ClientError;
 
-pub struct Attached {
-    pub stream: StdTcpStream,
-    pub host_pubkey: [u8; 32],
-    pub grant: RequestSessionReply,
-    pub path: &'static str,
+/// What the schedd granted for one session, decoded and checked once.
+/// (Its Debug leaves out the secrets.)
+#[derive(Clone)]
+pub struct Grant {
+    /// The capability in its canonical encoding, as the starter checks it.
+    pub capability: Vec<u8>,
+    pub session_id: SessionId,
+    pub client_pubkey: [u8; 32],
+    /// HMAC key proving the capability; secret.
+    pub k: [u8; 32],
+    /// Presented to the schedd's relay; secret.
+    pub relay_token: [u8; 32],
+    /// Where the starter listens, when it listens anywhere.
+    pub direct_addr: Option<String>,
+    /// The schedd's one port, as this host dials it.
+    pub broker_addr: String,
+    pub node: String,
+    /// The account the session logs in as.
+    pub user: String,
 }
 
-pub async fn request(
-    socket: &Path,
-    job_id: u64,
-    client_pubkey: [u8; 32],
-) -> Result<RequestSessionReply> {
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grant")
+            .field("session_id", &self.session_id)
+            .field("node", &self.node)
+            .field("direct_addr", &self.direct_addr)
+            .field("broker_addr", &self.broker_addr)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Grant {
+    pub fn decode(r: RequestSessionReply) -> Result<Grant> {
+        let cap =
+            Capability::decode(&r.capability).context("the schedd sent a malformed capability")?;
+        let k =
+            r.k.as_slice()
+                .try_into()
+                .context("the schedd sent a malformed session key")?;
+        let relay_token = r
+            .relay_token
+            .as_slice()
+            .try_into()
+            .context("the schedd sent a malformed relay token")?;
+        Ok(Grant {
+            session_id: cap.session_id,
+            client_pubkey: cap.client_pubkey,
+            capability: r.capability,
+            k,
+            relay_token,
+            direct_addr: (!r.direct_addr.is_empty()).then_some(r.direct_addr),
+            broker_addr: r.broker_addr,
+            node: r.node,
+            user: r.user,
+        })
+    }
+}
+
+/// Asks the schedd for a capability into `job_id` for the holder of
+/// `client_pubkey`.
+pub async fn request(socket: &Path, job_id: u64, client_pubkey: [u8; 32]) -> Result<Grant> {
     let mut c = crate::schedd_client::connect(socket).await?;
     let reply = c
         .request_session(RequestSessionRequest {
@@ -42,8 +95,8 @@ pub async fn request(
             client_pubkey: client_pubkey.to_vec(),
         })
         .await
-        .map_err(status_error)?;
-    Ok(reply.into_inner())
+        .map_err(ClientError::from_status)?;
+    Grant::decode(reply.into_inner())
 }
 
 /// What a completed handshake established.
@@ -58,31 +111,20 @@ pub struct Session {
 
 /// Runs the client side of the handshake on `stream`. On success the stream
 /// carries SSH bytes from a starter that proved it holds this session's key.
-pub async fn handshake(
-    stream: &mut TcpStream,
-    grant: &RequestSessionReply,
-) -> Result<Session, HandshakeError> {
-    let k: [u8; 32] = grant
-        .k
-        .as_slice()
-        .try_into()
-        .map_err(|_| HandshakeError::Decode)?;
+pub async fn handshake(stream: &mut TcpStream, grant: &Grant) -> Result<Session, HandshakeError> {
     let mut nonce = [0u8; NONCE_LEN];
     SystemRandom::new()
         .fill(&mut nonce)
         .map_err(|_| HandshakeError::Decode)?;
-    let (mut hs, hello) = ClientHandshake::start(grant.capability.clone(), &k, nonce);
+    let (mut hs, hello) = ClientHandshake::start(grant.capability.clone(), &grant.k, nonce);
     write_message(stream, &hello).await?;
     let (challenge, _) = read_message(stream).await?;
     let (proof, host) = hs.on_challenge(challenge)?;
     write_message(stream, &proof).await?;
     let (ready, _) = read_message(stream).await?;
     let user = hs.on_ready(ready)?;
-    let session_id = Capability::decode(&grant.capability)
-        .map_err(|_| HandshakeError::Decode)?
-        .session_id;
     Ok(Session {
-        session_id,
+        session_id: grant.session_id,
         host_pubkey: host,
         user: if user.is_empty() {
             grant.user.clone()
@@ -92,33 +134,14 @@ pub async fn handshake(
     })
 }
 
-/// The peer failed the starter's proof: someone answered in its place.
-#[derive(Debug, thiserror::Error)]
-#[error("the peer that answered for node {node} could not prove it is the starter running job {job_id}: refusing to connect (a fake or misconfigured starter; tell your admin)")]
-pub struct Impersonation {
-    pub node: String,
-    pub job_id: u64,
-}
-
-/// The node answered the handshake with a refusal (its code and reason).
-#[derive(Debug, thiserror::Error)]
-#[error("node {node} refused the session: {message}")]
-pub struct NodeRefused {
-    pub node: String,
-    pub code: stj_proto::session::ErrorCode,
-    pub message: String,
-}
-
-pub fn explain(e: HandshakeError, job_id: u64, node: &str) -> anyhow::Error {
+fn explain(e: HandshakeError, job_id: u64, node: &str) -> anyhow::Error {
     match e {
-        // The starter's proof, or its Ready, did not verify: whoever
-        // answered does not hold this session's key.
-        HandshakeError::BadProof => Impersonation {
+        HandshakeError::BadProof => ClientError::Impersonation {
             node: node.to_string(),
             job_id,
         }
         .into(),
-        HandshakeError::Remote { code, message } => NodeRefused {
+        HandshakeError::Remote { code, message } => ClientError::NodeRefused {
             node: node.to_string(),
             code,
             message,
@@ -128,21 +151,52 @@ pub fn explain(e: HandshakeError, job_id: u64, node: &str) -> anyhow::Error {
     }
 }
 
+fn is_node_refusal(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<ClientError>(),
+        Some(ClientError::NodeRefused { .. })
+    )
+}
+
+fn is_impersonation(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<ClientError>(),
+        Some(ClientError::Impersonation { .. })
+    )
+}
+
+/// The way a data connection was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Auto,
+pub enum Via {
     Direct,
     Reverse,
     Relay,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Direct => "direct",
+            Via::Reverse => "reverse",
+            Via::Relay => "relay",
+        }
+    }
+}
+
+/// `--mode`: one way only, or auto (each in turn).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Auto,
+    Only(Via),
 }
 
 impl Mode {
     pub fn parse(s: &str) -> Option<Mode> {
         Some(match s {
             "auto" => Mode::Auto,
-            "direct" => Mode::Direct,
-            "reverse" => Mode::Reverse,
-            "relay" => Mode::Relay,
+            "direct" => Mode::Only(Via::Direct),
+            "reverse" => Mode::Only(Via::Reverse),
+            "relay" => Mode::Only(Via::Relay),
             _ => return None,
         })
     }
@@ -152,17 +206,48 @@ impl Mode {
 /// back a blocking std socket ready to be passed to ssh.
 async fn finish(
     mut stream: TcpStream,
-    grant: &RequestSessionReply,
+    grant: &Grant,
     job_id: u64,
 ) -> Result<(StdTcpStream, Session)> {
     stream.set_nodelay(true).ok();
     let session = tokio::time::timeout(DEADLINE, handshake(&mut stream, grant))
         .await
-        .map_err(|_| anyhow::anyhow!("handshake with node {} timed out", grant.node))?
+        .map_err(|_| {
+            ClientError::TimedOut(format!("handshake with node {} timed out", grant.node))
+        })?
         .map_err(|e| explain(e, job_id, &grant.node))?;
     let std = stream.into_std()?;
     std.set_nonblocking(false)?;
     Ok((std, session))
+}
+
+/// One path, from dial to completed handshake.
+async fn over(
+    via: Via,
+    socket: &Path,
+    grant: &Grant,
+    job_id: u64,
+    daemon_sock: &Path,
+) -> Result<(StdTcpStream, Session)> {
+    match via {
+        Via::Direct => finish(direct::dial(grant).await?, grant, job_id).await,
+        Via::Relay => finish(relay::dial(grant).await?, grant, job_id).await,
+        Via::Reverse => {
+            let mut calls = reverse::ask(socket, grant, daemon_sock).await?;
+            loop {
+                match finish(calls.next().await?, grant, job_id).await {
+                    Ok(done) => return Ok(done),
+                    // The node itself said no (only a connection routed
+                    // with the route's token reaches us): that is the answer.
+                    Err(e) if is_node_refusal(&e) => return Err(e),
+                    // Not the genuine starter: keep waiting for it.
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "a reverse connection failed the handshake; still waiting")
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Makes the data connection the way `mode` says. In auto mode: direct when
@@ -172,36 +257,23 @@ async fn finish(
 pub async fn connect(
     mode: Mode,
     socket: &Path,
-    grant: &RequestSessionReply,
+    grant: &Grant,
     job_id: u64,
     daemon_sock: &Path,
-) -> Result<(StdTcpStream, Session, &'static str)> {
-    match mode {
-        Mode::Direct => {
-            return direct::connect(grant, job_id)
-                .await
-                .map(|(s, x)| (s, x, "direct"))
-        }
-        Mode::Reverse => {
-            return reverse::connect(socket, grant, job_id, daemon_sock)
-                .await
-                .map(|(s, x)| (s, x, "reverse"))
-        }
-        Mode::Relay => {
-            return relay::connect(grant, job_id)
-                .await
-                .map(|(s, x)| (s, x, "relay"))
-        }
-        Mode::Auto => {}
+) -> Result<(StdTcpStream, Session, Via)> {
+    if let Mode::Only(via) = mode {
+        return over(via, socket, grant, job_id, daemon_sock)
+            .await
+            .map(|(s, x)| (s, x, via));
     }
-    if grant.direct_addr.is_empty() {
+    if grant.direct_addr.is_none() {
         tracing::debug!(node = %grant.node, "direct: skipped, the node advertises no address");
     } else {
-        match direct::connect(grant, job_id).await {
-            Ok((s, x)) => return Ok((s, x, "direct")),
+        match over(Via::Direct, socket, grant, job_id, daemon_sock).await {
+            Ok((s, x)) => return Ok((s, x, Via::Direct)),
             // Another path still reaches the genuine starter (every path
             // authenticates it), but an impostor is worth telling about.
-            Err(e) if e.downcast_ref::<Impersonation>().is_some() => {
+            Err(e) if is_impersonation(&e) => {
                 eprintln!("ssh-to-job: warning: {e:#}; trying other paths")
             }
             Err(e) => {
@@ -212,33 +284,23 @@ pub async fn connect(
     // A path that failed may have got as far as burning the capability (a
     // handshake that timed out on our side but completed on the starter's):
     // every further path starts from a fresh one.
-    let fresh = |g: &RequestSessionReply| {
-        let pubkey = Capability::decode(&g.capability).map(|c| c.client_pubkey);
-        async move {
-            request(
-                socket,
-                job_id,
-                pubkey.map_err(|_| anyhow::anyhow!("malformed capability"))?,
-            )
-            .await
-        }
-    };
-    let mut grant = if grant.direct_addr.is_empty() {
+    let fresh = || request(socket, job_id, grant.client_pubkey);
+    let mut grant = if grant.direct_addr.is_none() {
         grant.clone()
     } else {
-        fresh(grant).await?
+        fresh().await?
     };
     match reverse::usable(daemon_sock) {
-        Ok(()) => match reverse::connect(socket, &grant, job_id, daemon_sock).await {
-            Ok((s, x)) => return Ok((s, x, "reverse")),
+        Ok(()) => match over(Via::Reverse, socket, &grant, job_id, daemon_sock).await {
+            Ok((s, x)) => return Ok((s, x, Via::Reverse)),
             Err(e) => {
                 tracing::debug!(node = %grant.node, error = %format!("{e:#}"), "reverse: failed");
-                grant = fresh(&grant).await?;
+                grant = fresh().await?;
             }
         },
         Err(e) => eprintln!("ssh-to-job: {e:#}; using the relay instead"),
     }
-    relay::connect(&grant, job_id)
+    over(Via::Relay, socket, &grant, job_id, daemon_sock)
         .await
-        .map(|(s, x)| (s, x, "relay"))
+        .map(|(s, x)| (s, x, Via::Relay))
 }

@@ -4,22 +4,20 @@
 //! host needs no open port of its own.
 
 use std::net::TcpStream as StdTcpStream;
-use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use ring::rand::{SecureRandom, SystemRandom};
-use sendfd::RecvWithFd;
-use stj_proto::capability::Capability;
-use stj_proto::user::{ConnectBackRequest, RequestSessionReply};
+use stj_proto::user::ConnectBackRequest;
 use tokio::net::{TcpStream, UnixListener};
 
-use super::{finish, Session};
-use crate::schedd_client::{connect as schedd, status_error};
+use super::Grant;
+use crate::client_error::ClientError;
+use crate::schedd_client::connect as schedd;
 
-pub const DEFAULT_DAEMON_SOCK_DIR: &str = "/var/lock/stj/daemon_sock";
+pub use stj_cli::paths::DAEMON_SOCK_DIR as DEFAULT_DAEMON_SOCK_DIR;
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `--daemon-sock-dir`, else `$STJ_DAEMON_SOCK_DIR`, else the default.
@@ -54,15 +52,18 @@ impl Drop for SocketFile {
     }
 }
 
-pub async fn connect(
-    socket: &Path,
-    grant: &RequestSessionReply,
-    job_id: u64,
-    dir: &Path,
-) -> Result<(StdTcpStream, Session)> {
+/// Connections the schedd hands over on our socket, until the deadline.
+pub struct Callbacks {
+    listener: UnixListener,
+    _file: SocketFile,
+    schedd_uid: u32,
+    node: String,
+    deadline: tokio::time::Instant,
+}
+
+/// Makes our socket and asks the schedd to have the starter dial it.
+pub async fn ask(socket: &Path, grant: &Grant, dir: &Path) -> Result<Callbacks> {
     usable(dir)?;
-    let cap =
-        Capability::decode(&grant.capability).context("the schedd sent a malformed capability")?;
     let mut rnd = [0u8; 8];
     SystemRandom::new()
         .fill(&mut rnd)
@@ -71,60 +72,58 @@ pub async fn connect(
     let path = dir.join(&name);
     let listener =
         UnixListener::bind(&path).with_context(|| format!("cannot create {}", path.display()))?;
-    let _file = SocketFile(path.clone());
+    let file = SocketFile(path.clone());
     // Only the schedd (which runs as root) needs to connect.
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let schedd_uid = std::fs::metadata(socket).map(|m| m.uid()).unwrap_or(0);
 
     let mut c = schedd(socket).await?;
     c.connect_back(ConnectBackRequest {
-        session_id: cap.session_id.to_vec(),
+        session_id: grant.session_id.to_vec(),
         route_name: name,
     })
     .await
-    .map_err(status_error)?;
+    .map_err(ClientError::from_status)?;
+    Ok(Callbacks {
+        listener,
+        _file: file,
+        schedd_uid,
+        node: grant.node.clone(),
+        deadline: tokio::time::Instant::now() + STEP_TIMEOUT,
+    })
+}
 
-    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
-    loop {
-        let (conn, _) = tokio::time::timeout_at(deadline, listener.accept())
-            .await
-            .with_context(|| {
-                format!(
-                    "node {} did not call back within {} s",
-                    grant.node,
-                    STEP_TIMEOUT.as_secs()
-                )
-            })??;
-        // Connections come from the schedd only; anyone else is ignored.
-        let from = conn.peer_cred()?.uid();
-        if from != schedd_uid && from != 0 {
-            tracing::warn!(
-                peer_uid = from,
-                "ignored a connection to our daemon_sock socket from another user"
-            );
-            continue;
-        }
-        let conn = conn.into_std()?;
-        conn.set_nonblocking(false)?;
-        let mut byte = [0u8; 1];
-        let mut fds = [-1 as RawFd; 1];
-        let (_, n) = conn.recv_with_fd(&mut byte, &mut fds)?;
-        if n != 1 {
-            continue;
-        }
-        // SAFETY: the kernel just installed this fd for us.
-        let tcp = unsafe { StdTcpStream::from_raw_fd(fds[0]) };
-        tcp.set_nonblocking(true)?;
-        let tcp = TcpStream::from_std(tcp)?;
-        match finish(tcp, grant, job_id).await {
-            Ok(done) => return Ok(done),
-            // The node itself said no (only a connection routed with the
-            // route's token reaches us): its reason is the answer.
-            Err(e) if e.downcast_ref::<super::NodeRefused>().is_some() => return Err(e),
-            // Not the genuine starter: keep waiting for it.
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "a reverse connection failed the handshake; still waiting")
+impl Callbacks {
+    /// The next connection the schedd passes us; an error once the
+    /// deadline passes.
+    pub async fn next(&mut self) -> Result<TcpStream> {
+        loop {
+            let (conn, _) = tokio::time::timeout_at(self.deadline, self.listener.accept())
+                .await
+                .map_err(|_| {
+                    ClientError::TimedOut(format!(
+                        "node {} did not call back within {} s",
+                        self.node,
+                        STEP_TIMEOUT.as_secs()
+                    ))
+                })??;
+            // Connections come from the schedd only; anyone else is ignored.
+            let from = conn.peer_cred()?.uid();
+            if from != self.schedd_uid && from != 0 {
+                tracing::warn!(
+                    peer_uid = from,
+                    "ignored a connection to our daemon_sock socket from another user"
+                );
+                continue;
             }
+            let conn = conn.into_std()?;
+            conn.set_nonblocking(false)?;
+            let Ok(fd) = stj_cli::fd_passing::recv_one(&conn) else {
+                continue;
+            };
+            let tcp = StdTcpStream::from(fd);
+            tcp.set_nonblocking(true)?;
+            return Ok(TcpStream::from_std(tcp)?);
         }
     }
 }

@@ -174,7 +174,7 @@ fn main() -> ExitCode {
     let rsh = argv.get(1).map(String::as_str) == Some("--rsh");
     let debug = argv.iter().any(|a| a == "--debug");
     if debug {
-        ssh_to_job::logging::init_debug();
+        stj_cli::logging::init(true);
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -124,7 +124,7 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.debug {
-        ssh_to_job::logging::init_debug();
+        stj_cli::logging::init(true);
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

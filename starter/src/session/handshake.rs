@@ -124,7 +124,7 @@ async fn exchange(s: &Sessions, stream: &mut TcpStream, unheard: Option<UnheardC
     }
     if let Err(why) = &s.kit {
         return refuse(
-            ErrorCode::Unavailable,
+            ErrorCode::NodeMisconfigured,
             format!("ssh-to-job is unavailable on node {}: {why}", s.node),
         );
     }

@@ -11,7 +11,6 @@ mod traffic;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 use stj_proto::session_id::SessionId;
 
 use stj_proto::starter::{SessionEnded, SessionStarted};
@@ -86,13 +85,7 @@ fn passwd_home(spec: &crate::container::ContainerSpec) -> Option<String> {
         .map(|u| u.dir.to_string_lossy().into_owned())
 }
 
-/// Unix seconds, as capabilities and session reports count time.
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use stj_proto::capability::unix_now as now;
 
 impl Sessions {
     pub fn new(

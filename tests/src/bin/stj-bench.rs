@@ -14,7 +14,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use stj_proto::capability::Capability;
 use stj_proto::preamble::{Preamble, Role};
 use stj_proto::token::JoinToken;
 use stj_tests::sim_starter;
@@ -294,8 +293,8 @@ async fn relay_pair(
     sim: &mut sim_starter::SimStarter,
 ) -> Result<(tokio::net::TcpStream, tokio::net::TcpStream)> {
     let grant = ssh_to_job::attach::request(&c.socket, job, [7; 32]).await?;
-    let sid = Capability::decode(&grant.capability)?.session_id;
-    let token: [u8; 32] = grant.relay_token.as_slice().try_into()?;
+    let sid = grant.session_id;
+    let token = grant.relay_token;
     let mut client = tokio::net::TcpStream::connect(&grant.broker_addr).await?;
     client
         .write_all(
