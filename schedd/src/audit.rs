@@ -7,7 +7,9 @@
 //! once the record is committed — the capability is handed out after that,
 //! or not at all (disk full, database broken). Everything else (denials,
 //! what nodes report) is `send`: never waited for, and never dropped when
-//! a commit fails — the writer keeps it and tries again.
+//! a commit fails — the writer keeps it and tries again. On shutdown,
+//! `close` commits what is queued and joins the writer, so a SIGTERM loses
+//! no record.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -64,8 +66,12 @@ pub enum Event {
 /// An event, when it happened, and who waits for its commit.
 type Queued = (Event, i64, Option<oneshot::Sender<Result<(), String>>>);
 
+/// None asks the writer to commit what it has and stop.
+type Message = Option<Queued>;
+
 pub struct AuditLog {
-    tx: mpsc::Sender<Queued>,
+    tx: mpsc::Sender<Message>,
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 const MAX_BATCH: usize = 4096;
@@ -81,18 +87,33 @@ impl AuditLog {
     /// keep all) at start-up and hourly.
     pub fn open(db: &Path, retention_days: u64) -> rusqlite::Result<AuditLog> {
         let conn = crate::queue::connect(db)?;
-        let (tx, rx) = mpsc::channel::<Queued>();
+        let (tx, rx) = mpsc::channel::<Message>();
         let path = db.to_path_buf();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("stj-audit".into())
             .spawn(move || writer(conn, rx, retention_days, &path))
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        Ok(AuditLog { tx })
+        Ok(AuditLog {
+            tx,
+            writer: std::sync::Mutex::new(Some(writer)),
+        })
+    }
+
+    /// Commits everything queued so far and stops the writer; blocks until
+    /// it has. Events sent afterwards are lost (and said to be).
+    pub fn close(&self) {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = writer {
+            let _ = self.tx.send(None);
+            if w.join().is_err() {
+                tracing::error!("the audit writer panicked");
+            }
+        }
     }
 
     /// Queues `e`; it is written soon, and kept until it is.
     pub fn send(&self, e: Event) {
-        if self.tx.send((e, now(), None)).is_err() {
+        if self.tx.send(Some((e, now(), None))).is_err() {
             tracing::error!("audit writer is gone; a record was lost");
         }
     }
@@ -101,7 +122,7 @@ impl AuditLog {
     pub async fn record(&self, e: Event) -> Result<(), String> {
         let (ack, done) = oneshot::channel();
         self.tx
-            .send((e, now(), Some(ack)))
+            .send(Some((e, now(), Some(ack))))
             .map_err(|_| "the audit writer is gone".to_string())?;
         done.await
             .unwrap_or_else(|_| Err("the audit writer is gone".to_string()))
@@ -179,7 +200,7 @@ fn prune(conn: &Connection, days: u64, now: i64) -> rusqlite::Result<usize> {
     conn.execute("DELETE FROM sessions WHERE issued_at < ?1", params![cutoff])
 }
 
-fn writer(mut conn: Connection, rx: mpsc::Receiver<Queued>, retention_days: u64, path: &Path) {
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Message>, retention_days: u64, path: &Path) {
     let mut next_prune = std::time::Instant::now();
     // Events whose commit failed, oldest first, tried again with the next batch.
     let mut held: std::collections::VecDeque<(Event, i64)> = std::collections::VecDeque::new();
@@ -193,15 +214,21 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Queued>, retention_days: u64,
             next_prune = std::time::Instant::now() + PRUNE_EVERY;
         }
         let wait = if held.is_empty() { PRUNE_EVERY } else { RETRY };
+        let mut stop = false;
         let mut batch: Vec<Queued> = match rx.recv_timeout(wait) {
-            Ok(e) => vec![e],
+            Ok(Some(e)) => vec![e],
+            Ok(None) => {
+                stop = true;
+                vec![]
+            }
             Err(mpsc::RecvTimeoutError::Timeout) if held.is_empty() => continue,
             Err(mpsc::RecvTimeoutError::Timeout) => vec![],
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
-        while batch.len() < MAX_BATCH {
+        while !stop && batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(Some(r)) => batch.push(r),
+                Ok(None) => stop = true,
                 Err(_) => break,
             }
         }
@@ -251,6 +278,15 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Queued>, retention_days: u64,
                     tracing::error!("too many audit records held; the oldest was dropped");
                 }
             }
+        }
+        if stop {
+            if !held.is_empty() {
+                tracing::error!(
+                    records = held.len(),
+                    "the schedd is stopping with audit records it could not write"
+                );
+            }
+            return;
         }
     }
 }

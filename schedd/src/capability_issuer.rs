@@ -1,5 +1,6 @@
 //! RequestSession: grants a one-session capability to a running job's owner
-//! (or root), signed for the node that runs the job. Every request, granted
+//! (or root), signed for the node that runs the job. What it knows of the
+//! job comes from the job source (`job_source.rs`) only. Every request, granted
 //! or denied, leaves an audit record.
 
 use ring::rand::{SecureRandom, SystemRandom};
@@ -75,7 +76,12 @@ pub async fn issue(
         tracing::warn!(job_id, uid, reason = %status.message(), "session denied");
         Err(status)
     };
-    let Some(job) = schedd.queue.get(req.job_id).map_err(|e| internal(&e))? else {
+    let Some(job) = schedd
+        .jobs()
+        .job(req.job_id)
+        .await
+        .map_err(|e| internal(&e))?
+    else {
         return deny(
             req.job_id,
             "",
@@ -113,15 +119,14 @@ pub async fn issue(
             "ssh-to-job is disabled in this pool (the admin set enable_ssh_to_job = false in [schedd])",
         ));
     }
-    let spec = job.spec.clone().unwrap_or_default();
-    if !spec.ssh_enabled {
+    if !job.ssh_enabled {
         return deny(refuse(
             Code::FailedPrecondition,
             Refusal::JobSshDisabled,
             format!("job {} was submitted with --no-ssh", job.id),
         ));
     }
-    let state = JobState::try_from(job.state).unwrap_or(JobState::Unspecified);
+    let state = job.state;
     if state != JobState::Running {
         let hint = if state == JobState::Idle {
             format!("; wait for it with `stj wait {} --state running`", job.id)
@@ -209,7 +214,6 @@ pub async fn issue(
         direct_addr: target.session_addr,
         node: job.node,
         user: job.owner_name,
-        job_cwd: spec.cwd,
         relay_token: relay_token.to_vec(),
         broker_addr: schedd.broker_addr.clone(),
     })

@@ -1,5 +1,6 @@
 //! stj-schedd: the durable job queue, the starter registry and matchmaking.
-//! `main.rs` parses flags; tests and the benchmark call [`run`] the same way.
+//! `main.rs` parses flags, binds [`Listeners`] and calls [`run`] with
+//! SIGTERM/SIGINT as the shutdown; `state.rs` holds what every part shares.
 
 mod audit;
 mod broker;
@@ -8,6 +9,7 @@ pub mod config;
 mod denials;
 pub mod enrolment;
 mod housekeeping;
+mod job_source;
 mod link;
 mod listener;
 mod matchmaker;
@@ -30,6 +32,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Notify};
 
 pub use config::ScheddConfig;
+pub use denials::PER_MINUTE as DENIALS_PER_MINUTE;
 pub use state::Budget;
 use state::Schedd;
 
@@ -37,7 +40,38 @@ use state::Schedd;
 /// tools (and tests that bind port 0) can find it.
 pub const ADDR_FILE: &str = "schedd.addr";
 
-pub async fn run(config: ScheddConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+/// The schedd's two sockets, bound before it runs (so that a caller, a
+/// test for instance, can bind port 0 and learn the address first).
+pub struct Listeners {
+    /// Starters (TLS), relay halves and shared-port routing.
+    pub tcp: TcpListener,
+    /// The user API.
+    pub user: UnixListener,
+}
+
+impl Listeners {
+    /// Binds `listen` and `socket` from the config.
+    pub async fn bind(config: &ScheddConfig) -> Result<Listeners> {
+        let tcp = TcpListener::bind(config.listen).await.with_context(|| {
+            format!(
+                "cannot listen on {} (is another schedd running? change `listen` in the [schedd] config or --listen)",
+                config.listen
+            )
+        })?;
+        let user = bind_user_socket(&config.socket)?;
+        Ok(Listeners { tcp, user })
+    }
+}
+
+/// Runs the schedd on `listeners` until `shutdown` resolves, then drains:
+/// stops accepting, closes every connection task (starters reconnect to
+/// the next schedd), writes the summaries of this minute's denial floods,
+/// and joins the audit writer so that its last batch commits.
+pub async fn run(
+    config: ScheddConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let identity = pki::Identity::load_or_create(&config.state_dir)?;
     let tls = identity.tls_config()?;
     let db_path = config.state_dir.join(queue::DB_FILE);
@@ -48,14 +82,8 @@ pub async fn run(config: ScheddConfig, shutdown: impl Future<Output = ()>) -> Re
     let enrolment = enrolment::Enrolment::open(&db_path)
         .with_context(|| format!("cannot open the node table in {}", db_path.display()))?;
 
-    let tcp = TcpListener::bind(config.listen).await.with_context(|| {
-        format!(
-            "cannot listen on {} (is another schedd running? change `listen` in the [schedd] config or --listen)",
-            config.listen
-        )
-    })?;
+    let Listeners { tcp, user: uds } = listeners;
     let local = tcp.local_addr()?;
-    let uds = bind_user_socket(&config.socket)?;
     std::fs::write(config.state_dir.join(ADDR_FILE), local.to_string())?;
 
     let limits = restore_limits(&queue, &config)?;
@@ -84,6 +112,7 @@ pub async fn run(config: ScheddConfig, shutdown: impl Future<Output = ()>) -> Re
         budget,
         relays: Arc::new(tokio::sync::Semaphore::new(budget.relays)),
         denials: denials::Denials::default(),
+        stopping: tokio_util::sync::CancellationToken::new(),
         config,
     });
     tracing::info!(listen = %local, socket = %schedd.config.socket.display(), "schedd ready");
@@ -114,7 +143,25 @@ pub async fn run(config: ScheddConfig, shutdown: impl Future<Output = ()>) -> Re
         tracing::error!(error = %format!("{e:#}"), "schedd stopping");
     }
     std::fs::remove_file(&schedd.config.socket).ok();
+    drain(&schedd).await;
     outcome
+}
+
+/// What the schedd owes before it exits: no connection task left holding a
+/// socket, and every audit record it accepted committed.
+async fn drain(schedd: &Arc<Schedd>) {
+    schedd.stopping.cancel();
+    for s in schedd.denials.flush(i64::MAX) {
+        capability_issuer::write_summary(schedd, s);
+    }
+    let s = schedd.clone();
+    if tokio::task::spawn_blocking(move || s.audit.close())
+        .await
+        .is_err()
+    {
+        tracing::error!("closing the audit log failed");
+    }
+    tracing::info!("schedd drained: connections closed, audit log committed");
 }
 
 /// The per-user session counts as the audit records left them: open

@@ -47,6 +47,7 @@ pub async fn serve<S, K, P>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     K: Send + 'static,
 {
+    let stopping = schedd.stopping.clone();
     let registered = register(schedd, stream, peer, cert).await;
     drop(preauth);
     match registered {
@@ -58,11 +59,16 @@ pub async fn serve<S, K, P>(
         Ok(link) => {
             tokio::spawn(async move {
                 let _keep = keep;
-                match link.run().await {
-                    Ok(name) => tracing::info!(%peer, node = %name, "starter disconnected"),
-                    Err(e) => {
+                // On drain the link is dropped: the starter sees it close
+                // and reconnects (with backoff) to the next schedd.
+                match stopping.run_until_cancelled(link.run()).await {
+                    Some(Ok(name)) => {
+                        tracing::info!(%peer, node = %name, "starter disconnected")
+                    }
+                    Some(Err(e)) => {
                         tracing::warn!(%peer, error = %format!("{e:#}"), "starter link ended")
                     }
+                    None => tracing::debug!(%peer, "starter link closed: the schedd is stopping"),
                 }
             });
         }

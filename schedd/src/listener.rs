@@ -64,9 +64,10 @@ pub async fn run(schedd: Arc<Schedd>, listener: TcpListener, tls: Arc<rustls::Se
         let schedd = schedd.clone();
         let silent = unheard.arrived(peer.ip());
         let preauth = preauth.clone();
-        tokio::spawn(dispatch(
+        let stopping = schedd.stopping.clone();
+        tokio::spawn(stopping.run_until_cancelled_owned(dispatch(
             schedd, acceptor, tcp, peer, permit, silent, preauth,
-        ));
+        )));
     }
 }
 

@@ -226,7 +226,10 @@ fn real_main(cli: Cli) -> Result<()> {
             }
             stj_cli::daemon::raise_fd_limit();
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(stj_schedd::run(c, stj_cli::daemon::shutdown_signal()))
+            rt.block_on(async {
+                let listeners = stj_schedd::Listeners::bind(&c).await?;
+                stj_schedd::run(c, listeners, stj_cli::daemon::shutdown_signal()).await
+            })
         }
     }
 }

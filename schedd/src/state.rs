@@ -34,6 +34,9 @@ pub struct Schedd {
     pub(crate) relays: Arc<tokio::sync::Semaphore>,
     /// Denied requests per user, for the audit's rate.
     pub(crate) denials: denials::Denials,
+    /// Cancelled when the schedd drains: every connection task (starter
+    /// links, relay halves, routing) ends and closes its sockets.
+    pub(crate) stopping: tokio_util::sync::CancellationToken,
 }
 
 /// The schedd's fd limit, divided among what peers can make it hold, so
@@ -61,6 +64,12 @@ impl Budget {
 }
 
 impl Schedd {
+    /// Where capability issuance learns about jobs (the seam of DESIGN
+    /// §12): this schedd's own queue.
+    pub(crate) fn jobs(&self) -> &dyn crate::job_source::JobSource {
+        &self.queue
+    }
+
     pub(crate) fn job_changed(&self) {
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
     }

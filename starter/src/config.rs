@@ -11,6 +11,10 @@ pub use stj_cli::paths::CONFIG as DEFAULT_CONFIG;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StarterConfig {
+    /// `--debug`: sshd's own debug output in the starter's log. Not a knob
+    /// of the file.
+    #[serde(skip)]
+    pub debug: bool,
     /// host:port of the schedd's port.
     pub schedd: String,
     /// File holding the join token from `stj-schedd token`.
@@ -52,6 +56,7 @@ pub struct StarterConfig {
 impl Default for StarterConfig {
     fn default() -> Self {
         StarterConfig {
+            debug: false,
             schedd: "127.0.0.1:9618".into(),
             token_file: PathBuf::from("/etc/stj/join-token"),
             name: None,

@@ -9,6 +9,7 @@ use stj_proto::starter::{JobExited, RunJob};
 use tokio::sync::mpsc;
 
 use crate::container::{self, ContainerSpec, Exit, Launch};
+use crate::job_locator::{JobLocator, JobTarget, Located};
 use crate::report::{Report, Reporter, Reports};
 use crate::slots::SlotUsers;
 
@@ -17,12 +18,6 @@ struct Entry {
     init: Option<Arc<crate::container::Init>>,
     spec: Option<Arc<ContainerSpec>>,
     kill_requested: bool,
-}
-
-/// What a session needs to enter a running job.
-pub struct JobTarget {
-    pub init: Arc<crate::container::Init>,
-    pub spec: Arc<ContainerSpec>,
 }
 
 pub struct Jobs {
@@ -96,22 +91,6 @@ impl Jobs {
     }
 
     /// The job if it runs here now (started, not yet ended).
-    pub fn target(&self, id: u64) -> Option<JobTarget> {
-        let t = self.table();
-        let e = t.get(&id)?;
-        Some(JobTarget {
-            init: e.init.clone()?,
-            spec: e.spec.clone()?,
-        })
-    }
-
-    /// True while the job is still being set up here (sessions must retry).
-    pub fn is_starting(&self, id: u64) -> bool {
-        self.table()
-            .get(&id)
-            .is_some_and(|e| e.init.is_none() && !e.kill_requested)
-    }
-
     pub fn running(&self) -> Vec<u64> {
         let mut ids: Vec<u64> = self.table().keys().copied().collect();
         ids.sort_unstable();
@@ -317,5 +296,25 @@ impl Jobs {
             tokio::time::sleep(grace).await;
             container::signal_pidfd(&init.pidfd, libc::SIGKILL);
         });
+    }
+}
+
+/// The starter's own containers: a job is here from its RunJob until it
+/// exits, and enterable once its container's init is up.
+impl JobLocator for Jobs {
+    fn locate(&self, id: u64) -> Located {
+        let t = self.table();
+        match t.get(&id) {
+            Some(Entry {
+                init: Some(init),
+                spec: Some(spec),
+                ..
+            }) => Located::Here(JobTarget {
+                init: init.clone(),
+                spec: spec.clone(),
+            }),
+            Some(e) if e.init.is_none() && !e.kill_requested => Located::Starting,
+            _ => Located::NotHere,
+        }
     }
 }

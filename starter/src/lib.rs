@@ -5,6 +5,7 @@ pub mod config;
 pub mod container;
 pub mod identity;
 mod in_root;
+mod job_locator;
 mod jobs;
 pub mod kit;
 mod link;
@@ -132,15 +133,33 @@ fn read_token(path: &std::path::Path, enrolled: bool) -> Result<Option<JoinToken
     }
 }
 
-pub async fn run(config: StarterConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
-    run_with(config, false, shutdown).await
+/// The starter's one listening socket, bound before it runs: the direct
+/// session port, when `session_listen` asks for one.
+pub struct Listeners {
+    pub sessions: Option<tokio::net::TcpListener>,
 }
 
-pub async fn run_with(
+impl Listeners {
+    pub async fn bind(config: &StarterConfig) -> Result<Listeners> {
+        let sessions = match config.session_listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen for sessions on {addr} (session_listen / --session-listen)")
+            })?),
+            None => None,
+        };
+        Ok(Listeners { sessions })
+    }
+}
+
+/// Runs the starter until `shutdown` resolves (or its link fails for good).
+/// Its jobs end with it: each container's monitor sees the starter's end of
+/// its lifeline close and kills the container.
+pub async fn run(
     config: StarterConfig,
-    debug: bool,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    let debug = config.debug;
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!(
             "stj-starter must run as root: it creates namespaces and runs jobs as their owners"
@@ -195,18 +214,14 @@ pub async fn run_with(
         name.clone(),
         key.clone(),
         jobs.clone(),
+        jobs.reporter(),
         session::SshdConfig {
             extra: sshd_policy(&config),
             debug,
         },
         kit,
     );
-    let listener = match config.session_listen {
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
-            format!("cannot listen for sessions on {addr} (session_listen / --session-listen)")
-        })?),
-        None => None,
-    };
+    let listener = listeners.sessions;
     let session_listen = listener.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(a) = session_listen {
         tracing::info!(listen = %a, "accepting direct session connections");
@@ -229,12 +244,12 @@ pub async fn run_with(
             None => std::future::pending().await,
         }
     };
+    // Neither the link nor the session port ends while the starter is
+    // healthy: one that does is a failure, never a quiet exit 0.
     tokio::select! {
         r = link::run(params, jobs, events) => r,
-        _ = direct => Ok(()),
+        _ = direct => Err(anyhow::anyhow!("the direct session port stopped accepting")),
         _ = shutdown => {
-            // Jobs die with us: each container's monitor sees our end of its
-            // lifeline pipe close and kills the container.
             tracing::info!("starter shutting down; its jobs end with it");
             Ok(())
         }

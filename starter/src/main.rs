@@ -179,9 +179,9 @@ fn real_main(cli: Cli) -> Result<()> {
     }
     stj_cli::daemon::raise_fd_limit();
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(stj_starter::run_with(
-        c,
-        cli.debug,
-        stj_cli::daemon::shutdown_signal(),
-    ))
+    c.debug = cli.debug;
+    rt.block_on(async {
+        let listeners = stj_starter::Listeners::bind(&c).await?;
+        stj_starter::run(c, listeners, stj_cli::daemon::shutdown_signal()).await
+    })
 }

@@ -204,6 +204,17 @@ impl Cluster {
         });
     }
 
+    /// SIGTERM to the schedd, and its exit status once it has drained.
+    pub fn stop_schedd(&mut self) -> std::process::ExitStatus {
+        let mut c = self.schedd.take().expect("the schedd runs");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("signal the schedd");
+        c.wait().expect("wait for the schedd")
+    }
+
     /// `kill -9` of the schedd.
     pub fn kill_schedd(&mut self) {
         if let Some(mut c) = self.schedd.take() {

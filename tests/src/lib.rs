@@ -97,3 +97,20 @@ impl Drop for ReadOnly {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// Runs `f` in a thread of its own whose credentials are `user`'s (Linux
+/// credentials are per thread; the raw syscall changes only this one), so
+/// what it connects to sees `user` in SO_PEERCRED.
+pub fn as_user<R: Send + 'static>(user: &TestUser, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (uid, gid) = (user.uid, user.gid);
+    std::thread::spawn(move || {
+        // SAFETY: raw setresgid/setresuid on this thread only.
+        unsafe {
+            assert_eq!(libc::syscall(libc::SYS_setresgid, gid, gid, gid), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, uid, uid, uid), 0);
+        }
+        f()
+    })
+    .join()
+    .unwrap()
+}

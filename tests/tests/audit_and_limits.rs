@@ -243,3 +243,64 @@ fn a_grant_that_cannot_be_audited_is_not_given() {
     c.kill_schedd();
     sh(format!("umount {state}"));
 }
+
+/// SIGTERM drains the schedd: every record it accepted is committed before
+/// it exits, down to the summary of a denial flood whose minute is not
+/// over yet (nothing else would ever write that one).
+#[test]
+fn sigterm_loses_no_audit_record() {
+    let mut c = Cluster::new();
+    let bob = TestUser::bob();
+    let socket = c.socket.clone();
+    stj_tests::as_user(&bob, move || {
+        stj_tests::rt().block_on(async {
+            let mut cl = ssh_to_job::schedd_client::connect(&socket).await.unwrap();
+            for i in 0..100 {
+                let r = cl
+                    .request_session(stj_proto::user::RequestSessionRequest {
+                        job_id: 900_000 + i,
+                        client_pubkey: vec![7; 32],
+                    })
+                    .await;
+                assert!(r.is_err());
+            }
+        })
+    });
+    // Right after the last reply, not a moment later.
+    let status = c.stop_schedd();
+    assert!(status.success(), "the schedd exits 0 on SIGTERM: {status}");
+    let q = stj_schedd::queue::Queue::open(&c.state_dir.join(stj_schedd::queue::DB_FILE)).unwrap();
+    let records = q.sessions(0, Some(bob.uid)).unwrap();
+    let one_by_one = records
+        .iter()
+        .filter(|r| r.outcome.contains("there is no job"))
+        .count();
+    let summaries: Vec<_> = records
+        .iter()
+        .filter(|r| r.outcome.contains("more requests of this user were denied"))
+        .collect();
+    assert_eq!(
+        one_by_one,
+        stj_schedd::DENIALS_PER_MINUTE as usize,
+        "every denial up to the rate is recorded"
+    );
+    assert_eq!(
+        summaries.len(),
+        1,
+        "and the rest summed up ({} records in all)",
+        records.len()
+    );
+    let rest = 100 - one_by_one;
+    assert!(
+        summaries[0]
+            .outcome
+            .starts_with(&format!("{rest} more requests")),
+        "{}",
+        summaries[0].outcome
+    );
+    assert!(
+        c.schedd_log().contains("schedd drained"),
+        "{}",
+        c.schedd_log()
+    );
+}

@@ -9,23 +9,6 @@ use stj_tests::{ok, Cluster, TestUser};
 
 const T: Duration = Duration::from_secs(30);
 
-/// Runs `f` in a thread of its own whose credentials are `user`'s (Linux
-/// credentials are per thread; the raw syscall changes only this one), so
-/// what it connects to sees `user` in SO_PEERCRED.
-fn as_user<R: Send + 'static>(user: &TestUser, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let (uid, gid) = (user.uid, user.gid);
-    std::thread::spawn(move || {
-        // SAFETY: raw setresgid/setresuid on this thread only.
-        unsafe {
-            assert_eq!(libc::syscall(libc::SYS_setresgid, gid, gid, gid), 0);
-            assert_eq!(libc::syscall(libc::SYS_setresuid, uid, uid, uid), 0);
-        }
-        f()
-    })
-    .join()
-    .unwrap()
-}
-
 #[test]
 fn big_jobs_and_a_flood_of_denials_leave_q_and_audit_working() {
     let c = Cluster::new();
@@ -52,7 +35,7 @@ fn big_jobs_and_a_flood_of_denials_leave_q_and_audit_working() {
     // 5,000 denied requests from bob in a few seconds, for alice's job and
     // for jobs that do not exist.
     let (socket, job) = (c.socket.clone(), ids[0]);
-    as_user(&bob, move || {
+    stj_tests::as_user(&bob, move || {
         let rt = stj_tests::rt();
         rt.block_on(async {
             let mut cl = ssh_to_job::schedd_client::connect(&socket).await.unwrap();

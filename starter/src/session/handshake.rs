@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 
 use super::home::{self, Home};
 use super::{now, Sessions};
-use crate::jobs::JobTarget;
+use crate::job_locator::{JobTarget, Located};
 use stj_cli::shares::UnheardConn;
 
 pub struct Accepted {
@@ -135,20 +135,23 @@ async fn exchange(s: &Sessions, stream: &mut TcpStream, unheard: Option<UnheardC
                 .into(),
         );
     }
-    let Some(target) = s.jobs.target(cap.job_id) else {
-        if s.jobs.is_starting(cap.job_id) {
+    let target = match s.jobs.locate(cap.job_id) {
+        Located::Here(t) => t,
+        Located::Starting => {
             return refuse(
                 ErrorCode::NotReady,
                 format!(
                     "job {} is still starting on node {}; retry in a moment",
                     cap.job_id, s.node
                 ),
-            );
+            )
         }
-        return refuse(
-            ErrorCode::JobNotHere,
-            format!("job {} is not running on node {}", cap.job_id, s.node),
-        );
+        Located::NotHere => {
+            return refuse(
+                ErrorCode::JobNotHere,
+                format!("job {} is not running on node {}", cap.job_id, s.node),
+            )
+        }
     };
 
     let home = match home::choose(

@@ -17,7 +17,7 @@ use stj_proto::starter::{SessionEnded, SessionStarted};
 
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::jobs::Jobs;
+use crate::job_locator::JobLocator;
 use crate::report::{Report, Reporter};
 
 /// The key the schedd gave this starter at its latest registration; it
@@ -43,7 +43,8 @@ pub struct SshdConfig {
 pub struct Sessions {
     pub node: String,
     pub key: Arc<StarterKey>,
-    pub jobs: Arc<Jobs>,
+    /// Where sessions enter jobs; nothing else of the jobs is theirs.
+    pub jobs: Arc<dyn JobLocator>,
     pub sshd: SshdConfig,
     /// The sshd kit, or why this node cannot serve sessions.
     pub kit: Result<crate::kit::Kit, String>,
@@ -91,7 +92,8 @@ impl Sessions {
     pub fn new(
         node: String,
         key: Arc<StarterKey>,
-        jobs: Arc<Jobs>,
+        jobs: Arc<dyn JobLocator>,
+        reporter: Reporter,
         sshd: SshdConfig,
         kit: Result<crate::kit::Kit, String>,
     ) -> Arc<Sessions> {
@@ -103,7 +105,7 @@ impl Sessions {
             replay: replay::ReplayCache::default(),
             admission: admission::Admission::for_fd_limit(stj_cli::daemon::fd_limit()),
             open: Mutex::new(HashMap::new()),
-            reporter: jobs.reporter(),
+            reporter,
             jobs,
         })
     }

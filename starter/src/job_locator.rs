@@ -1,0 +1,31 @@
+//! The seam between sessions and whatever runs jobs on this node (DESIGN
+//! §12): given a job id, where a session enters it — the process whose
+//! namespaces it joins (held by pidfd, so a recycled pid cannot stand in),
+//! the uid and gid it runs as, the job's environment and working directory.
+//! Session entry asks this and nothing else. Today the starter's own
+//! containers answer (`jobs.rs`); a locator for jobs another engine started
+//! (Slurm's cgroup tree beside slurmd) implements the same trait.
+
+use std::sync::Arc;
+
+use crate::container::{ContainerSpec, Init};
+
+/// What a session needs to enter a running job.
+pub struct JobTarget {
+    /// The process the session's namespaces come from.
+    pub init: Arc<Init>,
+    /// Who the job runs as, its environment, working directory and files.
+    pub spec: Arc<ContainerSpec>,
+}
+
+/// Where job J stands on this node, as a session sees it.
+pub enum Located {
+    Here(JobTarget),
+    /// Assigned here and still being set up: retrying shortly helps.
+    Starting,
+    NotHere,
+}
+
+pub trait JobLocator: Send + Sync {
+    fn locate(&self, job_id: u64) -> Located;
+}
