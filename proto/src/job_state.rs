@@ -10,7 +10,6 @@ impl JobState {
             JobState::Running => "running",
             JobState::Completed => "completed",
             JobState::Removed => "removed",
-            JobState::Held => "held",
         }
     }
 
@@ -20,7 +19,6 @@ impl JobState {
             "running" => JobState::Running,
             "completed" => JobState::Completed,
             "removed" => JobState::Removed,
-            "held" => JobState::Held,
             _ => return None,
         })
     }
@@ -42,7 +40,6 @@ mod tests {
             JobState::Running,
             JobState::Completed,
             JobState::Removed,
-            JobState::Held,
         ] {
             assert_eq!(JobState::from_label(s.label()), Some(s));
         }

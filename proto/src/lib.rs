@@ -9,6 +9,7 @@ pub mod job_state;
 pub mod preamble;
 pub mod refusal;
 pub mod session_id;
+pub mod tls_signatures;
 pub mod token;
 
 /// Generated code, nested as the protobuf packages are so that cross-package

@@ -47,7 +47,7 @@ pub struct ScheddConfig {
     pub max_pending_per_user: usize,
     /// Audit records older than this are dropped (0: keep them all).
     pub audit_retention_days: u64,
-    /// Jobs one user may have idle, running or held at once.
+    /// Jobs one user may have idle or running at once.
     pub max_jobs_per_user: usize,
     /// Ended jobs are dropped this long after they ended (0: keep them all).
     pub job_retention_days: u64,

@@ -2,7 +2,7 @@
 //! starters gone for longer than the job lease back to the queue.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use stj_proto::starter::{schedd_message, RunJob, ScheddMessage};
 
@@ -97,7 +97,7 @@ async fn expire_leases(schedd: &Schedd) -> anyhow::Result<()> {
             .registry
             .gone_since(&job.node)
             .unwrap_or(schedd.started);
-        if since.elapsed() >= lease && Instant::now() >= since {
+        if since.elapsed() >= lease {
             let reason = format!(
                 "node {} was unreachable for longer than the job lease ({} s); requeued",
                 job.node, schedd.config.job_lease_secs

@@ -257,7 +257,7 @@ impl Queue {
     }
 
     /// Up to `limit` jobs with ids above `after_id`, in id order: `ids`
-    /// only when given, else the live ones (idle, running, held), or all
+    /// only when given, else the live ones (idle, running), or all
     /// with `include_ended`. By index: the cost follows `limit`.
     pub fn jobs_page(
         &self,
@@ -279,7 +279,7 @@ impl Queue {
         let (live, limit) = (!include_ended, limit.min(i64::MAX as usize) as i64);
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM jobs WHERE id > ?1 AND (?2 = 0 OR state IN (?3, ?4, ?5)) ORDER BY id LIMIT ?6"
+            "SELECT {COLUMNS} FROM jobs WHERE id > ?1 AND (?2 = 0 OR state IN (?3, ?4)) ORDER BY id LIMIT ?5"
         ))?;
         let rows = stmt.query_map(
             params![
@@ -287,7 +287,6 @@ impl Queue {
                 live,
                 JobState::Idle as i32,
                 JobState::Running as i32,
-                JobState::Held as i32,
                 limit
             ],
             job_from_row,
@@ -347,8 +346,8 @@ impl Queue {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
-    /// Queues a job, unless `owner` has `max_live` jobs idle, running or
-    /// held already. A non-empty `request_id` that `owner` used before
+    /// Queues a job, unless `owner` has `max_live` jobs idle or running
+    /// already. A non-empty `request_id` that `owner` used before
     /// returns that submit's job. Counting and inserting are one
     /// transaction, so concurrent submits cannot pass the cap together.
     pub fn submit(
@@ -370,16 +369,9 @@ impl Queue {
             }
         }
         let live: i64 = tx
-            .prepare_cached(
-                "SELECT COUNT(*) FROM jobs WHERE owner_uid = ?1 AND state IN (?2, ?3, ?4)",
-            )?
+            .prepare_cached("SELECT COUNT(*) FROM jobs WHERE owner_uid = ?1 AND state IN (?2, ?3)")?
             .query_row(
-                params![
-                    owner.uid,
-                    JobState::Idle as i32,
-                    JobState::Running as i32,
-                    JobState::Held as i32
-                ],
+                params![owner.uid, JobState::Idle as i32, JobState::Running as i32,],
                 |r| r.get(0),
             )?;
         if live as usize >= max_live {

@@ -202,7 +202,7 @@ impl ScheddApi for UserApi {
             }
             Submitted::OverCap(n) => {
                 return Err(Status::resource_exhausted(format!(
-                    "you have {n} jobs idle, running or held, the most one user may (max_jobs_per_user in the schedd's [schedd] config); remove some with stj rm, or wait for them to end"
+                    "you have {n} jobs idle or running, the most one user may (max_jobs_per_user in the schedd's [schedd] config); remove some with stj rm, or wait for them to end"
                 )))
             }
         };

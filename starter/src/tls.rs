@@ -3,10 +3,10 @@
 //! the schedd was dialled at; present this node's own key (`identity.rs`).
 
 use std::sync::{Arc, Mutex};
+use stj_proto::tls_signatures::Signatures;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use stj_proto::token::sha256;
@@ -14,7 +14,7 @@ use stj_proto::token::sha256;
 #[derive(Debug)]
 pub struct PinnedCa {
     pin: [u8; 32],
-    provider: Arc<CryptoProvider>,
+    signatures: Signatures,
     /// The CA hash the schedd offered when it did not match, for the error message.
     pub mismatch: Arc<Mutex<Option<String>>>,
 }
@@ -30,7 +30,7 @@ pub fn client_config(
     let mismatch = Arc::new(Mutex::new(None));
     let verifier = PinnedCa {
         pin,
-        provider: provider.clone(),
+        signatures: Signatures::new(provider.clone()),
         mismatch: mismatch.clone(),
     };
     let (chain, key) = identity;
@@ -69,10 +69,12 @@ impl ServerCertVerifier for PinnedCa {
         roots
             .add(ca.clone().into_owned())
             .map_err(|e| rustls::Error::General(format!("pinned CA unusable: {e}")))?;
-        let inner =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner = WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.signatures.provider().clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], &server_name(), ocsp_response, now)
     }
 
@@ -82,12 +84,7 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -96,17 +93,10 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }

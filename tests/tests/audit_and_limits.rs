@@ -92,6 +92,30 @@ fn every_session_leaves_one_record_with_path_times_bytes_and_exit_status() {
     ] {
         assert!(table.contains(word), "{word} missing:\n{table}");
     }
+
+    // A request with a malformed key is refused, and recorded too.
+    let socket = c.socket.clone();
+    let refused = stj_tests::as_user(&alice, move || {
+        stj_tests::rt().block_on(async {
+            let mut cl = ssh_to_job::schedd_client::connect(&socket).await.unwrap();
+            cl.request_session(stj_proto::user::RequestSessionRequest {
+                job_id: job,
+                client_pubkey: vec![7; 31],
+            })
+            .await
+            .unwrap_err()
+        })
+    });
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let records = c.audit(Some(&alice), job);
+    assert_eq!(records.len(), 4, "{records:?}");
+    assert!(
+        records.iter().any(|r| r["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("client_pubkey must be 32 bytes")),
+        "{records:?}"
+    );
 }
 
 /// `ssh-to-job J 'echo up; sleep 600'`, returned once the session answered.

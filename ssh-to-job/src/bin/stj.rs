@@ -74,7 +74,7 @@ enum Cmd {
         )]
         command: Vec<String>,
     },
-    /// List jobs that are idle, running or held (--all: also ended ones).
+    /// List jobs that are idle or running (--all: also ended ones).
     Q {
         /// Machine-readable output.
         #[arg(long)]
@@ -112,7 +112,7 @@ enum Cmd {
     /// Wait until a job reaches a state; exits 1 on timeout, 2 if it never can.
     Wait {
         id: u64,
-        /// idle, running, completed, removed or held.
+        /// idle, running, completed or removed.
         #[arg(long, default_value = "completed")]
         state: String,
         /// Give up after this many seconds [default: 3600].
@@ -288,7 +288,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Wait { id, state, timeout } => {
             let want = JobState::from_label(&state).with_context(|| {
-                format!("unknown state {state:?}: use idle, running, completed, removed or held")
+                format!("unknown state {state:?}: use idle, running, completed or removed")
             })?;
             let mut c = connect(&socket).await?;
             let reply = match c

@@ -117,7 +117,7 @@ fn exec_sshd(spec: &EnterSpec, groups: &[Gid], passwd: &str) -> anyhow::Error {
         // The shim comes from the loader's --preload, not LD_PRELOAD, so the
         // user's session processes do not inherit it.
         let env = [
-            format!("STJ_PASSWD={passwd}"),
+            format!("{}={passwd}", stj_preload::ENV),
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
         ];
         let envp = env.iter().map(|e| c(e)).collect::<Result<Vec<_>>>()?;

@@ -158,14 +158,14 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
     env.retain(|(k, _)| {
         !matches!(
             k.as_str(),
-            "STJ_JOB_ID" | "STJ_SESSION_ID" | "STJ_PASSWD" | "HOME"
+            "STJ_JOB_ID" | "STJ_SESSION_ID" | stj_preload::ENV | "HOME"
         )
     });
     env.push(("STJ_JOB_ID".into(), spec.job_id.to_string()));
     env.push(("STJ_SESSION_ID".into(), sid.clone()));
     // sftp-server looks its user up too; it runs with the shim (--preload)
     // and finds the entry here. Nothing else in the session loads the shim.
-    env.push(("STJ_PASSWD".into(), passwd.clone()));
+    env.push((stj_preload::ENV.into(), passwd.clone()));
     env.push(("HOME".into(), home));
     let sftp = kit.command(&view.kit, "sftp-server", true).join(" ");
     let config = config_text(
