@@ -328,3 +328,57 @@ fn sigterm_loses_no_audit_record() {
         c.schedd_log()
     );
 }
+
+/// The schedd as a library: `run` on listeners bound first, stopped by its
+/// shutdown future (no signal, no process): it returns Ok, removes its
+/// socket, and what it recorded is committed by then.
+#[test]
+fn the_schedd_runs_in_process_and_drains_on_its_shutdown_future() {
+    let dir = tempfile::Builder::new()
+        .prefix("stj-inproc-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let mut config = stj_schedd::ScheddConfig::default();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.socket = dir.path().join("schedd.sock");
+    config.state_dir = dir.path().join("state");
+    config.daemon_sock_dir = dir.path().join("daemon_sock");
+    std::fs::create_dir_all(&config.state_dir).unwrap();
+    let socket = config.socket.clone();
+    stj_tests::rt().block_on(async {
+        let listeners = stj_schedd::Listeners::bind(&config).await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let client = async {
+            let mut cl = ssh_to_job::schedd_client::connect(&socket).await.unwrap();
+            let refused = cl
+                .request_session(stj_proto::user::RequestSessionRequest {
+                    job_id: 77,
+                    client_pubkey: vec![7; 32],
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(
+                stj_proto::refusal::of(&refused),
+                stj_proto::user::Refusal::NoSuchJob
+            );
+            stop.send(()).unwrap();
+        };
+        let (ran, ()) = tokio::join!(
+            stj_schedd::run(config, listeners, async {
+                stopped.await.ok();
+            }),
+            client
+        );
+        ran.unwrap();
+    });
+    assert!(
+        !socket.exists(),
+        "the user socket is removed on the way out"
+    );
+    let q =
+        stj_schedd::queue::Queue::open(&dir.path().join("state").join(stj_schedd::queue::DB_FILE))
+            .unwrap();
+    let records = q.sessions(77, None).unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert!(records[0].outcome.contains("there is no job 77"));
+}
