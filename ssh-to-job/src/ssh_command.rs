@@ -70,8 +70,9 @@ impl SshCommand<'_> {
         };
         let opts = [
             format!("IdentityFile={}", self.key.display()),
+            // Only this key is offered. The agent stays reachable (no
+            // IdentityAgent=none): -A forwards it, and it offers nothing here.
             "IdentitiesOnly=yes".into(),
-            "IdentityAgent=none".into(),
             format!("UserKnownHostsFile={}", self.known_hosts.display()),
             "GlobalKnownHostsFile=/dev/null".into(),
             "StrictHostKeyChecking=yes".into(),

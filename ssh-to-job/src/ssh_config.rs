@@ -83,7 +83,6 @@ Host stj-job-*
     UpdateHostKeys no
     IdentityFile {}
     IdentitiesOnly yes
-    IdentityAgent none
     PreferredAuthentications publickey
     ControlMaster no
     ControlPath none",

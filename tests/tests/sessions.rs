@@ -4,6 +4,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
@@ -78,6 +79,83 @@ fn the_session_is_inside_the_job() {
         fs::read_dir(c.runtime_dir(&alice)).unwrap().count(),
         0,
         "key and runtime dir gone after normal exit"
+    );
+}
+
+/// A session starts from the job's environment (its PATH, not sshd's
+/// default), and `-A` forwards the user's agent into it.
+#[test]
+fn sessions_get_the_jobs_path_and_the_forwarded_agent() {
+    let (c, alice, id) = running_job(&[]);
+    let jid = id.to_string();
+    let out = ok(c.ssh_to_job(
+        &alice,
+        &[
+            &jid,
+            "echo \"SESSION $PATH\"; tr '\\0' '\\n' < /proc/$(pgrep -x sleep)/environ | sed -n 's/^PATH=/JOB /p'",
+        ],
+        None,
+    ));
+    let path_of = |who: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(who))
+            .unwrap_or_else(|| panic!("no {who} line: {out}"))
+            .to_string()
+    };
+    assert_eq!(path_of("SESSION "), path_of("JOB "), "{out}");
+
+    // Alice's agent, holding a key of hers, reachable only through -A.
+    let dir = c.workdir(&alice);
+    let sock = dir.join("agent.sock");
+    let mut agent = c
+        .command(None, Some(&alice), Path::new("ssh-agent"))
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the agent's socket", T, || sock.exists().then_some(()));
+    let key = dir.join("agent_key");
+    let made = c
+        .command(None, Some(&alice), Path::new("ssh-keygen"))
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "alice-agent-key",
+            "-f",
+        ])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let added = c
+        .command(None, Some(&alice), Path::new("ssh-add"))
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let listed = c
+        .ssh_to_job_cmd(&alice, &["-A", &jid, "ssh-add -l"], None)
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .unwrap();
+    agent.kill().ok();
+    agent.wait().ok();
+    assert!(
+        text(&listed).contains("alice-agent-key"),
+        "the forwarded agent lists alice's key: {} / {}",
+        text(&listed),
+        String::from_utf8_lossy(&listed.stderr)
     );
 }
 

@@ -246,7 +246,9 @@ fn supplementary_groups(spec: &ContainerSpec) -> Vec<Gid> {
     }
 }
 
-fn job_env(spec: &ContainerSpec) -> Vec<(String, String)> {
+/// The environment the job's program starts with: what was submitted, and
+/// defaults for what was not. Sessions start from the same (see sshd.rs).
+pub fn job_env(spec: &ContainerSpec) -> Vec<(String, String)> {
     let mut env = spec.env.clone();
     let mut set_default = |k: &str, v: String| {
         if !env.iter().any(|(n, _)| n == k) {

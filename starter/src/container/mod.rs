@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
-pub use init::main as init_main;
+pub use init::{job_env, main as init_main};
 
 /// Everything the init needs, written as JSON into the job's work dir.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -154,7 +154,8 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
         Home::Private => dir_in_job.join("home").to_string_lossy().into_owned(),
     };
     let passwd = passwd_line(spec);
-    let mut env = spec.env.clone();
+    // What the job's program sees (its PATH included, not sshd's default).
+    let mut env = crate::container::job_env(spec);
     env.retain(|(k, _)| {
         !matches!(
             k.as_str(),
