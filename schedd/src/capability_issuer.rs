@@ -216,5 +216,6 @@ pub async fn issue(
         user: job.owner_name,
         relay_token: relay_token.to_vec(),
         broker_addr: schedd.broker_addr.clone(),
+        daemon_sock_dir: schedd.config.daemon_sock_dir.to_string_lossy().into_owned(),
     })
 }

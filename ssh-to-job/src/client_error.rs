@@ -41,6 +41,18 @@ impl ClientError {
         }
     }
 
+    /// The user's own cap on open sessions or unused capabilities is full:
+    /// room comes as the user's other attempts finish.
+    pub fn is_full_cap(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Refused {
+                refusal: Refusal::TooManyPending | Refusal::TooManyOpen,
+                ..
+            }
+        )
+    }
+
     /// True for failures that trying again, with a fresh capability, can
     /// cure: the job has not started yet, its node is briefly away or busy,
     /// the user's other attempts still hold capabilities, or a step ran out

@@ -28,7 +28,8 @@ pub struct Options {
     pub use_ssh_config: bool,
     pub debug: bool,
     pub socket: PathBuf,
-    pub daemon_sock: PathBuf,
+    /// The daemon_sock dir the user named; None: the schedd's.
+    pub daemon_sock: Option<PathBuf>,
     /// `-o` options for the OpenSSH program.
     pub ssh_options: Vec<String>,
     /// ssh's own flags (-L, -R, -D, -X, -Y, -A, -N), before the host.
@@ -40,6 +41,8 @@ pub struct Options {
     pub retries: u32,
     /// Remove the job when interrupted (Ctrl-C, SIGTERM, SIGHUP).
     pub remove_on_interrupt: bool,
+    /// How long to wait for room under the user's session caps.
+    pub room_wait: Duration,
 }
 
 impl Options {
@@ -63,6 +66,7 @@ impl Options {
             auto_retry: false,
             retries: 0,
             remove_on_interrupt: false,
+            room_wait: attach::ROOM_WAIT,
         }
     }
 }
@@ -146,11 +150,11 @@ pub async fn run(o: &Options) -> Result<u8> {
             if o.auto_retry {
                 waiting::until_running(&o.socket, o.job).await?;
             }
-            let grant = attach::request(&o.socket, o.job, key.public).await?;
+            let grant = attach::request_waiting(&o.socket, o.job, key.public, o.room_wait).await?;
             tracing::debug!(job_id = o.job, session_id = %grant.session_id, node = %grant.node, direct = ?grant.direct_addr, "capability granted");
             let started = std::time::Instant::now();
             let (stream, session, path) =
-                attach::connect(o.mode, &o.socket, &grant, o.job, &o.daemon_sock).await?;
+                attach::connect(o.mode, &o.socket, &grant, o.job, o.daemon_sock.as_deref()).await?;
             tracing::debug!(
                 job_id = o.job,
                 path = path.as_str(),

@@ -143,8 +143,8 @@ fn per_user_caps_on_open_sessions_and_unused_capabilities() {
     c.wait_state(job, "running", T);
     let id = job.to_string();
 
-    // One open session is alice's cap: a second is refused, and says which
-    // knob holds it.
+    // One open session is alice's cap: a second waits for room (up to
+    // --room-wait), then is refused, and says which knob holds it.
     let mut first = open_session(&c, &alice, job);
     wait_until("the node to report the session open", T, || {
         c.audit(None, job)
@@ -153,7 +153,7 @@ fn per_user_caps_on_open_sessions_and_unused_capabilities() {
             .then_some(())
     });
     refused_by(
-        &c.ssh_to_job(&alice, &[&id, "true"], None),
+        &c.ssh_to_job(&alice, &["--room-wait", "1", &id, "true"], None),
         "max_sessions_per_user",
     );
     // Root is not capped.
@@ -165,14 +165,42 @@ fn per_user_caps_on_open_sessions_and_unused_capabilities() {
         stderr(&out)
     );
 
-    // When the session ends, the slot is free again. (SIGTERM: ssh-to-job
-    // passes it on to ssh; a SIGKILL would leave ssh running the session.)
+    // One that waits gets in when the session ends: the slot is free again.
+    // (SIGTERM: ssh-to-job passes it on to ssh; a SIGKILL would leave ssh
+    // running the session.)
+    let waiting = c
+        .ssh_to_job_cmd(&alice, &[&id, "echo waited"], None)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It was told no at least once (the run above was, too) and waits.
+    wait_until("the waiting run to be refused once", T, || {
+        (c.audit(Some(&alice), job)
+            .iter()
+            .filter(|r| {
+                r["outcome"]
+                    .as_str()
+                    .unwrap()
+                    .contains("max_sessions_per_user")
+            })
+            .count()
+            >= 2)
+            .then_some(())
+    });
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(first.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
     first.wait().unwrap();
+    let waited = waiting.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&waited.stdout),
+        "waited\n",
+        "{}",
+        stderr(&waited)
+    );
     let out = wait_until("alice to get a session again", T, || {
         let out = c.ssh_to_job(&alice, &[&id, "echo again"], None);
         out.status.success().then_some(out)
@@ -196,7 +224,7 @@ fn per_user_caps_on_open_sessions_and_unused_capabilities() {
     );
     assert_ne!(out.status.code(), Some(0));
     refused_by(
-        &c.ssh_to_job(&alice, &[&id, "true"], None),
+        &c.ssh_to_job(&alice, &["--room-wait", "0", &id, "true"], None),
         "max_pending_per_user",
     );
 

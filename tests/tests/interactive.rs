@@ -169,40 +169,83 @@ fn auto_retry_waits_for_the_job_to_start() {
     );
 }
 
+/// What a user's own `Host *` may set that would break the session, or
+/// silently reuse one (a ControlMaster: no capability, no audit record).
+const HOSTILE: &str = "Host *
+    User mallory
+    Port 2222
+    IdentityFile ~/.ssh/not_a_key
+    IdentitiesOnly yes
+    IdentityAgent none
+    ControlMaster auto
+    ControlPath ~/.ssh/cm-%r@%h:%p
+    ControlPersist 60
+    StrictHostKeyChecking no
+    UserKnownHostsFile ~/.ssh/known_hosts_elsewhere
+    HostKeyAlias somewhere-else
+    ProxyUseFdpass no
+    LogLevel ERROR
+";
+
 #[test]
-fn plain_ssh_scp_rsync_and_git_with_the_printed_ssh_config_block() {
+fn ssh_scp_sftp_rsync_and_git_through_the_installed_block_despite_hostile_stanzas() {
     let mut c = Cluster::new();
     c.start_starter("node1", 1);
     let carol = TestUser::get("stjtest-carol");
     let id = c.submit(&carol, &["--", "sleep", "86412"]);
     c.wait_state(id, "running", T);
     let host = format!("stj-job-{id}");
+    let ssh_dir = carol.home().join(".ssh");
+    fs::remove_dir_all(&ssh_dir).ok();
+    fs::create_dir_all(&ssh_dir).unwrap();
+    // Hostile before (what the user had); --install must go above it.
+    fs::write(
+        ssh_dir.join("config"),
+        format!("{HOSTILE}\nHost login\n    HostName 192.0.2.1\n"),
+    )
+    .unwrap();
+    Command::new("chown")
+        .args(["-R", &format!("{}:{}", carol.uid, carol.gid)])
+        .arg(&ssh_dir)
+        .status()
+        .unwrap();
+    // Neither the schedd socket nor the daemon_sock dir in the environment
+    // of what ssh runs: the block carries the one, the schedd tells the other.
     let env = |cmd: &mut Command| {
         cmd.current_dir(c.workdir(&carol))
-            .env("STJ_SCHEDD_SOCKET", &c.socket)
-            .env("STJ_DAEMON_SOCK_DIR", &c.daemon_sock)
+            .env_remove("STJ_SCHEDD_SOCKET")
+            .env_remove("STJ_DAEMON_SOCK_DIR")
             .env("HOME", carol.home())
             .env("XDG_RUNTIME_DIR", c.runtime_dir(&carol))
             .stdin(Stdio::null());
         std::os::unix::process::CommandExt::uid(cmd, carol.uid);
         std::os::unix::process::CommandExt::gid(cmd, carol.gid);
     };
-    let mut gen = Command::new(bin("ssh-to-job"));
-    gen.arg("ssh-config");
-    env(&mut gen);
-    let block = ok(gen.output().unwrap());
+    let install = || {
+        let mut i = Command::new(bin("ssh-to-job"));
+        i.args(["ssh-config", "--install", "--socket"])
+            .arg(&c.socket);
+        env(&mut i);
+        ok(i.output().unwrap())
+    };
+    install();
+    let config = fs::read_to_string(ssh_dir.join("config")).unwrap();
     assert!(
-        block.contains("Host stj-job-*") && block.contains("ProxyCommand"),
-        "{block}"
+        config.lines().nth(1) == Some("Include stj_config"),
+        "{config}"
     );
-    let ssh_dir = carol.home().join(".ssh");
-    fs::create_dir_all(&ssh_dir).unwrap();
-    fs::write(ssh_dir.join("config"), &block).unwrap();
-    Command::new("chown")
-        .args(["-R", &format!("{}:{}", carol.uid, carol.gid)])
-        .arg(&ssh_dir)
-        .status()
-        .unwrap();
+    assert!(
+        config.contains("User mallory"),
+        "the user's config is kept: {config}"
+    );
+    assert_eq!(
+        fs::read_to_string(ssh_dir.join("config.stj-backup")).unwrap(),
+        format!("{HOSTILE}\nHost login\n    HostName 192.0.2.1\n")
+    );
+    // And hostile after it too; installing again changes nothing.
+    fs::write(ssh_dir.join("config"), format!("{config}\n{HOSTILE}")).unwrap();
+    let again = install();
+    assert!(again.contains("already includes"), "{again}");
     let key = carol.home().join(".config/stj/id_ed25519");
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&key).unwrap().permissions()) & 0o777,
@@ -215,14 +258,21 @@ fn plain_ssh_scp_rsync_and_git_with_the_printed_ssh_config_block() {
         env(&mut cmd);
         ok(cmd.output().unwrap())
     };
-    assert_eq!(
-        run("ssh", &[&host, "echo $STJ_JOB_ID"]).trim(),
-        id.to_string()
-    );
+    let mut connections = 0;
+    let first = run("ssh", &[&host, "echo $STJ_SESSION_ID"]);
+    let second = run("ssh", &[&host, "echo $STJ_SESSION_ID"]);
+    connections += 2;
+    assert_ne!(first, second, "no ControlMaster shares a session");
+    assert!(!ssh_dir.read_dir().unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with("cm-")));
     let wd = c.workdir(&carol);
     fs::write(wd.join("f.txt"), "scp'd\n").unwrap();
     fs::create_dir_all(wd.join("tree/sub")).unwrap();
     fs::write(wd.join("tree/sub/a"), "A").unwrap();
+    fs::write(wd.join("batch"), "put f.txt /tmp/sftp.txt\n").unwrap();
     Command::new("chown")
         .args(["-R", &format!("{}:{}", carol.uid, carol.gid)])
         .arg(&wd)
@@ -230,9 +280,14 @@ fn plain_ssh_scp_rsync_and_git_with_the_printed_ssh_config_block() {
         .unwrap();
     run("scp", &["f.txt", &format!("{host}:/tmp/f.txt")]);
     run("rsync", &["-a", "tree/", &format!("{host}:/tmp/tree/")]);
+    run("sftp", &["-q", "-b", "batch", &host]);
+    connections += 3;
     assert_eq!(
-        run("ssh", &[&host, "cat /tmp/f.txt /tmp/tree/sub/a"]),
-        "scp'd\nA"
+        run(
+            "ssh",
+            &[&host, "cat /tmp/f.txt /tmp/tree/sub/a /tmp/sftp.txt"]
+        ),
+        "scp'd\nAscp'd\n"
     );
     // git clone of a bare repository that exists only inside the job (/tmp is private).
     run("ssh", &[&host, "git init -q --bare /tmp/r.git && git clone -q /tmp/r.git /tmp/w && cd /tmp/w && git -c user.email=j@b -c user.name=j commit -q --allow-empty -m from-the-job && git push -q origin HEAD:master"]);
@@ -240,8 +295,50 @@ fn plain_ssh_scp_rsync_and_git_with_the_printed_ssh_config_block() {
         "git",
         &["clone", "-q", &format!("{host}:/tmp/r.git"), "cloned"],
     );
+    connections += 3;
     let log = run("git", &["-C", "cloned", "log", "--format=%s"]);
     assert_eq!(log.trim(), "from-the-job");
+
+    // A client that cannot take an fd (Windows OpenSSH, ProxyUseFdpass no)
+    // gets bytes; VS Code's own command line (-T -D, commands on stdin).
+    // A port that was free a moment ago (ssh -D takes no port 0).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let socks = format!("127.0.0.1:{port}");
+    let mut vscode = Command::new("ssh");
+    vscode.args(["-o", "ProxyUseFdpass=no", "-T", "-D", &socks, &host, "bash"]);
+    env(&mut vscode);
+    let mut child = vscode
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        b"echo vscode-$STJ_JOB_ID; exit 3\n",
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    connections += 1;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("vscode-{id}\n")
+    );
+
+    // Each connection had its own capability, and its own audit record.
+    let records = c.audit(Some(&carol), id);
+    let granted = records.iter().filter(|r| r["outcome"] == "granted").count();
+    assert_eq!(granted, connections, "{records:?}");
 }
 
 #[test]

@@ -182,3 +182,54 @@ fn submits_are_capped_where_they_would_break_later_and_rm_takes_many() {
     // Room again.
     c.submit(&alice, &["--", "true"]);
 }
+
+/// A burst of attaches by one user (Ansible's forks, pdsh-style fan-out, an
+/// editor's connections): 100 at once, more than max_pending_per_user, all
+/// get in — the cap makes them queue, not fail.
+#[test]
+fn a_hundred_parallel_attaches_by_one_user_all_succeed() {
+    let mut c = Cluster::new();
+    c.start_starter("node1", 1);
+    let alice = TestUser::alice();
+    let id = c.submit(&alice, &["--", "sleep", "86451"]);
+    c.wait_state(id, "running", T);
+    let jid = id.to_string();
+    let runs: Vec<_> = (0..100)
+        .map(|_| {
+            let child = c
+                .ssh_to_job_cmd(&alice, &[&jid, "echo ok"], None)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let started = Instant::now();
+            std::thread::spawn(move || (child.wait_with_output().unwrap(), started.elapsed()))
+        })
+        .collect();
+    let mut times = Vec::new();
+    let mut failed = Vec::new();
+    for r in runs {
+        let (out, took) = r.join().unwrap();
+        times.push(took);
+        if !(out.status.success() && out.stdout == b"ok\n") {
+            failed.push(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+    }
+    times.sort();
+    eprintln!(
+        "100 parallel attaches: p50 {:?}, p99 {:?}, max {:?}",
+        times[49], times[98], times[99]
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of 100 failed; the first said: {}",
+        failed.len(),
+        failed[0]
+    );
+    let granted = c
+        .audit(Some(&alice), id)
+        .iter()
+        .filter(|r| r["outcome"] == "granted")
+        .count();
+    assert!(granted >= 100, "{granted} grants for 100 sessions");
+}

@@ -11,7 +11,8 @@ mod reverse;
 pub use reverse::{daemon_sock_dir, DEFAULT_DAEMON_SOCK_DIR};
 
 use std::net::TcpStream as StdTcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -44,6 +45,8 @@ pub struct Grant {
     pub node: String,
     /// The account the session logs in as.
     pub user: String,
+    /// The schedd's daemon_sock dir, for reverse connections.
+    pub daemon_sock_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Grant {
@@ -54,6 +57,7 @@ impl std::fmt::Debug for Grant {
             .field("direct_addr", &self.direct_addr)
             .field("broker_addr", &self.broker_addr)
             .field("user", &self.user)
+            .field("daemon_sock_dir", &self.daemon_sock_dir)
             .finish_non_exhaustive()
     }
 }
@@ -81,22 +85,62 @@ impl Grant {
             broker_addr: r.broker_addr,
             node: r.node,
             user: r.user,
+            daemon_sock_dir: (!r.daemon_sock_dir.is_empty())
+                .then(|| PathBuf::from(r.daemon_sock_dir)),
         })
     }
 }
 
-/// Asks the schedd for a capability into `job_id` for the holder of
-/// `client_pubkey`.
+/// How long a request waits for room under the user's own caps (open
+/// sessions, unused capabilities): a burst of attaches (Ansible's forks, an
+/// editor's connections, a pdsh-style fan-out) queues up instead of being
+/// refused, and a cap that stays full is still an error, after this.
+pub const ROOM_WAIT: Duration = Duration::from_secs(30);
+
+/// [`request_waiting`] with the default wait.
 pub async fn request(socket: &Path, job_id: u64, client_pubkey: [u8; 32]) -> Result<Grant> {
+    request_waiting(socket, job_id, client_pubkey, ROOM_WAIT).await
+}
+
+/// Asks the schedd for a capability into `job_id` for the holder of
+/// `client_pubkey`, waiting up to `room_wait` (jittered backoff) while the
+/// user's caps are full.
+pub async fn request_waiting(
+    socket: &Path,
+    job_id: u64,
+    client_pubkey: [u8; 32],
+    room_wait: Duration,
+) -> Result<Grant> {
     let mut c = crate::schedd_client::connect(socket).await?;
-    let reply = c
-        .request_session(RequestSessionRequest {
-            job_id,
-            client_pubkey: client_pubkey.to_vec(),
-        })
-        .await
-        .map_err(ClientError::from_status)?;
-    Grant::decode(reply.into_inner())
+    let deadline = tokio::time::Instant::now() + room_wait;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let refused = match c
+            .request_session(RequestSessionRequest {
+                job_id,
+                client_pubkey: client_pubkey.to_vec(),
+            })
+            .await
+        {
+            Ok(reply) => return Grant::decode(reply.into_inner()),
+            Err(s) => ClientError::from_status(s),
+        };
+        let wait = pause + jitter(pause);
+        if !refused.is_full_cap() || tokio::time::Instant::now() + wait > deadline {
+            return Err(refused.into());
+        }
+        tracing::debug!(job_id, error = %refused, wait_ms = wait.as_millis() as u64, "waiting for room under the user's caps");
+        tokio::time::sleep(wait).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Up to half of `pause`, at random: a burst's retries spread out instead
+/// of arriving together again.
+fn jitter(pause: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let _ = SystemRandom::new().fill(&mut b);
+    pause.mul_f64(f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX) / 2.0)
 }
 
 /// What a completed handshake established.
@@ -253,14 +297,20 @@ async fn over(
 /// Makes the data connection the way `mode` says. In auto mode: direct when
 /// the starter advertises an address, else reverse through the daemon_sock
 /// dir, else the relay; each step has a short timeout, and `--debug` says
-/// what was tried, why it failed and what worked.
+/// what was tried, why it failed and what worked. The daemon_sock dir is
+/// `daemon_sock` when the user named one, else the schedd's own.
 pub async fn connect(
     mode: Mode,
     socket: &Path,
     grant: &Grant,
     job_id: u64,
-    daemon_sock: &Path,
+    daemon_sock: Option<&Path>,
 ) -> Result<(StdTcpStream, Session, Via)> {
+    let daemon_sock = daemon_sock
+        .map(Path::to_path_buf)
+        .or_else(|| grant.daemon_sock_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DAEMON_SOCK_DIR));
+    let daemon_sock = daemon_sock.as_path();
     if let Mode::Only(via) = mode {
         return over(via, socket, grant, job_id, daemon_sock)
             .await

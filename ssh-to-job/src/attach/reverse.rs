@@ -20,10 +20,9 @@ use crate::schedd_client::connect as schedd;
 pub use stj_cli::paths::DAEMON_SOCK_DIR as DEFAULT_DAEMON_SOCK_DIR;
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `--daemon-sock-dir`, else `$STJ_DAEMON_SOCK_DIR`, else the default.
-pub fn daemon_sock_dir(flag: Option<PathBuf>) -> PathBuf {
+/// `--daemon-sock-dir`, else `$STJ_DAEMON_SOCK_DIR`; None: the schedd's.
+pub fn daemon_sock_dir(flag: Option<PathBuf>) -> Option<PathBuf> {
     flag.or_else(|| std::env::var_os("STJ_DAEMON_SOCK_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DAEMON_SOCK_DIR))
 }
 
 /// Whether we can make our socket in the daemon_sock dir, with the admin

@@ -19,7 +19,7 @@ use ssh_to_job::{attach, ssh_config};
 ///   rsync -a -e 'ssh-to-job --rsh' data/ 42:data/   # rsync (and GIT_SSH_COMMAND) style
 ///   ssh-to-job --mode relay --debug 42 hostname     # through the schedd's relay; say what happened
 ///   ssh-to-job -L 8888:localhost:8888 42 -N         # reach a notebook server in the job
-///   ssh-to-job ssh-config >> ~/.ssh/config          # then plain `ssh stj-job-42` works
+///   ssh-to-job ssh-config --install                 # then plain `ssh stj-job-42` works
 #[derive(Parser, Debug)]
 #[command(
     name = "ssh-to-job",
@@ -33,7 +33,7 @@ struct Cli {
     /// How to reach the job's node: auto, direct, reverse or relay.
     #[arg(long, default_value = "auto")]
     mode: String,
-    /// Where reverse connections are handed to us [env STJ_DAEMON_SOCK_DIR; default /var/lock/stj/daemon_sock].
+    /// Where reverse connections are handed to us [env STJ_DAEMON_SOCK_DIR; default: the schedd's daemon_sock_dir].
     #[arg(long)]
     daemon_sock_dir: Option<PathBuf>,
     /// The OpenSSH program to run: ssh, scp or sftp (or a path to one).
@@ -66,6 +66,11 @@ struct Cli {
     /// Remove the job if interrupted (Ctrl-C, SIGTERM, SIGHUP).
     #[arg(long)]
     remove_on_interrupt: bool,
+    /// While your own caps are full (max_sessions_per_user,
+    /// max_pending_per_user), wait this long for room before giving up
+    /// (0: do not wait).
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    room_wait: u64,
     /// Forward a local port (ssh -L).
     #[arg(short = 'L', value_name = "SPEC")]
     local_forward: Vec<String>,
@@ -99,13 +104,42 @@ struct Cli {
 
 #[derive(clap::Subcommand, Debug)]
 enum Sub {
-    /// Print a `Host stj-job-*` block for ~/.ssh/config: then plain ssh, scp,
-    /// rsync, git and VS Code Remote-SSH reach job N as `stj-job-N`.
-    SshConfig,
-    /// ProxyCommand of that block (`ssh-to-job proxy %n`); not for direct use.
-    Proxy { host: String },
-    /// KnownHostsCommand of that block; prints the session's host key.
-    KnownHosts { host: String },
+    /// The `Host stj-job-*` block for ssh: then plain ssh, scp, sftp, rsync,
+    /// git and VS Code Remote-SSH reach job N as `stj-job-N`. Printed, or
+    /// with --install written to ~/.ssh/stj_config and included from the
+    /// first line of ~/.ssh/config (where no `Host *` can override it).
+    SshConfig {
+        /// Write the block and the Include (idempotent; the old config is
+        /// kept as ~/.ssh/config.stj-backup).
+        #[arg(long)]
+        install: bool,
+        /// The schedd's UNIX socket the block uses [env STJ_SCHEDD_SOCKET].
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// ProxyCommand of that block (`ssh-to-job proxy %n`, or `%h` where
+    /// `%n` is not expanded). Hands ssh the socket when stdout is one
+    /// (ProxyUseFdpass), else relays bytes (also with --stdio): paramiko,
+    /// Windows OpenSSH, or through a login node (`ssh LOGIN ssh-to-job proxy
+    /// --stdio %h`).
+    Proxy {
+        host: String,
+        /// Relay bytes on stdin/stdout even when stdout could take an fd.
+        #[arg(long)]
+        stdio: bool,
+        /// The schedd's UNIX socket [env STJ_SCHEDD_SOCKET].
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Where reverse connections are handed to us [env STJ_DAEMON_SOCK_DIR].
+        #[arg(long)]
+        daemon_sock_dir: Option<PathBuf>,
+    },
+    /// KnownHostsCommand of that block (`%n %H`); prints the session's host key.
+    KnownHosts {
+        host: String,
+        /// The name ssh looks the key up by (`%H`).
+        lookup: Option<String>,
+    },
     /// Write this program's man page and shell completions into DIR.
     #[command(hide = true)]
     GenerateDocs { dir: PathBuf },
@@ -200,13 +234,40 @@ fn main() -> ExitCode {
         } else {
             let cli = Cli::parse();
             match &cli.cmd {
-                Some(Sub::SshConfig) => ssh_config::print().map(|()| 0),
-                Some(Sub::Proxy { host }) => {
-                    ssh_config::proxy(host, &socket_path(cli.socket.clone()))
-                        .await
-                        .map(|()| 0)
+                Some(Sub::SshConfig { install, socket }) => {
+                    let socket = socket_path(socket.clone());
+                    if *install {
+                        ssh_config::install(&socket).map(|()| 0)
+                    } else {
+                        ssh_config::block(&socket).map(|b| {
+                            print!("{b}");
+                            0
+                        })
+                    }
                 }
-                Some(Sub::KnownHosts { host }) => ssh_config::known_hosts(host).map(|()| 0),
+                Some(Sub::Proxy {
+                    host,
+                    stdio,
+                    socket,
+                    daemon_sock_dir,
+                }) => {
+                    let handoff = if *stdio {
+                        ssh_config::Handoff::Stdio
+                    } else {
+                        ssh_config::Handoff::detect()
+                    };
+                    ssh_config::proxy(
+                        host,
+                        &socket_path(socket.clone()),
+                        attach::daemon_sock_dir(daemon_sock_dir.clone()).as_deref(),
+                        handoff,
+                    )
+                    .await
+                    .map(|()| 0)
+                }
+                Some(Sub::KnownHosts { host, lookup }) => {
+                    ssh_config::known_hosts(host, lookup.as_deref()).map(|()| 0)
+                }
                 Some(Sub::GenerateDocs { dir }) => {
                     stj_cli::generate(<Cli as clap::CommandFactory>::command(), dir)?;
                     Ok(0)
@@ -283,5 +344,6 @@ fn options(cli: Cli) -> Result<Options> {
         auto_retry: cli.auto_retry,
         retries: cli.retry,
         remove_on_interrupt: cli.remove_on_interrupt,
+        room_wait: std::time::Duration::from_secs(cli.room_wait),
     })
 }

@@ -1,0 +1,261 @@
+//! ssh_config integration: plain `ssh stj-job-42` (and scp, sftp, rsync,
+//! git, VS Code Remote-SSH) reaches job 42 with no wrapper.
+//!
+//! `ssh-to-job ssh-config --install` writes the `Host stj-job-*` block to
+//! `~/.ssh/stj_config` and puts `Include stj_config` at the very top of
+//! `~/.ssh/config`: ssh takes the first value it finds for each option, so
+//! the block must come before any `Host *` of the user's, and it pins every
+//! option such a stanza could set to break the session (User, Port, keys,
+//! ControlMaster, host-key checking). Without `--install` the block is
+//! printed.
+//!
+//! The block's ProxyCommand (`ssh-to-job proxy %n`, `proxy.rs`) gets a
+//! capability for the user's persistent stj key (made once,
+//! `~/.config/stj/id_ed25519`, 0600 — it never leaves this host), makes the
+//! data connection, records the session's one-time host key for this ssh
+//! process, and hands the socket to ssh (ProxyUseFdpass) or relays bytes
+//! (`--stdio`, for clients that cannot take an fd). The KnownHostsCommand
+//! (`ssh-to-job known-hosts %n %H`) then answers ssh's host key check with
+//! exactly that key.
+
+mod proxy;
+
+pub use proxy::{known_hosts, proxy, Handoff};
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use ssh_key::private::{Ed25519Keypair, KeypairData};
+use ssh_key::public::KeyData;
+use ssh_key::{LineEnding, PrivateKey};
+
+/// The home directory of our account, as ssh finds `~` (the passwd entry,
+/// not $HOME): the block and the proxy must agree on one key whatever
+/// $HOME says. $HOME only when the account has no usable home.
+fn account_home() -> Result<PathBuf> {
+    let uid = nix::unistd::getuid();
+    let passwd = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.dir)
+        .filter(|d| d.is_dir());
+    match passwd {
+        Some(h) => Ok(h),
+        None => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .context("our account has no home directory and HOME is not set"),
+    }
+}
+
+fn key_path() -> Result<PathBuf> {
+    Ok(account_home()?.join(".config/stj/id_ed25519"))
+}
+
+/// The persistent stj key, made on first use. Two first uses at once (an
+/// editor opening several connections) agree on one key.
+fn persistent_key() -> Result<(PathBuf, [u8; 32])> {
+    let path = key_path()?;
+    if !path.exists() {
+        let dir = path.parent().context("key dir")?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        let mut seed = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+            .map_err(|_| anyhow::anyhow!("random generator failed"))?;
+        let key = PrivateKey::new(
+            KeypairData::Ed25519(Ed25519Keypair::from_seed(&seed)),
+            "ssh-to-job",
+        )?;
+        stj_cli::private_file::create_new(&path, key.to_openssh(LineEnding::LF)?.as_bytes())?;
+    }
+    let text = stj_cli::private_file::read(&path)?;
+    let key = PrivateKey::from_openssh(String::from_utf8_lossy(&text).as_ref())
+        .with_context(|| format!("{} is not an OpenSSH private key", path.display()))?;
+    let public = match key.public_key().key_data() {
+        KeyData::Ed25519(k) => k.0,
+        _ => bail!(
+            "{} is not an ed25519 key; remove it and run `ssh-to-job ssh-config` again",
+            path.display()
+        ),
+    };
+    Ok((path, public))
+}
+
+/// The `Host stj-job-*` block, for the user running us, reaching the
+/// schedd at `socket`.
+pub fn block(socket: &Path) -> Result<String> {
+    let (key, _) = persistent_key()?;
+    let me = std::env::current_exe().context("cannot find the ssh-to-job binary")?;
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .context("our uid has no user name (passwd); ssh needs one to log in as")?;
+    let q = |p: &Path| shell_quote(&p.to_string_lossy());
+    Ok(format!(
+        "# ssh-to-job: `ssh stj-job-N` reaches job N. Written by `ssh-to-job ssh-config`;
+# it must come before any `Host *` (ssh keeps the first value it finds):
+# `ssh-to-job ssh-config --install` includes it at the top of ~/.ssh/config.
+Host stj-job-*
+    ProxyCommand {me} proxy --socket {socket} %n
+    ProxyUseFdpass yes
+    KnownHostsCommand {me} known-hosts %n %H
+    UserKnownHostsFile /dev/null
+    GlobalKnownHostsFile /dev/null
+    StrictHostKeyChecking yes
+    HostKeyAlgorithms ssh-ed25519
+    CheckHostIP no
+    UpdateHostKeys no
+    User {user}
+    Port 22
+    IdentityFile {key}
+    IdentitiesOnly yes
+    PubkeyAuthentication yes
+    PreferredAuthentications publickey
+    PasswordAuthentication no
+    KbdInteractiveAuthentication no
+    ControlMaster no
+    ControlPath none
+    ControlPersist no
+    CanonicalizeHostname no
+",
+        me = q(&me),
+        socket = q(socket),
+        key = q(&key),
+    ))
+}
+
+/// Single quotes for the shell ssh runs commands with, and for ssh_config
+/// paths (which take them too).
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The file the block lives in, and the line that includes it.
+const BLOCK_FILE: &str = "stj_config";
+const INCLUDE: &str = "Include stj_config";
+
+/// `ssh-to-job ssh-config --install`: the block in `~/.ssh/stj_config`,
+/// included from the first line of `~/.ssh/config` (made if missing; the
+/// old one kept as `config.stj-backup` when it changes). Running it again
+/// changes nothing but the block.
+pub fn install(socket: &Path) -> Result<()> {
+    let text = block(socket)?;
+    let dir = account_home()?.join(".ssh");
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    write_replacing(&dir.join(BLOCK_FILE), text.as_bytes(), 0o600)?;
+    let config = dir.join("config");
+    let old = match std::fs::read_to_string(&config) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", config.display())),
+    };
+    let new = with_include_first(old.as_deref().unwrap_or(""));
+    if old.as_deref() == Some(new.as_str()) {
+        println!(
+            "{} already includes {BLOCK_FILE} first; the block in {} is up to date",
+            config.display(),
+            dir.join(BLOCK_FILE).display()
+        );
+        return Ok(());
+    }
+    let mode = match &old {
+        Some(_) => {
+            let backup = dir.join("config.stj-backup");
+            std::fs::copy(&config, &backup)
+                .with_context(|| format!("cannot back {} up", config.display()))?;
+            println!("saved the old {} as {}", config.display(), backup.display());
+            std::fs::metadata(&config)?.permissions().mode() & 0o777
+        }
+        None => 0o600,
+    };
+    write_replacing(&config, new.as_bytes(), mode)?;
+    println!(
+        "{} now starts with `{INCLUDE}`: `ssh stj-job-N` reaches job N",
+        config.display()
+    );
+    Ok(())
+}
+
+/// `config` with our Include as its first line, and nowhere else. A line
+/// that is ours but not first (the user moved it, or another installer went
+/// above it) moves back up: below a `Host *` it would lose.
+fn with_include_first(config: &str) -> String {
+    const NOTE: &str = "# ssh-to-job: first, so that no Host * below overrides stj-job-* (ssh-to-job ssh-config --install)";
+    let rest: Vec<&str> = config
+        .lines()
+        .filter(|l| l.trim() != INCLUDE && l.trim() != NOTE)
+        .collect();
+    let mut out = format!("{NOTE}\n{INCLUDE}\n");
+    if !rest.is_empty() {
+        if rest.first().is_some_and(|l| !l.trim().is_empty()) {
+            out.push('\n');
+        }
+        out.push_str(&rest.join("\n"));
+        out.push('\n');
+    }
+    out
+}
+
+/// Replaces `path` with `data` at once (temp file, fsync, rename): a crash
+/// leaves the old file or the new one, never half of one.
+fn write_replacing(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    let tmp = path.with_extension(format!("stj-tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_include_goes_first_once_and_stays_there() {
+        let user = "Host *\n    User mallory\n    Port 2222\n";
+        let once = with_include_first(user);
+        assert!(once.starts_with("# ssh-to-job"), "{once}");
+        assert_eq!(once.lines().nth(1), Some(INCLUDE));
+        assert!(once.ends_with(user), "{once}");
+        assert_eq!(with_include_first(&once), once, "idempotent");
+        // Moved below the user's stanza: back up, and only once.
+        let moved = format!("{user}{INCLUDE}\n");
+        let fixed = with_include_first(&moved);
+        assert_eq!(fixed.matches(INCLUDE).count(), 1);
+        assert_eq!(fixed.lines().nth(1), Some(INCLUDE));
+        assert_eq!(
+            with_include_first(""),
+            format!("{}\n{INCLUDE}\n", once.lines().next().unwrap())
+        );
+    }
+
+    #[test]
+    fn quoting_survives_quotes() {
+        assert_eq!(shell_quote("/a b/it's"), "'/a b/it'\\''s'");
+    }
+}
