@@ -183,6 +183,8 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<(Job, Vec<u8>)> {
         exit_signal: row.get(10)?,
         reason: row.get(11)?,
         spec: None,
+        // Not stored: the registry's, filled in where the reply is made.
+        node_away: false,
     };
     Ok((job, row.get(12)?))
 }

@@ -239,8 +239,10 @@ impl ScheddApi for UserApi {
                 .jobs_page(&req.job_ids, req.include_ended, after, PAGE_ROWS)
                 .map_err(internal)?;
             let last_page = page.len() < PAGE_ROWS;
-            for job in page {
+            for mut job in page {
                 let id = job.id;
+                job.node_away = job.state == JobState::Running as i32
+                    && !self.schedd.registry.is_connected(&job.node);
                 if !reply.add(visible_to(who.uid, job)) {
                     return Ok(Response::new(QueryReply {
                         jobs: reply.items,

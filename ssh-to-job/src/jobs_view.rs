@@ -41,10 +41,11 @@ pub fn table(jobs: &[Job]) -> String {
                 j.id.to_string(),
                 j.owner_name.clone(),
                 state(j).to_string(),
-                if j.node.is_empty() {
-                    "-".into()
-                } else {
-                    j.node.clone()
+                match (j.node.is_empty(), j.node_away) {
+                    (true, _) => "-".into(),
+                    (false, false) => j.node.clone(),
+                    // The schedd has no link to it right now.
+                    (false, true) => format!("{} (away)", j.node),
                 },
                 time(j.start_time),
                 exit(j),
@@ -96,6 +97,7 @@ pub fn json(jobs: &[Job]) -> serde_json::Value {
                     "owner_uid": j.owner_uid,
                     "state": state(j),
                     "node": j.node,
+                    "node_away": j.node_away,
                     "submit_time": j.submit_time,
                     "start_time": j.start_time,
                     "end_time": j.end_time,

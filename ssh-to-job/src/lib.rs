@@ -14,3 +14,4 @@ pub mod ssh_config;
 pub mod submit;
 pub mod user_key;
 pub mod waiting;
+pub mod why_ended;

@@ -251,14 +251,17 @@ pub async fn run(o: &Options) -> Result<u8> {
     };
     drop(rt);
     report_exit(&o.socket, session.session_id, status.code().unwrap_or(255)).await;
-    // ssh's 255 is a connection failure. Through the relay that usually
-    // means the schedd went away: say so, rather than leave a bare
-    // "connection closed".
-    if path == attach::Via::Relay
-        && status.code() == Some(255)
-        && tokio::net::UnixStream::connect(&o.socket).await.is_err()
-    {
-        eprintln!("ssh-to-job: the relay (the schedd) went away and took this session with it; run ssh-to-job again once the schedd is back");
+    // ssh's 255 is a connection failure: say why, when the schedd knows,
+    // rather than leave a bare "connection closed". Through the relay a
+    // schedd that is gone is the reason itself.
+    if status.code() == Some(255) {
+        if tokio::net::UnixStream::connect(&o.socket).await.is_err() {
+            if path == attach::Via::Relay {
+                eprintln!("ssh-to-job: the relay (the schedd) went away and took this session with it; run ssh-to-job again once the schedd is back");
+            }
+        } else if let Some(why) = crate::why_ended::explain(&o.socket, o.job).await {
+            eprintln!("ssh-to-job: the session ended: {why}");
+        }
     }
     Ok(
         match (

@@ -295,6 +295,7 @@ fn removing_the_job_ends_an_open_session_and_nothing_is_left_behind() {
     let mut session = c
         .ssh_to_job_cmd(&alice, &[&jid, "echo started; sleep 86402"], None)
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     // While the session is open its private dir holds the key, 0600 in 0700.
@@ -329,10 +330,52 @@ fn removing_the_job_ends_an_open_session_and_nothing_is_left_behind() {
         session.try_wait().unwrap()
     });
     assert!(!status.success());
+    // The last word is why, not only OpenSSH's "connection closed".
+    assert_eq!(
+        last_line(&mut session),
+        format!(
+            "ssh-to-job: the session ended: job {id} was removed (removed by uid {})",
+            alice.uid
+        )
+    );
     assert_eq!(
         fs::read_dir(&rt).unwrap().count(),
         0,
         "runtime dir removed after the session"
+    );
+}
+
+/// The last line an ended child wrote to its (piped) stderr.
+fn last_line(child: &mut std::process::Child) -> String {
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    err.lines().last().unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_session_whose_starter_dies_says_so_when_it_ends() {
+    let (mut c, alice, id) = running_job(&[]);
+    let mut session = c
+        .ssh_to_job_cmd(
+            &alice,
+            &[&id.to_string(), "echo started; sleep 86403"],
+            None,
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the remote command to run", T, || {
+        (!stj_tests::cluster::pids_matching("sleep 86403").is_empty()).then_some(())
+    });
+    c.kill_starter("node1");
+    let status = wait_until("the session to end with its node", T, || {
+        session.try_wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(255));
+    assert_eq!(
+        last_line(&mut session),
+        format!("ssh-to-job: the session ended: node node1 that runs job {id} is no longer connected to the schedd (its starter stopped, or the network to it is cut)")
     );
 }
 
