@@ -177,6 +177,15 @@ impl ClientHandshake {
         (state, hello)
     }
 
+    /// Adds a host certificate (of the key `on_challenge` returned) to the
+    /// Proof it returned.
+    pub fn with_host_certificate(mut proof: HandshakeMessage, cert: Vec<u8>) -> HandshakeMessage {
+        if let Some(Msg::Proof(p)) = &mut proof.msg {
+            p.host_certificate = cert;
+        }
+        proof
+    }
+
     /// Checks the starter's proof. On success returns the Proof to send and
     /// the session's host key, now known to be the genuine starter's.
     pub fn on_challenge(
@@ -202,6 +211,7 @@ impl ClientHandshake {
         Ok((
             msg(Msg::Proof(Proof {
                 proof: proof.as_ref().to_vec(),
+                host_certificate: Vec::new(),
             })),
             host,
         ))
@@ -278,7 +288,9 @@ impl StarterHandshake {
     }
 
     /// Checks the client's proof (constant time).
-    pub fn on_proof(&self, m: HandshakeMessage) -> Result<(), HandshakeError> {
+    /// Checks the client's proof; returns the host certificate it sent
+    /// (empty if none; its contents are for the caller to check).
+    pub fn on_proof(&self, m: HandshakeMessage) -> Result<Vec<u8>, HandshakeError> {
         let Some(t) = self.transcript else {
             return Err(HandshakeError::Unexpected("challenge first"));
         };
@@ -286,7 +298,8 @@ impl StarterHandshake {
             return Err(HandshakeError::Unexpected("proof"));
         };
         hmac::verify(&self.k, &proof_input(b"client", &t), &p.proof)
-            .map_err(|_| HandshakeError::BadProof)
+            .map_err(|_| HandshakeError::BadProof)?;
+        Ok(p.host_certificate)
     }
 
     /// The Ready for `user`; only after `on_proof` succeeded.
@@ -376,7 +389,10 @@ mod tests {
         let (_, hello) = ClientHandshake::start(cap().encode().unwrap(), &k(), [1; 32]);
         let mut starter = StarterHandshake::on_hello(&hello.encode_to_vec(), &KEY).unwrap();
         let _ = starter.challenge([2; 32], [8; 32]);
-        let forged = msg(Msg::Proof(Proof { proof: vec![0; 32] }));
+        let forged = msg(Msg::Proof(Proof {
+            proof: vec![0; 32],
+            ..Default::default()
+        }));
         assert!(matches!(
             starter.on_proof(forged),
             Err(HandshakeError::BadProof)
@@ -402,12 +418,21 @@ mod tests {
     }
 
     #[test]
+    fn a_host_certificate_rides_with_the_proof() {
+        let (mut client, hello) = ClientHandshake::start(cap().encode().unwrap(), &k(), [1; 32]);
+        let mut starter = StarterHandshake::on_hello(&hello.encode_to_vec(), &KEY).unwrap();
+        let (proof, _) = client
+            .on_challenge(starter.challenge([2; 32], [8; 32]))
+            .unwrap();
+        let proof = ClientHandshake::with_host_certificate(proof, b"cert".to_vec());
+        assert_eq!(starter.on_proof(proof).unwrap(), b"cert");
+    }
+
+    #[test]
     fn proof_before_challenge_is_refused() {
         let (_, hello) = ClientHandshake::start(cap().encode().unwrap(), &k(), [1; 32]);
         let starter = StarterHandshake::on_hello(&hello.encode_to_vec(), &KEY).unwrap();
-        assert!(starter
-            .on_proof(msg(Msg::Proof(Proof { proof: vec![] })))
-            .is_err());
+        assert!(starter.on_proof(msg(Msg::Proof(Proof::default()))).is_err());
         assert!(starter.ready("alice").is_err(), "no Ready before the proof");
     }
 

@@ -5,6 +5,7 @@ pub mod attach;
 pub mod audit_view;
 pub mod client_error;
 pub mod fd_pass;
+pub mod host_ca;
 pub mod jobs_view;
 pub mod runtime_dir;
 pub mod schedd_client;

@@ -153,8 +153,19 @@ pub async fn run(o: &Options) -> Result<u8> {
             let grant = attach::request_waiting(&o.socket, o.job, key.public, o.room_wait).await?;
             tracing::debug!(job_id = o.job, session_id = %grant.session_id, node = %grant.node, direct = ?grant.direct_addr, "capability granted");
             let started = std::time::Instant::now();
-            let (stream, session, path) =
-                attach::connect(o.mode, &o.socket, &grant, o.job, o.daemon_sock.as_deref()).await?;
+            let (stream, session, path) = attach::connect(
+                o.mode,
+                &attach::Dial {
+                    socket: &o.socket,
+                    job_id: o.job,
+                    daemon_sock: o.daemon_sock.as_deref(),
+                    // This run checks the host key itself (its own
+                    // known_hosts with the key), no CA needed.
+                    host_ca: None,
+                },
+                &grant,
+            )
+            .await?;
             tracing::debug!(
                 job_id = o.job,
                 path = path.as_str(),

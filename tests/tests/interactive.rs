@@ -335,6 +335,37 @@ fn ssh_scp_sftp_rsync_and_git_through_the_installed_block_despite_hostile_stanza
         format!("vscode-{id}\n")
     );
 
+    // With no KnownHostsCommand at all (paramiko-style clients, Windows, a
+    // laptop), the host key still checks out: sshd presents carol's host
+    // CA's certificate of it, and the block's known_hosts trusts that CA.
+    assert_eq!(
+        run(
+            "ssh",
+            &["-o", "KnownHostsCommand=none", &host, "echo cert-ok"]
+        ),
+        "cert-ok\n"
+    );
+    connections += 1;
+    // ...and without the CA line nothing is taken on trust.
+    let mut blind = Command::new("ssh");
+    blind.args([
+        "-o",
+        "KnownHostsCommand=none",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        &host,
+        "echo should-not-run",
+    ]);
+    env(&mut blind);
+    let out = blind.output().unwrap();
+    connections += 1;
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Host key verification failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Each connection had its own capability, and its own audit record.
     let records = c.audit(Some(&carol), id);
     let granted = records.iter().filter(|r| r["outcome"] == "granted").count();

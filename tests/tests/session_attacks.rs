@@ -63,7 +63,7 @@ fn direct_attach_is_refused_as_unproven(c: &Cluster, secs: &str) {
 /// The client side of a handshake, as the tests drive it by hand.
 async fn try_handshake(grant: &attach::Grant) -> Result<attach::Session, HandshakeError> {
     let mut s = tokio::net::TcpStream::connect(grant.direct_addr.as_deref().unwrap()).await?;
-    attach::handshake(&mut s, grant).await
+    attach::handshake(&mut s, grant, None).await
 }
 
 fn remote_code(r: Result<attach::Session, HandshakeError>) -> ErrorCode {
@@ -199,7 +199,10 @@ fn a_capability_with_one_byte_changed_gets_no_session() {
             );
             // ...and whatever proof the forger sends is refused.
             let fake = HandshakeMessage {
-                msg: Some(Msg::Proof(Proof { proof: vec![0; 32] })),
+                msg: Some(Msg::Proof(Proof {
+                    proof: vec![0; 32],
+                    ..Default::default()
+                })),
             };
             write_message(&mut s, &fake).await.unwrap();
             let (last, _) = read_message(&mut s).await.unwrap();

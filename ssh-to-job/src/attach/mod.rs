@@ -25,6 +25,7 @@ use stj_proto::user::{RequestSessionReply, RequestSessionRequest};
 use tokio::net::TcpStream;
 
 use crate::client_error::ClientError;
+use crate::host_ca::HostCa;
 
 /// What the schedd granted for one session, decoded and checked once.
 /// (Its Debug leaves out the secrets.)
@@ -33,6 +34,7 @@ pub struct Grant {
     /// The capability in its canonical encoding, as the starter checks it.
     pub capability: Vec<u8>,
     pub session_id: SessionId,
+    pub job_id: u64,
     pub client_pubkey: [u8; 32],
     /// HMAC key proving the capability; secret.
     pub k: [u8; 32],
@@ -77,6 +79,7 @@ impl Grant {
             .context("the schedd sent a malformed relay token")?;
         Ok(Grant {
             session_id: cap.session_id,
+            job_id: cap.job_id,
             client_pubkey: cap.client_pubkey,
             capability: r.capability,
             k,
@@ -155,7 +158,11 @@ pub struct Session {
 
 /// Runs the client side of the handshake on `stream`. On success the stream
 /// carries SSH bytes from a starter that proved it holds this session's key.
-pub async fn handshake(stream: &mut TcpStream, grant: &Grant) -> Result<Session, HandshakeError> {
+pub async fn handshake(
+    stream: &mut TcpStream,
+    grant: &Grant,
+    host_ca: Option<&HostCa>,
+) -> Result<Session, HandshakeError> {
     let mut nonce = [0u8; NONCE_LEN];
     SystemRandom::new()
         .fill(&mut nonce)
@@ -163,7 +170,15 @@ pub async fn handshake(stream: &mut TcpStream, grant: &Grant) -> Result<Session,
     let (mut hs, hello) = ClientHandshake::start(grant.capability.clone(), &grant.k, nonce);
     write_message(stream, &hello).await?;
     let (challenge, _) = read_message(stream).await?;
-    let (proof, host) = hs.on_challenge(challenge)?;
+    let (mut proof, host) = hs.on_challenge(challenge)?;
+    // The starter proved itself: its host key is the session's; vouch for
+    // it to ssh with the user's CA.
+    if let Some(ca) = host_ca {
+        let cert = ca
+            .certify(host, grant.job_id, grant.session_id)
+            .map_err(|e| HandshakeError::Io(std::io::Error::other(format!("{e:#}"))))?;
+        proof = ClientHandshake::with_host_certificate(proof, cert);
+    }
     write_message(stream, &proof).await?;
     let (ready, _) = read_message(stream).await?;
     let user = hs.on_ready(ready)?;
@@ -246,20 +261,32 @@ impl Mode {
     }
 }
 
+/// Where to attach, besides the grant.
+pub struct Dial<'a> {
+    /// The schedd's user socket.
+    pub socket: &'a Path,
+    pub job_id: u64,
+    /// The daemon_sock dir the user named; None: the schedd's.
+    pub daemon_sock: Option<&'a Path>,
+    /// Certify the session's host key with this CA (host_ca.rs), for an
+    /// ssh that checks host keys by @cert-authority.
+    pub host_ca: Option<&'a HostCa>,
+}
+
 /// Runs the handshake on a fresh connection within the deadline, and hands
 /// back a blocking std socket ready to be passed to ssh.
 async fn finish(
     mut stream: TcpStream,
     grant: &Grant,
-    job_id: u64,
+    dial: &Dial<'_>,
 ) -> Result<(StdTcpStream, Session)> {
     stream.set_nodelay(true).ok();
-    let session = tokio::time::timeout(DEADLINE, handshake(&mut stream, grant))
+    let session = tokio::time::timeout(DEADLINE, handshake(&mut stream, grant, dial.host_ca))
         .await
         .map_err(|_| {
             ClientError::TimedOut(format!("handshake with node {} timed out", grant.node))
         })?
-        .map_err(|e| explain(e, job_id, &grant.node))?;
+        .map_err(|e| explain(e, dial.job_id, &grant.node))?;
     let std = stream.into_std()?;
     std.set_nonblocking(false)?;
     Ok((std, session))
@@ -268,18 +295,17 @@ async fn finish(
 /// One path, from dial to completed handshake.
 async fn over(
     via: Via,
-    socket: &Path,
     grant: &Grant,
-    job_id: u64,
+    dial: &Dial<'_>,
     daemon_sock: &Path,
 ) -> Result<(StdTcpStream, Session)> {
     match via {
-        Via::Direct => finish(direct::dial(grant).await?, grant, job_id).await,
-        Via::Relay => finish(relay::dial(grant).await?, grant, job_id).await,
+        Via::Direct => finish(direct::dial(grant).await?, grant, dial).await,
+        Via::Relay => finish(relay::dial(grant).await?, grant, dial).await,
         Via::Reverse => {
-            let mut calls = reverse::ask(socket, grant, daemon_sock).await?;
+            let mut calls = reverse::ask(dial.socket, grant, daemon_sock).await?;
             loop {
-                match finish(calls.next().await?, grant, job_id).await {
+                match finish(calls.next().await?, grant, dial).await {
                     Ok(done) => return Ok(done),
                     // The node itself said no (only a connection routed
                     // with the route's token reaches us): that is the answer.
@@ -298,28 +324,27 @@ async fn over(
 /// the starter advertises an address, else reverse through the daemon_sock
 /// dir, else the relay; each step has a short timeout, and `--debug` says
 /// what was tried, why it failed and what worked. The daemon_sock dir is
-/// `daemon_sock` when the user named one, else the schedd's own.
+/// the one the user named, else the schedd's own.
 pub async fn connect(
     mode: Mode,
-    socket: &Path,
+    dial: &Dial<'_>,
     grant: &Grant,
-    job_id: u64,
-    daemon_sock: Option<&Path>,
 ) -> Result<(StdTcpStream, Session, Via)> {
-    let daemon_sock = daemon_sock
+    let daemon_sock = dial
+        .daemon_sock
         .map(Path::to_path_buf)
         .or_else(|| grant.daemon_sock_dir.clone())
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DAEMON_SOCK_DIR));
     let daemon_sock = daemon_sock.as_path();
     if let Mode::Only(via) = mode {
-        return over(via, socket, grant, job_id, daemon_sock)
+        return over(via, grant, dial, daemon_sock)
             .await
             .map(|(s, x)| (s, x, via));
     }
     if grant.direct_addr.is_none() {
         tracing::debug!(node = %grant.node, "direct: skipped, the node advertises no address");
     } else {
-        match over(Via::Direct, socket, grant, job_id, daemon_sock).await {
+        match over(Via::Direct, grant, dial, daemon_sock).await {
             Ok((s, x)) => return Ok((s, x, Via::Direct)),
             // Another path still reaches the genuine starter (every path
             // authenticates it), but an impostor is worth telling about.
@@ -334,14 +359,14 @@ pub async fn connect(
     // A path that failed may have got as far as burning the capability (a
     // handshake that timed out on our side but completed on the starter's):
     // every further path starts from a fresh one.
-    let fresh = || request(socket, job_id, grant.client_pubkey);
+    let fresh = || request(dial.socket, dial.job_id, grant.client_pubkey);
     let mut grant = if grant.direct_addr.is_none() {
         grant.clone()
     } else {
         fresh().await?
     };
     match reverse::usable(daemon_sock) {
-        Ok(()) => match over(Via::Reverse, socket, &grant, job_id, daemon_sock).await {
+        Ok(()) => match over(Via::Reverse, &grant, dial, daemon_sock).await {
             Ok((s, x)) => return Ok((s, x, Via::Reverse)),
             Err(e) => {
                 tracing::debug!(node = %grant.node, error = %format!("{e:#}"), "reverse: failed");
@@ -350,7 +375,7 @@ pub async fn connect(
         },
         Err(e) => eprintln!("ssh-to-job: {e:#}; using the relay instead"),
     }
-    over(Via::Relay, socket, &grant, job_id, daemon_sock)
+    over(Via::Relay, &grant, dial, daemon_sock)
         .await
         .map(|(s, x)| (s, x, Via::Relay))
 }

@@ -111,8 +111,20 @@ enum Sub {
     SshConfig {
         /// Write the block and the Include (idempotent; the old config is
         /// kept as ~/.ssh/config.stj-backup).
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["ca", "laptop"])]
         install: bool,
+        /// Print only the known_hosts line that trusts your host CA for
+        /// every job (for a machine that reaches jobs through this one).
+        #[arg(long, conflicts_with = "laptop")]
+        ca: bool,
+        /// Print the block for a machine (a laptop) that reaches only this
+        /// host's sshd, as LOGIN (a host name or ssh alias there).
+        #[arg(long, value_name = "LOGIN", requires = "client_key")]
+        laptop: Option<String>,
+        /// With --laptop: the public key (`ssh-ed25519 AAAA...`) that ssh
+        /// there logs in with; its private half stays there.
+        #[arg(long, value_name = "PUBKEY")]
+        client_key: Option<String>,
         /// The schedd's UNIX socket the block uses [env STJ_SCHEDD_SOCKET].
         #[arg(long)]
         socket: Option<PathBuf>,
@@ -127,6 +139,10 @@ enum Sub {
         /// Relay bytes on stdin/stdout even when stdout could take an fd.
         #[arg(long)]
         stdio: bool,
+        /// Get the capability for this public key (`ssh-ed25519 AAAA...`)
+        /// instead of your stj key here: an ssh elsewhere logs in with it.
+        #[arg(long, value_name = "PUBKEY")]
+        client_key: Option<String>,
         /// The schedd's UNIX socket [env STJ_SCHEDD_SOCKET].
         #[arg(long)]
         socket: Option<PathBuf>,
@@ -234,23 +250,36 @@ fn main() -> ExitCode {
         } else {
             let cli = Cli::parse();
             match &cli.cmd {
-                Some(Sub::SshConfig { install, socket }) => {
+                Some(Sub::SshConfig {
+                    install,
+                    ca,
+                    laptop,
+                    client_key,
+                    socket,
+                }) => {
                     let socket = socket_path(socket.clone());
-                    if *install {
-                        ssh_config::install(&socket).map(|()| 0)
-                    } else {
-                        ssh_config::block(&socket).map(|b| {
-                            print!("{b}");
-                            0
-                        })
-                    }
+                    let text = match (laptop, client_key) {
+                        _ if *install => ssh_config::install(&socket).map(|()| String::new()),
+                        _ if *ca => ssh_config::ca_line(),
+                        (Some(login), Some(key)) => ssh_config::laptop_block(&socket, login, key),
+                        _ => ssh_config::block(&socket),
+                    };
+                    text.map(|t| {
+                        print!("{t}");
+                        0
+                    })
                 }
                 Some(Sub::Proxy {
                     host,
                     stdio,
+                    client_key,
                     socket,
                     daemon_sock_dir,
                 }) => {
+                    let client_key = client_key
+                        .as_deref()
+                        .map(ssh_config::parse_ed25519)
+                        .transpose()?;
                     let handoff = if *stdio {
                         ssh_config::Handoff::Stdio
                     } else {
@@ -261,6 +290,7 @@ fn main() -> ExitCode {
                         &socket_path(socket.clone()),
                         attach::daemon_sock_dir(daemon_sock_dir.clone()).as_deref(),
                         handoff,
+                        client_key,
                     )
                     .await
                     .map(|()| 0)

@@ -20,6 +20,8 @@
 
 mod proxy;
 
+use crate::host_ca::HostCa;
+
 pub use proxy::{known_hosts, proxy, Handoff};
 
 use std::io::Write;
@@ -50,8 +52,38 @@ fn account_home() -> Result<PathBuf> {
     }
 }
 
+/// Where the stj key, the host CA and its known_hosts line live.
+fn config_dir() -> Result<PathBuf> {
+    Ok(account_home()?.join(".config/stj"))
+}
+
 fn key_path() -> Result<PathBuf> {
-    Ok(account_home()?.join(".config/stj/id_ed25519"))
+    Ok(config_dir()?.join("id_ed25519"))
+}
+
+/// The user's host CA (made on first use), and the known_hosts file that
+/// trusts it for every job, written from it.
+pub(crate) fn host_ca() -> Result<(HostCa, PathBuf)> {
+    let dir = config_dir()?;
+    private_dir(&dir)?;
+    let ca = HostCa::load_or_create(&dir)?;
+    let file = dir.join("known_hosts");
+    let line = format!("{}\n", ca.known_hosts_line()?);
+    if std::fs::read_to_string(&file).ok().as_deref() != Some(line.as_str()) {
+        write_replacing(&file, line.as_bytes(), 0o600)?;
+    }
+    Ok((ca, file))
+}
+
+/// `dir` (and its parents) made if missing; `dir` itself 0700.
+fn private_dir(dir: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(())
 }
 
 /// The persistent stj key, made on first use. Two first uses at once (an
@@ -59,13 +91,7 @@ fn key_path() -> Result<PathBuf> {
 fn persistent_key() -> Result<(PathBuf, [u8; 32])> {
     let path = key_path()?;
     if !path.exists() {
-        let dir = path.parent().context("key dir")?;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        private_dir(path.parent().context("key dir")?)?;
         let mut seed = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
             .map_err(|_| anyhow::anyhow!("random generator failed"))?;
@@ -92,6 +118,7 @@ fn persistent_key() -> Result<(PathBuf, [u8; 32])> {
 /// schedd at `socket`.
 pub fn block(socket: &Path) -> Result<String> {
     let (key, _) = persistent_key()?;
+    let (_, known_hosts) = host_ca()?;
     let me = std::env::current_exe().context("cannot find the ssh-to-job binary")?;
     let user = nix::unistd::User::from_uid(nix::unistd::getuid())
         .ok()
@@ -107,10 +134,11 @@ Host stj-job-*
     ProxyCommand {me} proxy --socket {socket} %n
     ProxyUseFdpass yes
     KnownHostsCommand {me} known-hosts %n %H
-    UserKnownHostsFile /dev/null
+    HostKeyAlias stj-job
+    UserKnownHostsFile {known_hosts}
     GlobalKnownHostsFile /dev/null
     StrictHostKeyChecking yes
-    HostKeyAlgorithms ssh-ed25519
+    HostKeyAlgorithms ssh-ed25519-cert-v01@openssh.com,ssh-ed25519
     CheckHostIP no
     UpdateHostKeys no
     User {user}
@@ -129,6 +157,75 @@ Host stj-job-*
         me = q(&me),
         socket = q(socket),
         key = q(&key),
+        known_hosts = q(&known_hosts),
+    ))
+}
+
+/// The known_hosts line that trusts the user's host CA for every job.
+pub fn ca_line() -> Result<String> {
+    let (ca, _) = host_ca()?;
+    Ok(format!("{}\n", ca.known_hosts_line()?))
+}
+
+/// An ed25519 public key in OpenSSH's one-line form.
+pub fn parse_ed25519(text: &str) -> Result<[u8; 32]> {
+    let key = ssh_key::PublicKey::from_openssh(text.trim())
+        .with_context(|| format!("{text:?} is not an OpenSSH public key (ssh-ed25519 AAAA...)"))?;
+    match key.key_data() {
+        KeyData::Ed25519(k) => Ok(k.0),
+        _ => bail!("only ed25519 keys can log in to jobs; make one with ssh-keygen -t ed25519"),
+    }
+}
+
+/// The block for a machine that reaches only this host's sshd, as `login`:
+/// its ssh runs the proxy here in stdio mode for `client_key` (its own key,
+/// whose private half never leaves it), and checks every session's host key
+/// against the user's host CA, whose line it keeps in
+/// `~/.ssh/stj_known_hosts`.
+pub fn laptop_block(socket: &Path, login: &str, client_key: &str) -> Result<String> {
+    let key = parse_ed25519(client_key)?;
+    let public =
+        ssh_key::PublicKey::new(KeyData::Ed25519(ssh_key::public::Ed25519PublicKey(key)), "");
+    let me = std::env::current_exe().context("cannot find the ssh-to-job binary")?;
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .context("our uid has no user name (passwd); ssh needs one to log in as")?;
+    let remote = format!(
+        "{} proxy --stdio --socket {} --client-key {} %n",
+        shell_quote(&me.to_string_lossy()),
+        shell_quote(&socket.to_string_lossy()),
+        shell_quote(&public.to_openssh()?),
+    );
+    // Quoted once more: the shell here runs the ProxyCommand, the shell on
+    // the login host runs what ssh passes along.
+    let remote = shell_quote(&remote);
+    Ok(format!(
+        "# ssh-to-job through {login}: `ssh stj-job-N` reaches job N from this machine.
+# Once: `ssh {login} ssh-to-job ssh-config --ca > ~/.ssh/stj_known_hosts`
+# (the host CA that vouches for every session's one-time host key), and put
+# this block before any `Host *` in ~/.ssh/config (ssh keeps the first value).
+Host stj-job-*
+    ProxyCommand ssh -T -o BatchMode=yes {login} {remote}
+    HostKeyAlias stj-job
+    UserKnownHostsFile ~/.ssh/stj_known_hosts
+    GlobalKnownHostsFile /dev/null
+    StrictHostKeyChecking yes
+    HostKeyAlgorithms ssh-ed25519-cert-v01@openssh.com
+    CheckHostIP no
+    UpdateHostKeys no
+    User {user}
+    Port 22
+    PubkeyAuthentication yes
+    PreferredAuthentications publickey
+    PasswordAuthentication no
+    KbdInteractiveAuthentication no
+    ControlMaster no
+    ControlPath none
+    ControlPersist no
+    CanonicalizeHostname no
+",
     ))
 }
 

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use ssh_key::public::{Ed25519PublicKey, KeyData};
 use ssh_key::PublicKey;
 
-use super::{account_home, persistent_key};
+use super::{account_home, host_ca, persistent_key};
 use crate::attach;
 
 /// The job a host name names: `stj-job-N`, also as `user@stj-job-N` or
@@ -121,17 +121,30 @@ impl Handoff {
     }
 }
 
+/// Reaches the job `host` names and hands the session to our ssh.
+/// `client_key`: the public key ssh will log in with, when it is not the
+/// user's stj key here (an ssh on a laptop, through this login node).
 pub async fn proxy(
     host: &str,
     socket: &Path,
     daemon_sock: Option<&Path>,
     handoff: Handoff,
+    client_key: Option<[u8; 32]>,
 ) -> Result<()> {
     let job = job_of(host)?;
-    let (_, public) = persistent_key()?;
+    let public = match client_key {
+        Some(k) => k,
+        None => persistent_key()?.1,
+    };
+    let (ca, _) = host_ca()?;
     let grant = attach::request(socket, job, public).await?;
-    let (stream, session, path) =
-        attach::connect(attach::Mode::Auto, socket, &grant, job, daemon_sock).await?;
+    let dial = attach::Dial {
+        socket,
+        job_id: job,
+        daemon_sock,
+        host_ca: Some(&ca),
+    };
+    let (stream, session, path) = attach::connect(attach::Mode::Auto, &dial, &grant).await?;
     tracing::debug!(job_id = job, path = path.as_str(), ?handoff, "connected");
     let file = host_key_file(job)?;
     if let Some(dir) = file.parent() {

@@ -26,6 +26,8 @@ pub struct Accepted {
     pub host_seed: [u8; 32],
     /// Where the session's HOME is.
     pub home: Home,
+    /// The client's certificate of the host key, for sshd to present.
+    pub host_cert: Option<String>,
 }
 
 struct Refusal(ErrorCode, String);
@@ -37,7 +39,7 @@ pub async fn run(
     unheard: Option<UnheardConn>,
 ) -> Option<Accepted> {
     match tokio::time::timeout(DEADLINE, exchange(s, &mut stream, unheard)).await {
-        Ok(Ok((capability, target, host_seed, home))) => {
+        Ok(Ok((capability, target, host_seed, home, host_cert))) => {
             tracing::info!(%peer, session_id = %capability.session_id, job_id = capability.job_id, uid = capability.owner_uid, "session accepted");
             Some(Accepted {
                 stream,
@@ -46,6 +48,7 @@ pub async fn run(
                 target,
                 host_seed,
                 home,
+                host_cert,
             })
         }
         Ok(Err(Ok(Refusal(code, message)))) => {
@@ -64,7 +67,10 @@ pub async fn run(
     }
 }
 
-type Outcome = Result<(Capability, JobTarget, [u8; 32], Home), Result<Refusal, HandshakeError>>;
+type Outcome = Result<
+    (Capability, JobTarget, [u8; 32], Home, Option<String>),
+    Result<Refusal, HandshakeError>,
+>;
 
 async fn exchange(s: &Sessions, stream: &mut TcpStream, unheard: Option<UnheardConn>) -> Outcome {
     let refuse = |code, msg: String| Err(Ok(Refusal(code, msg)));
@@ -177,12 +183,16 @@ async fn exchange(s: &Sessions, stream: &mut TcpStream, unheard: Option<UnheardC
     write_message(stream, &challenge).await.map_err(Err)?;
 
     let (proof, _) = read_message(stream).await.map_err(Err)?;
-    if hs.on_proof(proof).is_err() {
+    let Ok(cert) = hs.on_proof(proof) else {
         return refuse(
             ErrorCode::BadProof,
             "the client could not prove it holds this capability's key".into(),
         );
-    }
+    };
+    let host_cert = match super::host_cert::check(&cert, host.public.0, cap.job_id) {
+        Ok(c) => c,
+        Err(why) => return refuse(ErrorCode::BadMessage, why),
+    };
     // Checked again atomically: of two connections racing with one
     // capability, exactly one gets here.
     if !s.replay.first_use(cap.session_id, cap.expiry, now()) {
@@ -193,5 +203,5 @@ async fn exchange(s: &Sessions, stream: &mut TcpStream, unheard: Option<UnheardC
     }
     let ready = hs.ready(&target.spec.user_name).map_err(Err)?;
     write_message(stream, &ready).await.map_err(Err)?;
-    Ok((cap, target, seed, home))
+    Ok((cap, target, seed, home, host_cert))
 }

@@ -4,6 +4,7 @@
 mod admission;
 mod handshake;
 mod home;
+mod host_cert;
 mod replay;
 mod sshd;
 mod traffic;

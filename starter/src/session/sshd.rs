@@ -46,6 +46,7 @@ pub fn config_text(
     env: &[(String, String)],
     extra: &[String],
     debug: bool,
+    host_cert: bool,
 ) -> String {
     // `env` ends with HOME (see `run`): sshd sets HOME to the account's
     // passwd home (the shim answers with the job's working directory, so
@@ -59,6 +60,13 @@ pub fn config_text(
         "AuthorizedKeysFile {}",
         quoted(&dir.join("authorized_keys").to_string_lossy())
     ));
+    if host_cert {
+        // The client's certificate of the one-time host key (host_cert.rs).
+        line(format!(
+            "HostCertificate {}",
+            quoted(&dir.join("host_key-cert.pub").to_string_lossy())
+        ));
+    }
     line("PubkeyAuthentication yes".into());
     line("PasswordAuthentication no".into());
     line("KbdInteractiveAuthentication no".into());
@@ -141,6 +149,14 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
         spec.uid,
         spec.gid,
     )?;
+    if let Some(cert) = &a.host_cert {
+        write_owned(
+            &dir.join("host_key-cert.pub"),
+            format!("{cert}\n").as_bytes(),
+            spec.uid,
+            spec.gid,
+        )?;
+    }
     write_owned(
         &dir.join("authorized_keys"),
         format!("{}\n", client.to_openssh()?).as_bytes(),
@@ -176,6 +192,7 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
         &env,
         &s.sshd.extra,
         s.sshd.debug,
+        a.host_cert.is_some(),
     );
     write_owned(
         &dir.join("sshd_config"),
@@ -290,6 +307,7 @@ mod tests {
             "alice",
             &env,
             &["X11Forwarding no".into()],
+            false,
             false,
         );
         assert!(c.contains(r#"SetEnv "A=x \"y\" \\z" "C=3""#), "{c}");

@@ -1,0 +1,122 @@
+//! The user's own SSH host CA (`~/.config/stj/host_ca`, 0600, made on first
+//! use; it never leaves the account). Once a starter has proved itself in
+//! the handshake, the client certifies that session's one-time host key for
+//! `stj-job-N` and sends the certificate along; sshd presents it. One
+//! static line, `@cert-authority stj-job-* <this CA>`, then lets any
+//! OpenSSH check every session's host key with no KnownHostsCommand:
+//! through a login node from a laptop, or on Windows.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use ring::rand::SecureRandom;
+use ssh_key::certificate::{Builder, CertType};
+use ssh_key::private::{Ed25519Keypair, KeypairData};
+use ssh_key::public::{Ed25519PublicKey, KeyData};
+use ssh_key::{LineEnding, PrivateKey};
+use stj_proto::session_id::SessionId;
+
+/// The name every job's host key is also certified for: the blocks pin
+/// `HostKeyAlias stj-job`, so that no HostKeyAlias of the user's (which
+/// ssh also uses to check certificates) can break the check. Which job a
+/// connection reaches is the handshake's to prove, and it does.
+pub const ALIAS: &str = "stj-job";
+
+/// The host names the CA vouches for, as known_hosts patterns (also with a
+/// port other than 22).
+pub const PATTERNS: &str = "stj-job,stj-job-*,[stj-job-*]:*";
+
+/// How long a certificate is valid: from a little before now (clocks
+/// differ) for a week — the key it certifies is gone when its session ends.
+const SKEW: u64 = 300;
+const VALID: u64 = 7 * 24 * 3600;
+
+pub struct HostCa {
+    key: PrivateKey,
+}
+
+impl HostCa {
+    pub fn path(config_dir: &Path) -> PathBuf {
+        config_dir.join("host_ca")
+    }
+
+    /// The CA in `config_dir`, made on first use. Two first uses at once
+    /// agree on one CA.
+    pub fn load_or_create(config_dir: &Path) -> Result<HostCa> {
+        let path = Self::path(config_dir);
+        if !path.exists() {
+            let mut seed = [0u8; 32];
+            ring::rand::SystemRandom::new()
+                .fill(&mut seed)
+                .map_err(|_| anyhow::anyhow!("random generator failed"))?;
+            let key = PrivateKey::new(
+                KeypairData::Ed25519(Ed25519Keypair::from_seed(&seed)),
+                "stj host CA",
+            )?;
+            stj_cli::private_file::create_new(&path, key.to_openssh(LineEnding::LF)?.as_bytes())?;
+        }
+        let text = stj_cli::private_file::read(&path)?;
+        let key = PrivateKey::from_openssh(String::from_utf8_lossy(&text).as_ref())
+            .with_context(|| format!("{} is not an OpenSSH private key; remove it (and the @cert-authority lines naming it)", path.display()))?;
+        Ok(HostCa { key })
+    }
+
+    /// The known_hosts line that trusts this CA for every job.
+    pub fn known_hosts_line(&self) -> Result<String> {
+        let mut public = self.key.public_key().clone();
+        public.set_comment("ssh-to-job host CA");
+        Ok(format!(
+            "@cert-authority {PATTERNS} {}",
+            public.to_openssh()?
+        ))
+    }
+
+    /// A host certificate of `host` for `stj-job-{job_id}`, in the wire
+    /// form the handshake carries.
+    pub fn certify(&self, host: [u8; 32], job_id: u64, session: SessionId) -> Result<Vec<u8>> {
+        let now = stj_proto::capability::unix_now();
+        let mut nonce = [0u8; Builder::RECOMMENDED_NONCE_SIZE];
+        ring::rand::SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| anyhow::anyhow!("random generator failed"))?;
+        let mut b = Builder::new(
+            nonce,
+            KeyData::Ed25519(Ed25519PublicKey(host)),
+            now.saturating_sub(SKEW),
+            now + VALID,
+        )?;
+        b.cert_type(CertType::Host)?;
+        b.key_id(format!("stj-job-{job_id} session {session}"))?;
+        b.valid_principal(format!("stj-job-{job_id}"))?;
+        b.valid_principal(ALIAS)?;
+        Ok(b.sign(&self.key)?.to_bytes()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certifies_for_the_job_and_publishes_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = HostCa::load_or_create(dir.path()).unwrap();
+        let again = HostCa::load_or_create(dir.path()).unwrap();
+        assert_eq!(
+            ca.known_hosts_line().unwrap(),
+            again.known_hosts_line().unwrap()
+        );
+        assert!(ca
+            .known_hosts_line()
+            .unwrap()
+            .starts_with("@cert-authority stj-job,stj-job-*,[stj-job-*]:* ssh-ed25519 "));
+        let host = Ed25519Keypair::from_seed(&[5; 32]).public.0;
+        let raw = ca.certify(host, 42, SessionId([1; 16])).unwrap();
+        let cert = ssh_key::Certificate::from_bytes(&raw).unwrap();
+        assert_eq!(cert.valid_principals(), ["stj-job-42", "stj-job"]);
+        assert_eq!(cert.cert_type(), CertType::Host);
+        let fp = ca.key.public_key().fingerprint(Default::default());
+        cert.validate_at(stj_proto::capability::unix_now(), [&fp])
+            .unwrap();
+    }
+}
