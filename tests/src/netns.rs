@@ -5,6 +5,7 @@
 //!
 //!   submit 10.231.1.1 ── router 10.231.1.254 | 10.231.2.254 (br) ── node1 10.231.2.1
 //!                                                                 └─ node2 10.231.2.2
+//!   laptop 10.231.3.2 ── submit 10.231.3.1 (only its port 22; `add_laptop`)
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -18,7 +19,12 @@ pub struct Net {
     pub submit: String,
     pub router: String,
     pub nodes: Vec<String>,
+    /// A machine that reaches the submit (login) host's sshd and nothing else.
+    pub laptop: Option<String>,
 }
+
+/// The submit (login) host as the laptop sees it.
+pub const LOGIN_IP: &str = "10.231.3.1";
 
 fn run(args: &[&str]) {
     let out = Command::new(args[0])
@@ -44,6 +50,7 @@ impl Net {
             submit: format!("{tag}-submit"),
             router: format!("{tag}-router"),
             nodes: vec![format!("{tag}-node1"), format!("{tag}-node2")],
+            laptop: None,
         };
         for ns in net.all() {
             run(&["ip", "netns", "add", &ns]);
@@ -140,7 +147,49 @@ impl Net {
     fn all(&self) -> Vec<String> {
         let mut v = vec![self.submit.clone(), self.router.clone()];
         v.extend(self.nodes.iter().cloned());
+        v.extend(self.laptop.iter().cloned());
         v
+    }
+
+    /// Adds the laptop: linked to the submit host only, which lets it reach
+    /// its port 22 (a login node's sshd) and nothing else — not the schedd,
+    /// not the nodes.
+    pub fn add_laptop(&mut self) -> String {
+        let ns = self.submit.replace("-submit", "-laptop");
+        run(&["ip", "netns", "add", &ns]);
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        let s = self.submit.as_str();
+        run(&[
+            "ip", "-n", s, "link", "add", "l0", "type", "veth", "peer", "name", "eth0", "netns",
+            &ns,
+        ]);
+        run(&["ip", "-n", s, "addr", "add", "10.231.3.1/24", "dev", "l0"]);
+        run(&["ip", "-n", s, "link", "set", "l0", "up"]);
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            "10.231.3.2/24",
+            "dev",
+            "eth0",
+        ]);
+        run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        self.iptables(
+            s,
+            &[
+                "-I", "INPUT", "1", "-i", "l0", "-p", "tcp", "!", "--dport", "22", "-j", "DROP",
+            ],
+        );
+        self.iptables(
+            s,
+            &[
+                "-A", "INPUT", "-i", "l0", "-p", "tcp", "--dport", "22", "-j", "ACCEPT",
+            ],
+        );
+        self.laptop = Some(ns.clone());
+        ns
     }
 
     /// Inbound policy drop, except loopback and replies to our own dials.

@@ -267,3 +267,156 @@ fn twenty_relayed_sessions_at_once() {
         assert_eq!(ok(out), format!("session-{i}\n"));
     }
 }
+
+/// A laptop that reaches only the login host's sshd: plain OpenSSH there,
+/// with the block `ssh-to-job ssh-config --laptop` printed, reaches a job
+/// on a NAT'd node, and checks its one-time host key through the user's
+/// host CA — the laptop's key never leaves it, and the CA's never leaves
+/// the login host.
+#[test]
+fn a_laptop_through_the_login_node_reaches_the_job_with_its_host_key_checked() {
+    let mut c = Cluster::with_net();
+    c.start_starter_with("node1", 1, &[]);
+    let dave = TestUser::get("stjtest-dave");
+    let id = c.submit(&dave, &["--", "sleep", "86460"]);
+    c.wait_state(id, "running", T);
+    let laptop = c.net.as_mut().unwrap().add_laptop();
+    let submit = c.net.as_ref().unwrap().submit.clone();
+    let dir = c.path().join("login");
+    fs::create_dir_all(&dir).unwrap();
+    let as_dave = |cmd: &mut std::process::Command| {
+        std::os::unix::process::CommandExt::uid(cmd, dave.uid);
+        std::os::unix::process::CommandExt::gid(cmd, dave.gid);
+        cmd.env("HOME", dave.home())
+            .env_remove("STJ_SCHEDD_SOCKET")
+            .env_remove("STJ_DAEMON_SOCK_DIR")
+            .env_remove("XDG_RUNTIME_DIR")
+            .stdin(std::process::Stdio::null());
+    };
+
+    // The login host's sshd, on the submit host's laptop-side address.
+    // (useradd's accounts are locked, `!`; sshd refuses those without PAM.)
+    stj_tests::sh(&format!("usermod -p '*' {}", dave.name));
+    stj_tests::sh(&format!(
+        "mkdir -p /run/sshd && ssh-keygen -q -t ed25519 -N '' -f {d}/host_key",
+        d = dir.display()
+    ));
+    let ssh_dir = dave.home().join(".ssh");
+    fs::remove_dir_all(&ssh_dir).ok();
+    fs::create_dir_all(&ssh_dir).unwrap();
+    stj_tests::sh(&format!(
+        "chown {u}:{g} {s} && chmod 700 {s}",
+        u = dave.uid,
+        g = dave.gid,
+        s = ssh_dir.display()
+    ));
+    let mut keygen = std::process::Command::new("ssh-keygen");
+    keygen.args(["-q", "-t", "ed25519", "-N", "", "-C", "daves-laptop", "-f"]);
+    keygen.arg(ssh_dir.join("id_ed25519"));
+    as_dave(&mut keygen);
+    assert!(keygen.status().unwrap().success());
+    let laptop_pub = fs::read_to_string(ssh_dir.join("id_ed25519.pub")).unwrap();
+    fs::write(dir.join("authorized_keys"), &laptop_pub).unwrap();
+    fs::write(
+        dir.join("sshd_config"),
+        format!(
+            "ListenAddress {ip}:22\nHostKey {d}/host_key\nPidFile none\nUsePAM no\nStrictModes no\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nAuthorizedKeysFile {d}/authorized_keys\n\
+             AllowUsers {user}\n",
+            ip = stj_tests::netns::LOGIN_IP,
+            d = dir.display(),
+            user = dave.name
+        ),
+    )
+    .unwrap();
+    let mut sshd = c
+        .command(Some(&submit), None, std::path::Path::new("/usr/sbin/sshd"))
+        .args(["-D", "-e", "-f"])
+        .arg(dir.join("sshd_config"))
+        .stderr(fs::File::create(dir.join("sshd.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let net = c.net.as_ref().unwrap();
+    stj_tests::wait_until("the login sshd to listen", T, || {
+        let addr: SocketAddr = format!("{}:22", stj_tests::netns::LOGIN_IP)
+            .parse()
+            .unwrap();
+        net.within(&laptop, move || {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()
+        })
+        .map(|_| ())
+    });
+    // The laptop reaches nothing else: not the schedd's port.
+    let schedd: SocketAddr = format!("{}:{SCHEDD_PORT}", stj_tests::netns::LOGIN_IP)
+        .parse()
+        .unwrap();
+    assert!(net
+        .within(&laptop, move || TcpStream::connect_timeout(
+            &schedd,
+            Duration::from_secs(1)
+        ))
+        .is_err());
+
+    // On the login host: the block for the laptop, and the CA line.
+    let on_login = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(stj_tests::bin("ssh-to-job"));
+        cmd.args(args).arg("--socket").arg(&c.socket);
+        as_dave(&mut cmd);
+        ok(cmd.output().unwrap())
+    };
+    let block = on_login(&[
+        "ssh-config",
+        "--laptop",
+        "login",
+        "--client-key",
+        laptop_pub.trim(),
+    ]);
+    let ca = on_login(&["ssh-config", "--ca"]);
+    assert!(ca.starts_with("@cert-authority "), "{ca}");
+    let login_key = fs::read_to_string(dir.join("host_key.pub")).unwrap();
+    fs::write(ssh_dir.join("stj_known_hosts"), &ca).unwrap();
+    fs::write(
+        ssh_dir.join("login_known_hosts"),
+        format!("{} {login_key}", stj_tests::netns::LOGIN_IP),
+    )
+    .unwrap();
+    fs::write(
+        ssh_dir.join("config"),
+        format!(
+            "{block}\nHost login\n    HostName {}\n    UserKnownHostsFile ~/.ssh/login_known_hosts\n    StrictHostKeyChecking yes\n    IdentityFile ~/.ssh/id_ed25519\n    IdentitiesOnly yes\n",
+            stj_tests::netns::LOGIN_IP
+        ),
+    )
+    .unwrap();
+    stj_tests::sh(&format!(
+        "chown -R {}:{} {}",
+        dave.uid,
+        dave.gid,
+        ssh_dir.display()
+    ));
+
+    // On the laptop: plain ssh.
+    let mut ssh = c.command(Some(&laptop), Some(&dave), std::path::Path::new("ssh"));
+    // (c.command switches to dave after entering the namespace.)
+    ssh.args([&format!("stj-job-{id}"), "echo laptop-in-$STJ_JOB_ID"])
+        .env("HOME", dave.home())
+        .env_remove("STJ_SCHEDD_SOCKET")
+        .env_remove("STJ_DAEMON_SOCK_DIR")
+        .stdin(std::process::Stdio::null());
+    let out = ssh.output().unwrap();
+    sshd.kill().ok();
+    sshd.wait().ok();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("laptop-in-{id}\n"),
+        "{} / sshd: {}",
+        String::from_utf8_lossy(&out.stderr),
+        fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+    );
+    // The session logged in with the laptop's own key: the capability was
+    // for it (the proxy had no private key of the laptop's to use).
+    assert!(c
+        .audit(Some(&dave), id)
+        .iter()
+        .any(|r| r["outcome"] == "granted"));
+}

@@ -217,6 +217,9 @@ Host stj-job-*
     UpdateHostKeys no
     User {user}
     Port 22
+    # The private half of the key given as --client-key:
+    IdentityFile ~/.ssh/id_ed25519
+    IdentitiesOnly yes
     PubkeyAuthentication yes
     PreferredAuthentications publickey
     PasswordAuthentication no
