@@ -366,6 +366,31 @@ fn ssh_scp_sftp_rsync_and_git_through_the_installed_block_despite_hostile_stanza
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // `ssh -A` forwards carol's agent, whatever IdentityAgent her Host * says.
+    let sock = c.workdir(&carol).join("agent.sock");
+    let mut agent = Command::new("ssh-agent");
+    agent.args(["-D", "-a"]).arg(&sock).stdout(Stdio::null());
+    env(&mut agent);
+    let mut agent = agent.spawn().unwrap();
+    wait_until("carol's agent", T, || sock.exists().then_some(()));
+    let mut add = Command::new("ssh-add");
+    add.arg(carol.home().join(".config/stj/id_ed25519"));
+    env(&mut add);
+    add.env("SSH_AUTH_SOCK", &sock);
+    assert!(add.status().unwrap().success());
+    let mut forwarded = Command::new("ssh");
+    forwarded.args(["-A", &host, "ssh-add -l"]);
+    env(&mut forwarded);
+    forwarded.env("SSH_AUTH_SOCK", &sock);
+    let listed = ok(forwarded.output().unwrap());
+    connections += 1;
+    agent.kill().ok();
+    agent.wait().ok();
+    assert!(
+        listed.contains("ssh-to-job"),
+        "the stj key, as the agent holds it: {listed}"
+    );
+
     // Each connection had its own capability, and its own audit record.
     let records = c.audit(Some(&carol), id);
     let granted = records.iter().filter(|r| r["outcome"] == "granted").count();

@@ -145,6 +145,7 @@ Host stj-job-*
     Port 22
     IdentityFile {key}
     IdentitiesOnly yes
+    IdentityAgent SSH_AUTH_SOCK
     PubkeyAuthentication yes
     PreferredAuthentications publickey
     PasswordAuthentication no
