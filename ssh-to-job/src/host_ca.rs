@@ -8,12 +8,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ring::rand::SecureRandom;
 use ssh_key::certificate::{Builder, CertType};
-use ssh_key::private::{Ed25519Keypair, KeypairData};
 use ssh_key::public::{Ed25519PublicKey, KeyData};
-use ssh_key::{LineEnding, PrivateKey};
+use ssh_key::PrivateKey;
 use stj_proto::session_id::SessionId;
 
 /// The name every job's host key is also certified for: the blocks pin
@@ -43,21 +42,7 @@ impl HostCa {
     /// The CA in `config_dir`, made on first use. Two first uses at once
     /// agree on one CA.
     pub fn load_or_create(config_dir: &Path) -> Result<HostCa> {
-        let path = Self::path(config_dir);
-        if !path.exists() {
-            let mut seed = [0u8; 32];
-            ring::rand::SystemRandom::new()
-                .fill(&mut seed)
-                .map_err(|_| anyhow::anyhow!("random generator failed"))?;
-            let key = PrivateKey::new(
-                KeypairData::Ed25519(Ed25519Keypair::from_seed(&seed)),
-                "stj host CA",
-            )?;
-            stj_cli::private_file::create_new(&path, key.to_openssh(LineEnding::LF)?.as_bytes())?;
-        }
-        let text = stj_cli::private_file::read(&path)?;
-        let key = PrivateKey::from_openssh(String::from_utf8_lossy(&text).as_ref())
-            .with_context(|| format!("{} is not an OpenSSH private key; remove it (and the @cert-authority lines naming it)", path.display()))?;
+        let key = crate::key_file::ed25519_once(&Self::path(config_dir), "stj host CA")?;
         Ok(HostCa { key })
     }
 
@@ -96,6 +81,7 @@ impl HostCa {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ssh_key::private::Ed25519Keypair;
 
     #[test]
     fn certifies_for_the_job_and_publishes_one_line() {

@@ -7,6 +7,7 @@ pub mod client_error;
 pub mod fd_pass;
 pub mod host_ca;
 pub mod jobs_view;
+pub mod key_file;
 pub mod runtime_dir;
 pub mod schedd_client;
 pub mod session;

@@ -30,9 +30,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use ssh_key::private::{Ed25519Keypair, KeypairData};
 use ssh_key::public::KeyData;
-use ssh_key::{LineEnding, PrivateKey};
 
 /// The home directory of our account, as ssh finds `~` (the passwd entry,
 /// not $HOME): the block and the proxy must agree on one key whatever
@@ -90,20 +88,8 @@ fn private_dir(dir: &Path) -> Result<()> {
 /// editor opening several connections) agree on one key.
 fn persistent_key() -> Result<(PathBuf, [u8; 32])> {
     let path = key_path()?;
-    if !path.exists() {
-        private_dir(path.parent().context("key dir")?)?;
-        let mut seed = [0u8; 32];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
-            .map_err(|_| anyhow::anyhow!("random generator failed"))?;
-        let key = PrivateKey::new(
-            KeypairData::Ed25519(Ed25519Keypair::from_seed(&seed)),
-            "ssh-to-job",
-        )?;
-        stj_cli::private_file::create_new(&path, key.to_openssh(LineEnding::LF)?.as_bytes())?;
-    }
-    let text = stj_cli::private_file::read(&path)?;
-    let key = PrivateKey::from_openssh(String::from_utf8_lossy(&text).as_ref())
-        .with_context(|| format!("{} is not an OpenSSH private key", path.display()))?;
+    private_dir(path.parent().context("key dir")?)?;
+    let key = crate::key_file::ed25519_once(&path, "ssh-to-job")?;
     let public = match key.public_key().key_data() {
         KeyData::Ed25519(k) => k.0,
         _ => bail!(
@@ -114,17 +100,23 @@ fn persistent_key() -> Result<(PathBuf, [u8; 32])> {
     Ok((path, public))
 }
 
-/// The `Host stj-job-*` block, for the user running us, reaching the
-/// schedd at `socket`.
-pub fn block(socket: &Path) -> Result<String> {
-    let (key, _) = persistent_key()?;
-    let (_, known_hosts) = host_ca()?;
+/// This program (what the blocks run) and the user name ssh logs in as.
+fn me_and_user() -> Result<(PathBuf, String)> {
     let me = std::env::current_exe().context("cannot find the ssh-to-job binary")?;
     let user = nix::unistd::User::from_uid(nix::unistd::getuid())
         .ok()
         .flatten()
         .map(|u| u.name)
         .context("our uid has no user name (passwd); ssh needs one to log in as")?;
+    Ok((me, user))
+}
+
+/// The `Host stj-job-*` block, for the user running us, reaching the
+/// schedd at `socket`.
+pub fn block(socket: &Path) -> Result<String> {
+    let (key, _) = persistent_key()?;
+    let (_, known_hosts) = host_ca()?;
+    let (me, user) = me_and_user()?;
     let q = |p: &Path| shell_quote(&p.to_string_lossy());
     Ok(format!(
         "# ssh-to-job: `ssh stj-job-N` reaches job N. Written by `ssh-to-job ssh-config`;
@@ -187,12 +179,7 @@ pub fn laptop_block(socket: &Path, login: &str, client_key: &str) -> Result<Stri
     let key = parse_ed25519(client_key)?;
     let public =
         ssh_key::PublicKey::new(KeyData::Ed25519(ssh_key::public::Ed25519PublicKey(key)), "");
-    let me = std::env::current_exe().context("cannot find the ssh-to-job binary")?;
-    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .context("our uid has no user name (passwd); ssh needs one to log in as")?;
+    let (me, user) = me_and_user()?;
     let remote = format!(
         "{} proxy --stdio --socket {} --client-key {} %n",
         shell_quote(&me.to_string_lossy()),
