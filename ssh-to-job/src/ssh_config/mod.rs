@@ -100,6 +100,18 @@ fn persistent_key() -> Result<(PathBuf, [u8; 32])> {
     Ok((path, public))
 }
 
+/// What both blocks pin besides their own lines: key login only, and no
+/// shared connection (it would skip the capability and its audit record).
+const PINNED: &str = "    PubkeyAuthentication yes
+    PreferredAuthentications publickey
+    PasswordAuthentication no
+    KbdInteractiveAuthentication no
+    ControlMaster no
+    ControlPath none
+    ControlPersist no
+    CanonicalizeHostname no
+";
+
 /// This program (what the blocks run) and the user name ssh logs in as.
 fn me_and_user() -> Result<(PathBuf, String)> {
     let me = std::env::current_exe().context("cannot find the ssh-to-job binary")?;
@@ -138,15 +150,7 @@ Host stj-job-*
     IdentityFile {key}
     IdentitiesOnly yes
     IdentityAgent SSH_AUTH_SOCK
-    PubkeyAuthentication yes
-    PreferredAuthentications publickey
-    PasswordAuthentication no
-    KbdInteractiveAuthentication no
-    ControlMaster no
-    ControlPath none
-    ControlPersist no
-    CanonicalizeHostname no
-",
+{PINNED}",
         me = q(&me),
         socket = q(socket),
         key = q(&key),
@@ -208,15 +212,7 @@ Host stj-job-*
     # The private half of the key given as --client-key:
     IdentityFile ~/.ssh/id_ed25519
     IdentitiesOnly yes
-    PubkeyAuthentication yes
-    PreferredAuthentications publickey
-    PasswordAuthentication no
-    KbdInteractiveAuthentication no
-    ControlMaster no
-    ControlPath none
-    ControlPersist no
-    CanonicalizeHostname no
-",
+{PINNED}",
     ))
 }
 
