@@ -16,6 +16,8 @@ PKGS=(
   git                 # git over ssh-to-job (tests)
   bsdutils            # script(1): a real pty for the interactive tests
   python3             # attack scripts in the tests (raw sockets as another user)
+  python3-paramiko    # a non-OpenSSH client (Fabric, Ansible -c paramiko) in the tests
+  ansible-core        # `ansible -c paramiko -m ping` into a job (tests)
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -120,20 +120,29 @@ pub async fn run(
     let api = stj_proto::user::schedd_server::ScheddServer::new(user_api::UserApi {
         schedd: schedd.clone(),
     });
+    // Stops accepting when the schedd drains, and lets calls under way end.
     let user_server = tonic::transport::Server::builder()
         .add_service(api)
-        .serve_with_incoming(user_socket::incoming(uds, budget.user_socket));
+        .serve_with_incoming_shutdown(
+            user_socket::incoming(uds, budget.user_socket),
+            schedd.stopping.clone().cancelled_owned(),
+        );
+    tokio::pin!(user_server);
 
     // None of these ends while the schedd is healthy: one that does is a
     // failure, said loudly and with a non-zero exit, never a quiet exit 0.
+    let mut server_ended = false;
     let outcome = tokio::select! {
         _ = listener::run(schedd.clone(), tcp, tls) => Err(anyhow::anyhow!("the TCP listener on {local} stopped")),
         _ = matchmaker::run(schedd.clone()) => Err(anyhow::anyhow!("the matchmaker stopped")),
         _ = housekeeping::run(schedd.clone()) => Err(anyhow::anyhow!("housekeeping stopped")),
-        r = user_server => Err(match r {
-            Ok(()) => anyhow::anyhow!("the user API server on {} stopped", schedd.config.socket.display()),
-            Err(e) => anyhow::Error::new(e).context(format!("the user API server on {} failed", schedd.config.socket.display())),
-        }),
+        r = &mut user_server => {
+            server_ended = true;
+            Err(match r {
+                Ok(()) => anyhow::anyhow!("the user API server on {} stopped", schedd.config.socket.display()),
+                Err(e) => anyhow::Error::new(e).context(format!("the user API server on {} failed", schedd.config.socket.display())),
+            })
+        }
         _ = shutdown => {
             tracing::info!("schedd shutting down");
             Ok(())
@@ -143,14 +152,27 @@ pub async fn run(
         tracing::error!(error = %format!("{e:#}"), "schedd stopping");
     }
     std::fs::remove_file(&schedd.config.socket).ok();
+    schedd.stopping.cancel();
+    // Calls under way (a grant being recorded, a report) finish first, for
+    // a moment at most: a Wait may take its whole timeout otherwise.
+    if !server_ended
+        && tokio::time::timeout(DRAIN_CALLS, &mut user_server)
+            .await
+            .is_err()
+    {
+        tracing::warn!("user API calls still under way at shutdown; cut off");
+    }
     drain(&schedd).await;
     outcome
 }
 
+/// How long calls under way may take once the schedd drains.
+const DRAIN_CALLS: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What the schedd owes before it exits: no connection task left holding a
-/// socket, and every audit record it accepted committed.
+/// socket (the token is cancelled), and every audit record it accepted
+/// committed, this minute's denial summaries included.
 async fn drain(schedd: &Arc<Schedd>) {
-    schedd.stopping.cancel();
     for s in schedd.denials.flush(i64::MAX) {
         capability_issuer::write_summary(schedd, s);
     }

@@ -1,10 +1,18 @@
 //! The user's own SSH host CA (`~/.config/stj/host_ca`, 0600, made on first
-//! use; it never leaves the account). Once a starter has proved itself in
-//! the handshake, the client certifies that session's one-time host key for
-//! `stj-job-N` and sends the certificate along; sshd presents it. One
-//! static line, `@cert-authority stj-job-* <this CA>`, then lets any
-//! OpenSSH check every session's host key with no KnownHostsCommand:
-//! through a login node from a laptop, or on Windows.
+//! use; it never leaves the account), for an ssh on another machine (a
+//! laptop reaching jobs through this login node) that cannot ask this one
+//! which host key a session has. Once a starter has proved itself in the
+//! handshake, the proxy certifies that session's host key for `stj-job-N`
+//! only, for minutes, and sends the certificate along; sshd presents it.
+//! One static line, `@cert-authority stj-job-* <this CA>`, then lets that
+//! ssh check every session's host key.
+//!
+//! Certificates are for that only: the handshake does not bind the TCP
+//! stream, so after it the host key is what ties ssh to the proven starter.
+//! A certificate therefore names one job and expires soon — one copied out
+//! of a job's session files (they belong to the job's user) stands for no
+//! other job, and not for long. On this host the proxy sends none: ssh
+//! checks the exact key through the KnownHostsCommand.
 
 use std::path::{Path, PathBuf};
 
@@ -15,20 +23,14 @@ use ssh_key::public::{Ed25519PublicKey, KeyData};
 use ssh_key::PrivateKey;
 use stj_proto::session_id::SessionId;
 
-/// The name every job's host key is also certified for: the blocks pin
-/// `HostKeyAlias stj-job`, so that no HostKeyAlias of the user's (which
-/// ssh also uses to check certificates) can break the check. Which job a
-/// connection reaches is the handshake's to prove, and it does.
-pub const ALIAS: &str = "stj-job";
-
 /// The host names the CA vouches for, as known_hosts patterns (also with a
 /// port other than 22).
-pub const PATTERNS: &str = "stj-job,stj-job-*,[stj-job-*]:*";
+pub const PATTERNS: &str = "stj-job-*,[stj-job-*]:*";
 
 /// How long a certificate is valid: from a little before now (clocks
-/// differ) for a week — the key it certifies is gone when its session ends.
+/// differ) to a little after; ssh checks it when the connection starts.
 const SKEW: u64 = 300;
-const VALID: u64 = 7 * 24 * 3600;
+const VALID: u64 = 300;
 
 pub struct HostCa {
     key: PrivateKey,
@@ -73,7 +75,6 @@ impl HostCa {
         b.cert_type(CertType::Host)?;
         b.key_id(format!("stj-job-{job_id} session {session}"))?;
         b.valid_principal(format!("stj-job-{job_id}"))?;
-        b.valid_principal(ALIAS)?;
         Ok(b.sign(&self.key)?.to_bytes()?)
     }
 }
@@ -95,11 +96,11 @@ mod tests {
         assert!(ca
             .known_hosts_line()
             .unwrap()
-            .starts_with("@cert-authority stj-job,stj-job-*,[stj-job-*]:* ssh-ed25519 "));
+            .starts_with("@cert-authority stj-job-*,[stj-job-*]:* ssh-ed25519 "));
         let host = Ed25519Keypair::from_seed(&[5; 32]).public.0;
         let raw = ca.certify(host, 42, SessionId([1; 16])).unwrap();
         let cert = ssh_key::Certificate::from_bytes(&raw).unwrap();
-        assert_eq!(cert.valid_principals(), ["stj-job-42", "stj-job"]);
+        assert_eq!(cert.valid_principals(), ["stj-job-42"]);
         assert_eq!(cert.cert_type(), CertType::Host);
         let fp = ca.key.public_key().fingerprint(Default::default());
         cert.validate_at(stj_proto::capability::unix_now(), [&fp])

@@ -16,6 +16,13 @@ pub struct JobTarget {
     pub init: Arc<Init>,
     /// Who the job runs as, its environment, working directory and files.
     pub spec: Arc<ContainerSpec>,
+    /// Seed of the job's SSH host key: one key per job, not per session,
+    /// so that a client that can only check keys listed in known_hosts
+    /// (paramiko, Ansible's paramiko) can list it once
+    /// (`ssh-to-job known-hosts --add`). Every session still proves the
+    /// starter through the handshake; the key never leaves the node but in
+    /// the job's own session files. None: no key could be made.
+    pub host_seed: Option<[u8; 32]>,
 }
 
 /// Where job J stands on this node, as a session sees it.

@@ -18,6 +18,17 @@ struct Entry {
     init: Option<Arc<crate::container::Init>>,
     spec: Option<Arc<ContainerSpec>>,
     kill_requested: bool,
+    /// Seed of the job's SSH host key, made when the job arrives and kept
+    /// in memory only, for the job's life (see job_locator.rs).
+    host_seed: Option<[u8; 32]>,
+}
+
+/// A fresh host key seed; None only if the system's generator fails (then
+/// sessions are refused, never served with a predictable key).
+fn host_seed() -> Option<[u8; 32]> {
+    let mut seed = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).ok()?;
+    Some(seed)
 }
 
 pub struct Jobs {
@@ -105,7 +116,13 @@ impl Jobs {
             if t.contains_key(&run.job_id) {
                 return;
             }
-            t.insert(run.job_id, Entry::default());
+            t.insert(
+                run.job_id,
+                Entry {
+                    host_seed: host_seed(),
+                    ..Entry::default()
+                },
+            );
         }
         let this = self.clone();
         tokio::spawn(async move {
@@ -308,10 +325,12 @@ impl JobLocator for Jobs {
             Some(Entry {
                 init: Some(init),
                 spec: Some(spec),
+                host_seed,
                 ..
             }) => Located::Here(JobTarget {
                 init: init.clone(),
                 spec: spec.clone(),
+                host_seed: *host_seed,
             }),
             Some(e) if e.init.is_none() && !e.kill_requested => Located::Starting,
             _ => Located::NotHere,

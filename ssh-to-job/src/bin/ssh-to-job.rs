@@ -69,7 +69,8 @@ struct Cli {
     /// While your own caps are full (max_sessions_per_user,
     /// max_pending_per_user), wait this long for room before giving up
     /// (0: do not wait).
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    #[arg(long, value_name = "SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
     room_wait: u64,
     /// Forward a local port (ssh -L).
     #[arg(short = 'L', value_name = "SPEC")]
@@ -125,18 +126,21 @@ enum Sub {
         /// there logs in with; its private half stays there.
         #[arg(long, value_name = "PUBKEY")]
         client_key: Option<String>,
+        /// With --laptop: where that private half is, there.
+        #[arg(long, value_name = "PATH", default_value = "~/.ssh/id_ed25519")]
+        identity_file: String,
         /// The schedd's UNIX socket the block uses [env STJ_SCHEDD_SOCKET].
         #[arg(long)]
         socket: Option<PathBuf>,
     },
     /// ProxyCommand of that block (`ssh-to-job proxy %n`, or `%h` where
     /// `%n` is not expanded). Hands ssh the socket when stdout is one
-    /// (ProxyUseFdpass), else relays bytes (also with --stdio): paramiko,
-    /// Windows OpenSSH, or through a login node (`ssh LOGIN ssh-to-job proxy
-    /// --stdio %h`).
+    /// (ProxyUseFdpass yes), else relays bytes: paramiko, Windows OpenSSH,
+    /// through a login node (`ssh LOGIN ssh-to-job proxy --stdio %h`).
     Proxy {
         host: String,
-        /// Relay bytes on stdin/stdout even when stdout could take an fd.
+        /// Relay bytes even when stdout is a socket (libssh-based clients,
+        /// which give a socketpair but want bytes).
         #[arg(long)]
         stdio: bool,
         /// Get the capability for this public key (`ssh-ed25519 AAAA...`)
@@ -149,6 +153,21 @@ enum Sub {
         /// Where reverse connections are handed to us [env STJ_DAEMON_SOCK_DIR].
         #[arg(long)]
         daemon_sock_dir: Option<PathBuf>,
+    },
+    /// Each job's SSH host key, learnt through a handshake with its starter,
+    /// as known_hosts lines; --add also puts them in ~/.ssh/known_hosts. For
+    /// clients that check host keys only there (paramiko, Ansible's paramiko
+    /// connection, Fabric); a job keeps its key for its life.
+    HostKey {
+        /// Also write the lines into ~/.ssh/known_hosts (replacing older
+        /// lines for these jobs).
+        #[arg(long)]
+        add: bool,
+        /// The schedd's UNIX socket [env STJ_SCHEDD_SOCKET].
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[arg(required = true)]
+        jobs: Vec<u64>,
     },
     /// KnownHostsCommand of that block (`%n %H`); prints the session's host key.
     KnownHosts {
@@ -255,13 +274,16 @@ fn main() -> ExitCode {
                     ca,
                     laptop,
                     client_key,
+                    identity_file,
                     socket,
                 }) => {
                     let socket = socket_path(socket.clone());
                     let text = match (laptop, client_key) {
                         _ if *install => ssh_config::install(&socket).map(|()| String::new()),
                         _ if *ca => ssh_config::ca_line(),
-                        (Some(login), Some(key)) => ssh_config::laptop_block(&socket, login, key),
+                        (Some(login), Some(key)) => {
+                            ssh_config::laptop_block(&socket, login, key, identity_file)
+                        }
                         _ => ssh_config::block(&socket),
                     };
                     text.map(|t| {
@@ -294,6 +316,11 @@ fn main() -> ExitCode {
                     )
                     .await
                     .map(|()| 0)
+                }
+                Some(Sub::HostKey { add, socket, jobs }) => {
+                    ssh_config::host_keys(&socket_path(socket.clone()), jobs, *add)
+                        .await
+                        .map(|()| 0)
                 }
                 Some(Sub::KnownHosts { host, lookup }) => {
                     ssh_config::known_hosts(host, lookup.as_deref()).map(|()| 0)

@@ -9,19 +9,23 @@
 //! ControlMaster, host-key checking). Without `--install` the block is
 //! printed.
 //!
-//! The block's ProxyCommand (`ssh-to-job proxy %n`, `proxy.rs`) gets a
-//! capability for the user's persistent stj key (made once,
+//! The block's ProxyCommand (`ssh-to-job proxy %n`, `proxy.rs`)
+//! gets a capability for the user's persistent stj key (made once,
 //! `~/.config/stj/id_ed25519`, 0600 — it never leaves this host), makes the
-//! data connection, records the session's one-time host key for this ssh
-//! process, and hands the socket to ssh (ProxyUseFdpass) or relays bytes
-//! (`--stdio`, for clients that cannot take an fd). The KnownHostsCommand
+//! data connection, records the session's host key for this ssh process,
+//! and hands the socket to ssh (ProxyUseFdpass), or relays bytes for
+//! clients that cannot take an fd (a pipe on stdout, or `--stdio`). The KnownHostsCommand
 //! (`ssh-to-job known-hosts %n %H`) then answers ssh's host key check with
-//! exactly that key.
+//! exactly that key. A machine that reaches jobs through this one (a laptop
+//! through the login node) checks them by the user's host CA instead
+//! (`host_ca.rs`, `ssh-config --laptop`).
 
+mod host_keys;
 mod proxy;
 
 use crate::host_ca::HostCa;
 
+pub use host_keys::run as host_keys;
 pub use proxy::{known_hosts, proxy, Handoff};
 
 use std::io::Write;
@@ -59,18 +63,11 @@ fn key_path() -> Result<PathBuf> {
     Ok(config_dir()?.join("id_ed25519"))
 }
 
-/// The user's host CA (made on first use), and the known_hosts file that
-/// trusts it for every job, written from it.
-pub(crate) fn host_ca() -> Result<(HostCa, PathBuf)> {
+/// The user's host CA (made on first use).
+pub(crate) fn host_ca() -> Result<HostCa> {
     let dir = config_dir()?;
     private_dir(&dir)?;
-    let ca = HostCa::load_or_create(&dir)?;
-    let file = dir.join("known_hosts");
-    let line = format!("{}\n", ca.known_hosts_line()?);
-    if std::fs::read_to_string(&file).ok().as_deref() != Some(line.as_str()) {
-        write_replacing(&file, line.as_bytes(), 0o600)?;
-    }
-    Ok((ca, file))
+    HostCa::load_or_create(&dir)
 }
 
 /// `dir` (and its parents) made if missing; `dir` itself 0700.
@@ -100,8 +97,11 @@ fn persistent_key() -> Result<(PathBuf, [u8; 32])> {
     Ok((path, public))
 }
 
-/// What both blocks pin besides their own lines: key login only, and no
-/// shared connection (it would skip the capability and its audit record).
+/// What both blocks pin besides their own lines: key login only, no
+/// shared connection (it would skip the capability and its audit record),
+/// and no agent or X11 forwarding unless asked for on the command line
+/// (`ssh -A`, `-X`): a `Host *` that forwards the agent everywhere must not
+/// hand it to every job.
 const PINNED: &str = "    PubkeyAuthentication yes
     PreferredAuthentications publickey
     PasswordAuthentication no
@@ -110,7 +110,14 @@ const PINNED: &str = "    PubkeyAuthentication yes
     ControlPath none
     ControlPersist no
     CanonicalizeHostname no
+    ForwardAgent no
+    ForwardX11 no
 ";
+
+/// The blocks' Host line. A name with a quote in it never matches: `%n`
+/// goes into the commands single-quoted, and nothing else can break out.
+/// (The pattern is double-quoted for ssh's own parser.)
+const HOST: &str = "Host stj-job-* \"!*'*\"";
 
 /// This program (what the blocks run) and the user name ssh logs in as.
 fn me_and_user() -> Result<(PathBuf, String)> {
@@ -123,26 +130,40 @@ fn me_and_user() -> Result<(PathBuf, String)> {
     Ok((me, user))
 }
 
+/// `value` as an ssh_config argument: single-quoted (for the shell that
+/// runs ProxyCommand, and for ssh's own parser), `%` doubled (ssh expands
+/// `%` tokens). A newline or `${` cannot be written so that ssh reads it
+/// back unchanged: refused.
+fn config_arg(value: &str) -> Result<String> {
+    if value.contains('\n') || value.contains('\r') || value.contains("${") {
+        bail!("{value:?} cannot go into an ssh_config file (a newline or ${{...}}); use a path without them");
+    }
+    Ok(shell_quote(value).replace('%', "%%"))
+}
+
+fn path_arg(p: &Path) -> Result<String> {
+    config_arg(&p.to_string_lossy())
+}
+
 /// The `Host stj-job-*` block, for the user running us, reaching the
-/// schedd at `socket`.
+/// schedd at `socket`. The proxy hands ssh the socket (ProxyUseFdpass);
+/// the KnownHostsCommand answers with the exact key the handshake proved.
 pub fn block(socket: &Path) -> Result<String> {
     let (key, _) = persistent_key()?;
-    let (_, known_hosts) = host_ca()?;
     let (me, user) = me_and_user()?;
-    let q = |p: &Path| shell_quote(&p.to_string_lossy());
+    let me = path_arg(&me)?;
     Ok(format!(
         "# ssh-to-job: `ssh stj-job-N` reaches job N. Written by `ssh-to-job ssh-config`;
 # it must come before any `Host *` (ssh keeps the first value it finds):
 # `ssh-to-job ssh-config --install` includes it at the top of ~/.ssh/config.
-Host stj-job-*
-    ProxyCommand {me} proxy --socket {socket} %n
+{HOST}
+    ProxyCommand {me} proxy --socket {socket} '%n'
     ProxyUseFdpass yes
-    KnownHostsCommand {me} known-hosts %n %H
-    HostKeyAlias stj-job
-    UserKnownHostsFile {known_hosts}
+    KnownHostsCommand {me} known-hosts '%n' '%H'
+    UserKnownHostsFile /dev/null
     GlobalKnownHostsFile /dev/null
     StrictHostKeyChecking yes
-    HostKeyAlgorithms ssh-ed25519-cert-v01@openssh.com,ssh-ed25519
+    HostKeyAlgorithms ssh-ed25519
     CheckHostIP no
     UpdateHostKeys no
     User {user}
@@ -151,17 +172,14 @@ Host stj-job-*
     IdentitiesOnly yes
     IdentityAgent SSH_AUTH_SOCK
 {PINNED}",
-        me = q(&me),
-        socket = q(socket),
-        key = q(&key),
-        known_hosts = q(&known_hosts),
+        socket = path_arg(socket)?,
+        key = path_arg(&key)?,
     ))
 }
 
 /// The known_hosts line that trusts the user's host CA for every job.
 pub fn ca_line() -> Result<String> {
-    let (ca, _) = host_ca()?;
-    Ok(format!("{}\n", ca.known_hosts_line()?))
+    Ok(format!("{}\n", host_ca()?.known_hosts_line()?))
 }
 
 /// An ed25519 public key in OpenSSH's one-line form.
@@ -176,31 +194,43 @@ pub fn parse_ed25519(text: &str) -> Result<[u8; 32]> {
 
 /// The block for a machine that reaches only this host's sshd, as `login`:
 /// its ssh runs the proxy here in stdio mode for `client_key` (its own key,
-/// whose private half never leaves it), and checks every session's host key
-/// against the user's host CA, whose line it keeps in
-/// `~/.ssh/stj_known_hosts`.
-pub fn laptop_block(socket: &Path, login: &str, client_key: &str) -> Result<String> {
+/// whose private half, `identity_file` there, never leaves it), and checks
+/// every session's host key as a certificate of the user's host CA, whose
+/// line it keeps in `~/.ssh/stj_known_hosts`.
+pub fn laptop_block(
+    socket: &Path,
+    login: &str,
+    client_key: &str,
+    identity_file: &str,
+) -> Result<String> {
+    if login.is_empty()
+        || !login
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_@:".contains(c))
+    {
+        bail!("--laptop {login:?}: give the login node as a host name or ssh alias (letters, digits, . - _ @ :)");
+    }
     let key = parse_ed25519(client_key)?;
     let public =
         ssh_key::PublicKey::new(KeyData::Ed25519(ssh_key::public::Ed25519PublicKey(key)), "");
     let (me, user) = me_and_user()?;
+    // What the login host's shell runs; %n single-quoted in it.
     let remote = format!(
-        "{} proxy --stdio --socket {} --client-key {} %n",
+        "{} proxy --stdio --socket {} --client-key {} '%n'",
         shell_quote(&me.to_string_lossy()),
         shell_quote(&socket.to_string_lossy()),
         shell_quote(&public.to_openssh()?),
     );
-    // Quoted once more: the shell here runs the ProxyCommand, the shell on
-    // the login host runs what ssh passes along.
-    let remote = shell_quote(&remote);
+    // Quoted once more for the shell here, which runs the ProxyCommand;
+    // then `%` doubled for ssh, except in our own %n.
+    let remote = config_arg(&remote)?.replace("%%n", "%n");
     Ok(format!(
         "# ssh-to-job through {login}: `ssh stj-job-N` reaches job N from this machine.
 # Once: `ssh {login} ssh-to-job ssh-config --ca > ~/.ssh/stj_known_hosts`
-# (the host CA that vouches for every session's one-time host key), and put
-# this block before any `Host *` in ~/.ssh/config (ssh keeps the first value).
-Host stj-job-*
+# (the host CA that certifies each session's host key), and put this block
+# before any `Host *` in ~/.ssh/config (ssh keeps the first value it finds).
+{HOST}
     ProxyCommand ssh -T -o BatchMode=yes {login} {remote}
-    HostKeyAlias stj-job
     UserKnownHostsFile ~/.ssh/stj_known_hosts
     GlobalKnownHostsFile /dev/null
     StrictHostKeyChecking yes
@@ -209,10 +239,10 @@ Host stj-job-*
     UpdateHostKeys no
     User {user}
     Port 22
-    # The private half of the key given as --client-key:
-    IdentityFile ~/.ssh/id_ed25519
+    IdentityFile {identity}
     IdentitiesOnly yes
 {PINNED}",
+        identity = config_arg(identity_file)?,
     ))
 }
 
@@ -241,6 +271,19 @@ pub fn install(socket: &Path) -> Result<()> {
     }
     write_replacing(&dir.join(BLOCK_FILE), text.as_bytes(), 0o600)?;
     let config = dir.join("config");
+    // A config kept elsewhere (a dotfile manager's symlink) is edited where
+    // it is, not replaced by a copy that stops following it.
+    let config = match std::fs::symlink_metadata(&config) {
+        Ok(m) if m.file_type().is_symlink() => {
+            std::fs::canonicalize(&config).with_context(|| {
+                format!(
+                    "{} is a symlink to nowhere; fix or remove it",
+                    config.display()
+                )
+            })?
+        }
+        _ => config,
+    };
     let old = match std::fs::read_to_string(&config) {
         Ok(t) => Some(t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -336,6 +379,25 @@ mod tests {
             with_include_first(""),
             format!("{}\n{INCLUDE}\n", once.lines().next().unwrap())
         );
+    }
+
+    #[test]
+    fn config_values_cannot_break_out() {
+        assert_eq!(config_arg("/home/a%b/k").unwrap(), "'/home/a%%b/k'");
+        assert!(config_arg("/x\nProxyCommand evil").is_err());
+        assert!(config_arg("/x/${HOME}").is_err());
+        assert!(
+            HOST.contains("\"!*'*\""),
+            "a name with a quote never matches"
+        );
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl x";
+        for bad in ["", "login node", "login\nHost *", "a;b"] {
+            assert!(
+                laptop_block(Path::new("/s"), bad, key, "~/.ssh/id_ed25519").is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -104,8 +104,10 @@ pub enum Handoff {
 }
 
 impl Handoff {
-    /// Fd passing needs stdout to be a UNIX socket (ssh's socketpair);
-    /// a pipe or anything else gets bytes.
+    /// OpenSSH with ProxyUseFdpass gives its ProxyCommand a socketpair for
+    /// stdout, and without it pipes: a socket gets the fd, anything else
+    /// bytes. Clients that give a socketpair but want bytes (libssh-based
+    /// ones) run the proxy with --stdio.
     pub fn detect() -> Handoff {
         let stdout_is_socket = nix::sys::stat::fstat(1)
             .map(|st| {
@@ -136,13 +138,15 @@ pub async fn proxy(
         Some(k) => k,
         None => persistent_key()?.1,
     };
-    let (ca, _) = host_ca()?;
+    // For another machine's ssh, which cannot ask us for the exact key, the
+    // key comes certified by the user's CA; ours checks it exactly.
+    let ca = client_key.map(|_| host_ca()).transpose()?;
     let grant = attach::request(socket, job, public).await?;
     let dial = attach::Dial {
         socket,
         job_id: job,
         daemon_sock,
-        host_ca: Some(&ca),
+        host_ca: ca.as_ref(),
     };
     let (stream, session, path) = attach::connect(attach::Mode::Auto, &dial, &grant).await?;
     tracing::debug!(job_id = job, path = path.as_str(), ?handoff, "connected");

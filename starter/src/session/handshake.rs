@@ -22,7 +22,7 @@ pub struct Accepted {
     pub peer: SocketAddr,
     pub capability: Capability,
     pub target: JobTarget,
-    /// Seed of the one-time ed25519 host key.
+    /// Seed of the job's ed25519 host key.
     pub host_seed: [u8; 32],
     /// Where the session's HOME is.
     pub home: Home,
@@ -171,8 +171,13 @@ async fn exchange(s: &Sessions, stream: &mut TcpStream, unheard: Option<UnheardC
 
     let rng = SystemRandom::new();
     let mut nonce = [0u8; NONCE_LEN];
-    let mut seed = [0u8; 32];
-    if rng.fill(&mut nonce).is_err() || rng.fill(&mut seed).is_err() {
+    let Some(seed) = target.host_seed else {
+        return refuse(
+            ErrorCode::Unavailable,
+            "the node could not make a host key for this job (random generator failed)".into(),
+        );
+    };
+    if rng.fill(&mut nonce).is_err() {
         return refuse(
             ErrorCode::Unavailable,
             "random generator failed on the node".into(),

@@ -31,16 +31,12 @@ pub fn check(raw: &[u8], host: [u8; 32], job_id: u64) -> Result<Option<String>, 
     if cert.public_key() != &KeyData::Ed25519(Ed25519PublicKey(host)) {
         return Err("the host certificate is for another key than this session's".into());
     }
-    // This job's name, and the alias every job's key is also certified
-    // for (the client's host_ca.rs); nothing else.
-    let principals = cert.valid_principals();
-    if principals.is_empty()
-        || !principals
-            .iter()
-            .all(|p| *p == format!("stj-job-{job_id}") || p == "stj-job")
-    {
+    // This job's name and nothing else: a certificate that named others
+    // would let this session's key (its files are the job user's) stand in
+    // for them.
+    if cert.valid_principals() != [format!("stj-job-{job_id}")] {
         return Err(format!(
-            "the host certificate may name only stj-job-{job_id} and stj-job"
+            "the host certificate must name exactly stj-job-{job_id}"
         ));
     }
     cert.to_openssh()
@@ -86,7 +82,7 @@ mod tests {
             .unwrap()
             .unwrap()
             .starts_with("ssh-ed25519-cert-v01@openssh.com "));
-        assert!(check(&cert(host, CertType::Host, "stj-job-7,stj-job"), host, 7).is_ok());
+        assert!(check(&cert(host, CertType::Host, "stj-job-7,stj-job"), host, 7).is_err());
         assert!(check(&cert(host, CertType::Host, "stj-job-8"), host, 7).is_err());
         assert!(check(&cert(host, CertType::Host, "stj-job-7,login1"), host, 7).is_err());
         assert!(check(&cert(host, CertType::User, "stj-job-7"), host, 7).is_err());

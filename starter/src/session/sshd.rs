@@ -136,7 +136,7 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
 
     let host = PrivateKey::new(
         KeypairData::Ed25519(Ed25519Keypair::from_seed(&a.host_seed)),
-        format!("stj-session-{sid}"),
+        format!("stj-job-{}", spec.job_id),
     )?;
     let host_text = host.to_openssh(LineEnding::LF)?;
     let client = PublicKey::new(
