@@ -424,3 +424,122 @@ fn local_port_forwarding_reaches_a_server_inside_the_job() {
     fwd.kill().ok();
     fwd.wait().ok();
 }
+
+/// paramiko (Fabric, Ansible's paramiko connection) checks host keys only
+/// against known_hosts, and runs a ProxyCommand without an fd to take.
+/// `ssh-to-job host-key --add J` puts the job's host key there, learnt
+/// through a handshake with its starter; then paramiko with its strictest
+/// policy, and `ansible -c paramiko -m ping`, reach the job.
+#[test]
+fn paramiko_and_ansible_reach_a_job_whose_host_key_was_added() {
+    let mut c = Cluster::new();
+    c.start_starter("node1", 1);
+    let erin = TestUser::get("stjtest-erin");
+    let id = c.submit(&erin, &["--", "sleep", "86470"]);
+    c.wait_state(id, "running", T);
+    fs::remove_dir_all(erin.home().join(".ssh")).ok();
+    fs::remove_dir_all(erin.home().join(".ansible")).ok();
+    let env = |cmd: &mut Command| {
+        cmd.current_dir(c.workdir(&erin))
+            .env("HOME", erin.home())
+            .env("LC_ALL", "C.UTF-8")
+            .env("STJ_SCHEDD_SOCKET", &c.socket)
+            .env_remove("STJ_DAEMON_SOCK_DIR")
+            .env_remove("XDG_RUNTIME_DIR")
+            .stdin(Stdio::null());
+        std::os::unix::process::CommandExt::uid(cmd, erin.uid);
+        std::os::unix::process::CommandExt::gid(cmd, erin.gid);
+    };
+    let me = bin("ssh-to-job");
+    // The stj key (made on first use) is what paramiko logs in with.
+    let mut gen = Command::new(&me);
+    gen.arg("ssh-config");
+    env(&mut gen);
+    ok(gen.output().unwrap());
+    let key = erin.home().join(".config/stj/id_ed25519");
+    let proxy = format!("{} proxy --socket {} %h", me.display(), c.socket.display());
+    let script = format!(
+        r#"
+import paramiko, sys
+c = paramiko.SSHClient()
+c.load_system_host_keys()
+c.set_missing_host_key_policy(paramiko.RejectPolicy())
+try:
+    c.connect("stj-job-{id}", username="{user}", key_filename="{key}",
+              sock=paramiko.ProxyCommand("{proxy}".replace("%h", "stj-job-{id}")),
+              look_for_keys=False, allow_agent=False, timeout=30)
+except paramiko.SSHException as e:
+    print("refused:", e)
+    sys.exit(3)
+_, out, _ = c.exec_command("echo paramiko-$STJ_JOB_ID")
+print(out.read().decode(), end="")
+"#,
+        user = erin.name,
+        key = key.display(),
+    );
+    let paramiko = || {
+        let mut p = Command::new("python3");
+        p.args(["-c", &script]);
+        env(&mut p);
+        p.output().unwrap()
+    };
+    // Nothing on trust: with no line for the job, the strictest policy says no.
+    let before = paramiko();
+    assert_eq!(
+        before.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&before.stderr)
+    );
+    assert!(String::from_utf8_lossy(&before.stdout).contains("not found in known_hosts"));
+
+    let mut add = Command::new(&me);
+    add.args(["host-key", "--add", &id.to_string()]);
+    env(&mut add);
+    let line = ok(add.output().unwrap());
+    assert!(
+        line.starts_with(&format!("stj-job-{id} ssh-ed25519 ")),
+        "{line}"
+    );
+    let known = fs::read_to_string(erin.home().join(".ssh/known_hosts")).unwrap();
+    assert_eq!(known, line, "exactly the line printed");
+    // Adding again replaces it rather than piling up lines.
+    ok(add.output().unwrap());
+    assert_eq!(
+        fs::read_to_string(erin.home().join(".ssh/known_hosts")).unwrap(),
+        line
+    );
+
+    let after = paramiko();
+    assert_eq!(
+        String::from_utf8_lossy(&after.stdout),
+        format!("paramiko-{id}\n"),
+        "{}",
+        String::from_utf8_lossy(&after.stderr)
+    );
+
+    let mut ansible = Command::new("ansible");
+    ansible
+        .args([
+            "all",
+            "-i",
+            &format!("stj-job-{id},"),
+            "-c",
+            "paramiko",
+            "-u",
+            &erin.name,
+        ])
+        .arg("--private-key")
+        .arg(&key)
+        .args(["-m", "ping", "-o"])
+        .env("ANSIBLE_PARAMIKO_PROXY_COMMAND", &proxy)
+        .env("ANSIBLE_HOST_KEY_CHECKING", "True");
+    env(&mut ansible);
+    let out = ansible.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("SUCCESS") && text.contains("pong"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
