@@ -18,6 +18,7 @@ PKGS=(
   python3             # attack scripts in the tests (raw sockets as another user)
   python3-paramiko    # a non-OpenSSH client (Fabric, Ansible -c paramiko) in the tests
   ansible-core        # `ansible -c paramiko -m ping` into a job (tests)
+  xvfb x11-utils xauth  # X11 forwarding into a job: a virtual X server, xdpyinfo (tests)
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -159,6 +159,50 @@ fn sessions_get_the_jobs_path_and_the_forwarded_agent() {
     );
 }
 
+/// `ssh-to-job -X`: a program in the job draws on the user's own X server
+/// (a virtual one here), through sshd's forwarding and xauth.
+#[test]
+fn x11_forwarding_reaches_the_users_x_server() {
+    let (c, alice, id) = running_job(&[]);
+    // A display number of this test process's own.
+    let display = format!(":{}", 100 + std::process::id() % 800);
+    let dir = c.workdir(&alice);
+    let auth = dir.join("Xauthority");
+    let mut xvfb = c
+        .command(None, None, Path::new("Xvfb"))
+        .args([display.as_str(), "-nolisten", "tcp", "-ac"])
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(c.path().join("xvfb.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let socket = format!("/tmp/.X11-unix/X{}", &display[1..]);
+    wait_until("the X server", T, || {
+        Path::new(&socket).exists().then_some(())
+    });
+    let out = c
+        .ssh_to_job_cmd(
+            &alice,
+            &[
+                "-X",
+                &id.to_string(),
+                "xdpyinfo | grep -m1 'name of display'; echo \"DISPLAY=$DISPLAY\"",
+            ],
+            None,
+        )
+        .env("DISPLAY", &display)
+        .env("XAUTHORITY", &auth)
+        .output()
+        .unwrap();
+    xvfb.kill().ok();
+    xvfb.wait().ok();
+    let text = text(&out);
+    assert!(
+        text.contains("name of display:") && text.contains("DISPLAY=localhost:"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn bulk_data_and_ptys() {
     let (c, alice, id) = running_job(&[]);
