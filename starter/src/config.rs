@@ -36,8 +36,6 @@ pub struct StarterConfig {
     pub session_advertise: Option<String>,
     /// The OpenSSH server run (as the job user) for each session.
     pub sshd_path: PathBuf,
-    /// sftp-server for the session's `Subsystem sftp`.
-    pub sftp_server_path: PathBuf,
     /// libstj_preload.so; default: next to stj-starter, else /usr/lib/stj.
     pub preload_path: Option<PathBuf>,
     /// Extra sshd_config lines appended to every session's config.
@@ -66,7 +64,6 @@ impl Default for StarterConfig {
             session_listen: None,
             session_advertise: None,
             sshd_path: PathBuf::from("/usr/sbin/sshd"),
-            sftp_server_path: PathBuf::from("/usr/lib/openssh/sftp-server"),
             preload_path: None,
             sshd_extra_config: Vec::new(),
             slot_users: None,

@@ -1,4 +1,4 @@
-//! The sshd kit: the node's `sshd` and `sftp-server`, every shared library
+//! The sshd kit: the node's `sshd`, every shared library
 //! they need, the dynamic loader and `libstj_preload.so`, assembled once at
 //! start-up into a read-only directory. Every image job gets it at `/.stj`,
 //! and sessions run sshd through the kit's own loader, so the image needs
@@ -110,18 +110,14 @@ fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
 }
 
 /// Builds the kit in `work_dir/kit`, replacing an older one. Fails with an
-/// admin-facing message when sshd or sftp-server is missing.
-pub fn build(work_dir: &Path, sshd: &Path, sftp_server: &Path, preload: &Path) -> Result<Kit> {
-    for (what, path, knob) in [
-        ("sshd", sshd, "sshd_path"),
-        ("sftp-server", sftp_server, "sftp_server_path"),
-    ] {
-        if !path.is_file() {
-            bail!(
-                "{what} not found at {} (install openssh-server or set {knob})",
-                path.display()
-            );
-        }
+/// admin-facing message when sshd is missing. (sftp is sshd's own
+/// internal-sftp: it needs no program of its own, nor a passwd lookup.)
+pub fn build(work_dir: &Path, sshd: &Path, preload: &Path) -> Result<Kit> {
+    if !sshd.is_file() {
+        bail!(
+            "sshd not found at {} (install openssh-server or set sshd_path)",
+            sshd.display()
+        );
     }
     if !preload.is_file() {
         bail!("{PRELOAD_NAME} not found at {} (build it with `cargo build --workspace`, or set preload_path)", preload.display());
@@ -137,14 +133,10 @@ pub fn build(work_dir: &Path, sshd: &Path, sftp_server: &Path, preload: &Path) -
     let mut loader_name = None;
     // Ourselves too: the placeholder of interactive jobs runs from the kit.
     let me = std::env::current_exe().context("cannot find the stj-starter binary")?;
-    for (binary, name) in [
-        (sshd, "sshd"),
-        (sftp_server, "sftp-server"),
-        (me.as_path(), "stj-starter"),
-    ] {
+    for (binary, name) in [(sshd, "sshd"), (me.as_path(), "stj-starter")] {
         copy(binary, &staging.join("bin").join(name), 0o755)?;
     }
-    for binary in [sshd, sftp_server, preload, me.as_path()] {
+    for binary in [sshd, preload, me.as_path()] {
         let (libs, loader) = dependencies(binary)?;
         for (name, path) in libs {
             copy(&path, &staging.join("lib").join(&name), 0o755)?;

@@ -50,12 +50,7 @@ fn preload_path(config: &StarterConfig) -> PathBuf {
 /// is said at start-up, where the admin looks, and to every client.
 fn build_kit(config: &StarterConfig) -> Result<kit::Kit, String> {
     let preload = preload_path(config);
-    match kit::build(
-        &config.work_dir,
-        &config.sshd_path,
-        &config.sftp_server_path,
-        &preload,
-    ) {
+    match kit::build(&config.work_dir, &config.sshd_path, &preload) {
         Ok(k) => {
             tracing::info!(kit = %k.dir.display(), "sshd kit ready");
             Ok(k)

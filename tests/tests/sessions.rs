@@ -39,7 +39,7 @@ fn the_session_is_inside_the_job() {
         &alice,
         &[
             &jid,
-            "ps -eo comm; ps -eo uid= | sed 's/^ */UID /'; echo \"VAR=$STJ_TEST_VAR\"; echo JOB=$STJ_JOB_ID; pwd; id -u",
+            "ps -eo comm; ps -eo uid= | sed 's/^ */UID /'; echo \"VAR=$STJ_TEST_VAR\"; echo JOB=$STJ_JOB_ID; env | grep '^STJ_PASSWD' || echo no-internal-vars; pwd; id -u",
         ],
         None,
     ));
@@ -66,6 +66,10 @@ fn the_session_is_inside_the_job() {
         "no host processes: {out}"
     );
     assert!(lines.contains(&"VAR=from submit"), "{out}");
+    assert!(
+        lines.contains(&"no-internal-vars"),
+        "the shim's variable is sshd's alone: {out}"
+    );
     assert!(lines.contains(&format!("JOB={id}").as_str()), "{out}");
     assert!(
         lines.contains(&c.workdir(&alice).to_str().unwrap()),

@@ -41,7 +41,6 @@ fn quoted(v: &str) -> String {
 
 pub fn config_text(
     dir: &Path,
-    sftp_server: &str,
     user: &str,
     env: &[(String, String)],
     extra: &[String],
@@ -85,7 +84,10 @@ pub fn config_text(
     line("PrintLastLog no".into());
     line("AcceptEnv LANG LC_* TERM COLORTERM".into());
     line(format!("LogLevel {}", if debug { "DEBUG" } else { "INFO" }));
-    line(format!("Subsystem sftp {sftp_server}"));
+    // In sshd's own process: no program, library or passwd lookup of its
+    // own to find in the job's view, and no variable for the shim to leak
+    // into the session's environment.
+    line("Subsystem sftp internal-sftp".into());
     // sshd keeps only the first SetEnv line, so every variable goes on one.
     let mut setenv = Vec::new();
     for (k, v) in env {
@@ -180,14 +182,11 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
     });
     env.push(("STJ_JOB_ID".into(), spec.job_id.to_string()));
     env.push(("STJ_SESSION_ID".into(), sid.clone()));
-    // sftp-server looks its user up too; it runs with the shim (--preload)
-    // and finds the entry here. Nothing else in the session loads the shim.
-    env.push((stj_preload::ENV.into(), passwd.clone()));
+    // (The shim's variable is sshd's alone: sftp is sshd's internal-sftp,
+    // and nothing in the session needs it or sees it.)
     env.push(("HOME".into(), home));
-    let sftp = kit.command(&view.kit, "sftp-server", true).join(" ");
     let config = config_text(
         &dir_in_job,
-        &sftp,
         &spec.user_name,
         &env,
         &s.sshd.extra,
@@ -303,7 +302,6 @@ mod tests {
         ];
         let c = config_text(
             Path::new("/s"),
-            "/sftp",
             "alice",
             &env,
             &["X11Forwarding no".into()],
