@@ -231,7 +231,8 @@ fn ssh_scp_sftp_rsync_and_git_through_the_installed_block_despite_hostile_stanza
     install();
     let config = fs::read_to_string(ssh_dir.join("config")).unwrap();
     assert!(
-        config.lines().nth(1) == Some("Include stj_config"),
+        config.lines().nth(1)
+            == Some(format!("Include \"{}\"", ssh_dir.join("stj_config").display()).as_str()),
         "{config}"
     );
     assert!(
@@ -334,6 +335,19 @@ fn ssh_scp_sftp_rsync_and_git_through_the_installed_block_despite_hostile_stanza
         String::from_utf8_lossy(&out.stdout),
         format!("vscode-{id}\n")
     );
+
+    // With HOME elsewhere than the account's home (cron, some editors),
+    // ssh still reads the account's ~/.ssh and the proxy asks for the key
+    // ssh offers (both find ~ in the passwd entry).
+    let elsewhere = c.workdir(&carol).join("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    nix::unistd::chown(&elsewhere, Some(carol.uid.into()), Some(carol.gid.into())).unwrap();
+    let mut moved = Command::new("ssh");
+    moved.args([&host, "echo home-elsewhere-ok"]);
+    env(&mut moved);
+    moved.env("HOME", &elsewhere);
+    assert_eq!(ok(moved.output().unwrap()), "home-elsewhere-ok\n");
+    connections += 1;
 
     // The host key is checked exactly, by the KnownHostsCommand: without
     // it nothing is taken on trust (no CA stands in for it on this host).

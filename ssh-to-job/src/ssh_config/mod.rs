@@ -252,9 +252,19 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// The file the block lives in, and the line that includes it.
+/// The file the block lives in, in the account's ~/.ssh.
 const BLOCK_FILE: &str = "stj_config";
-const INCLUDE: &str = "Include stj_config";
+
+/// The line that includes the block: by absolute path, because ssh reads
+/// ~/.ssh/config from the account's home but resolves a relative Include
+/// against $HOME, which cron jobs and editors may set elsewhere.
+fn include_line(block: &Path) -> Result<String> {
+    let p = block.to_string_lossy();
+    if p.contains(['"', '\n', '\r']) {
+        bail!("{p:?} cannot be named in an Include line; use a home directory without quotes or newlines");
+    }
+    Ok(format!("Include \"{p}\""))
+}
 
 /// `ssh-to-job ssh-config --install`: the block in `~/.ssh/stj_config`,
 /// included from the first line of `~/.ssh/config` (made if missing; the
@@ -270,6 +280,7 @@ pub fn install(socket: &Path) -> Result<()> {
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
     write_replacing(&dir.join(BLOCK_FILE), text.as_bytes(), 0o600)?;
+    let include = include_line(&dir.join(BLOCK_FILE))?;
     let config = dir.join("config");
     // A config kept elsewhere (a dotfile manager's symlink) is edited where
     // it is, not replaced by a copy that stops following it.
@@ -289,7 +300,7 @@ pub fn install(socket: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", config.display())),
     };
-    let new = with_include_first(old.as_deref().unwrap_or(""));
+    let new = with_include_first(old.as_deref().unwrap_or(""), &include);
     if old.as_deref() == Some(new.as_str()) {
         println!(
             "{} already includes {BLOCK_FILE} first; the block in {} is up to date",
@@ -310,7 +321,7 @@ pub fn install(socket: &Path) -> Result<()> {
     };
     write_replacing(&config, new.as_bytes(), mode)?;
     println!(
-        "{} now starts with `{INCLUDE}`: `ssh stj-job-N` reaches job N",
+        "{} now starts with `{include}`: `ssh stj-job-N` reaches job N",
         config.display()
     );
     Ok(())
@@ -319,13 +330,13 @@ pub fn install(socket: &Path) -> Result<()> {
 /// `config` with our Include as its first line, and nowhere else. A line
 /// that is ours but not first (the user moved it, or another installer went
 /// above it) moves back up: below a `Host *` it would lose.
-fn with_include_first(config: &str) -> String {
+fn with_include_first(config: &str, include: &str) -> String {
     const NOTE: &str = "# ssh-to-job: first, so that no Host * below overrides stj-job-* (ssh-to-job ssh-config --install)";
     let rest: Vec<&str> = config
         .lines()
-        .filter(|l| l.trim() != INCLUDE && l.trim() != NOTE)
+        .filter(|l| l.trim() != include && l.trim() != NOTE)
         .collect();
-    let mut out = format!("{NOTE}\n{INCLUDE}\n");
+    let mut out = format!("{NOTE}\n{include}\n");
     if !rest.is_empty() {
         if rest.first().is_some_and(|l| !l.trim().is_empty()) {
             out.push('\n');
@@ -364,21 +375,20 @@ mod tests {
 
     #[test]
     fn the_include_goes_first_once_and_stays_there() {
+        let include = include_line(Path::new("/home/a/.ssh/stj_config")).unwrap();
+        assert_eq!(include, "Include \"/home/a/.ssh/stj_config\"");
         let user = "Host *\n    User mallory\n    Port 2222\n";
-        let once = with_include_first(user);
+        let once = with_include_first(user, &include);
         assert!(once.starts_with("# ssh-to-job"), "{once}");
-        assert_eq!(once.lines().nth(1), Some(INCLUDE));
+        assert_eq!(once.lines().nth(1), Some(include.as_str()));
         assert!(once.ends_with(user), "{once}");
-        assert_eq!(with_include_first(&once), once, "idempotent");
+        assert_eq!(with_include_first(&once, &include), once, "idempotent");
         // Moved below the user's stanza: back up, and only once.
-        let moved = format!("{user}{INCLUDE}\n");
-        let fixed = with_include_first(&moved);
-        assert_eq!(fixed.matches(INCLUDE).count(), 1);
-        assert_eq!(fixed.lines().nth(1), Some(INCLUDE));
-        assert_eq!(
-            with_include_first(""),
-            format!("{}\n{INCLUDE}\n", once.lines().next().unwrap())
-        );
+        let moved = format!("{user}{include}\n");
+        let fixed = with_include_first(&moved, &include);
+        assert_eq!(fixed.matches(&include).count(), 1);
+        assert_eq!(fixed.lines().nth(1), Some(include.as_str()));
+        assert!(include_line(Path::new("/x\"y")).is_err());
     }
 
     #[test]
