@@ -155,11 +155,22 @@ pub struct ClientHandshake {
 }
 
 impl ClientHandshake {
-    /// Returns the state and the Hello to send.
+    /// Returns the state and the Hello to send (asking for a one-time host
+    /// key).
     pub fn start(
         capability: Vec<u8>,
         k: &[u8; 32],
         client_nonce: [u8; NONCE_LEN],
+    ) -> (Self, HandshakeMessage) {
+        Self::start_with(capability, k, client_nonce, false)
+    }
+
+    /// `start`, asking for the job's own host key when `job_host_key`.
+    pub fn start_with(
+        capability: Vec<u8>,
+        k: &[u8; 32],
+        client_nonce: [u8; NONCE_LEN],
+        job_host_key: bool,
     ) -> (Self, HandshakeMessage) {
         let k = hmac::Key::new(hmac::HMAC_SHA256, k);
         let mac = hmac::sign(&k, &hello_mac_input(&capability, &client_nonce));
@@ -168,6 +179,7 @@ impl ClientHandshake {
             capability,
             client_nonce: client_nonce.to_vec(),
             mac: mac.as_ref().to_vec(),
+            job_host_key,
         }));
         let state = ClientHandshake {
             k,
@@ -237,6 +249,8 @@ impl ClientHandshake {
 /// The starter's side.
 pub struct StarterHandshake {
     pub capability: Capability,
+    /// The client asked for the job's own host key (see session.proto).
+    pub job_host_key: bool,
     k: hmac::Key,
     hello: Vec<u8>,
     transcript: Option<[u8; 32]>,
@@ -266,6 +280,7 @@ impl StarterHandshake {
             .map_err(|_| HandshakeError::BadProof)?;
         Ok(StarterHandshake {
             capability,
+            job_host_key: h.job_host_key,
             k,
             hello: hello_body.to_vec(),
             transcript: None,
@@ -413,6 +428,23 @@ mod tests {
         r.user = "bob".into();
         assert!(matches!(
             client.on_ready(msg(Msg::Ready(r))),
+            Err(HandshakeError::BadProof)
+        ));
+    }
+
+    #[test]
+    fn a_flipped_job_host_key_request_breaks_the_proofs() {
+        let (mut client, hello) =
+            ClientHandshake::start_with(cap().encode().unwrap(), &k(), [1; 32], false);
+        let Some(Msg::Hello(mut h)) = hello.msg else {
+            panic!("hello")
+        };
+        h.job_host_key = true;
+        let flipped = msg(Msg::Hello(h)).encode_to_vec();
+        let mut starter = StarterHandshake::on_hello(&flipped, &KEY).unwrap();
+        assert!(starter.job_host_key);
+        assert!(matches!(
+            client.on_challenge(starter.challenge([2; 32], [8; 32])),
             Err(HandshakeError::BadProof)
         ));
     }

@@ -162,6 +162,7 @@ pub async fn run(o: &Options) -> Result<u8> {
                     // This run checks the host key itself (its own
                     // known_hosts with the key), no CA needed.
                     host_ca: None,
+                    job_host_key: false,
                 },
                 &grant,
             )

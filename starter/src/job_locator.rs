@@ -16,12 +16,12 @@ pub struct JobTarget {
     pub init: Arc<Init>,
     /// Who the job runs as, its environment, working directory and files.
     pub spec: Arc<ContainerSpec>,
-    /// Seed of the job's SSH host key: one key per job, not per session,
-    /// so that a client that can only check keys listed in known_hosts
-    /// (paramiko, Ansible's paramiko) can list it once
-    /// (`ssh-to-job known-hosts --add`). Every session still proves the
-    /// starter through the handshake; the key never leaves the node but in
-    /// the job's own session files. None: no key could be made.
+    /// Seed of the job's own SSH host key, for sessions whose client asked
+    /// for it (Hello.job_host_key): one that can only check keys listed in
+    /// known_hosts (paramiko, Ansible's paramiko) lists it once
+    /// (`ssh-to-job host-key --add`). Other sessions get a one-time key.
+    /// The key never leaves the node but in those sessions' files. None: no
+    /// key could be made.
     pub host_seed: Option<[u8; 32]>,
 }
 

@@ -453,6 +453,16 @@ fn paramiko_and_ansible_reach_a_job_whose_host_key_was_added() {
     c.wait_state(id, "running", T);
     fs::remove_dir_all(erin.home().join(".ssh")).ok();
     fs::remove_dir_all(erin.home().join(".ansible")).ok();
+    // Erin's other known hosts, which --add must keep as they are.
+    fs::create_dir_all(erin.home().join(".ssh")).unwrap();
+    let others = "|1|F1E1KeoE/eEWhi10WpGv4OdiO6Y=|3988QV0VE8wmZL7suNrYQLITLCg= ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDjSchg/OlMq00vI52YcyMuEvlaWPDU97PItaBLtrfSH\nlogin1,10.0.0.1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDjSchg/OlMq00vI52YcyMuEvlaWPDU97PItaBLtrfSH\n@cert-authority *.example ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDjSchg/OlMq00vI52YcyMuEvlaWPDU97PItaBLtrfSH\n";
+    fs::write(erin.home().join(".ssh/known_hosts"), others).unwrap();
+    stj_tests::sh(&format!(
+        "chown -R {}:{} {}",
+        erin.uid,
+        erin.gid,
+        erin.home().join(".ssh").display()
+    ));
     let env = |cmd: &mut Command| {
         cmd.current_dir(c.workdir(&erin))
             .env("HOME", erin.home())
@@ -471,7 +481,11 @@ fn paramiko_and_ansible_reach_a_job_whose_host_key_was_added() {
     env(&mut gen);
     ok(gen.output().unwrap());
     let key = erin.home().join(".config/stj/id_ed25519");
-    let proxy = format!("{} proxy --socket {} %h", me.display(), c.socket.display());
+    let proxy = format!(
+        "{} proxy --job-key --socket {} %h",
+        me.display(),
+        c.socket.display()
+    );
     let script = format!(
         r#"
 import paramiko, sys
@@ -516,12 +530,16 @@ print(out.read().decode(), end="")
         "{line}"
     );
     let known = fs::read_to_string(erin.home().join(".ssh/known_hosts")).unwrap();
-    assert_eq!(known, line, "exactly the line printed");
+    assert_eq!(
+        known,
+        format!("{others}{line}"),
+        "the others kept, the line printed added"
+    );
     // Adding again replaces it rather than piling up lines.
     ok(add.output().unwrap());
     assert_eq!(
         fs::read_to_string(erin.home().join(".ssh/known_hosts")).unwrap(),
-        line
+        format!("{others}{line}")
     );
 
     let after = paramiko();
@@ -530,6 +548,43 @@ print(out.read().decode(), end="")
         format!("paramiko-{id}\n"),
         "{}",
         String::from_utf8_lossy(&after.stderr)
+    );
+
+    // Only sessions that ask for the job's key get it: OpenSSH through the
+    // proxy without --job-key meets a one-time key, which the line does not
+    // vouch for; with --job-key the line does.
+    let openssh = |job_key: bool| {
+        let mut o = Command::new("ssh");
+        o.args(["-F", "none", "-l", &erin.name, "-i"])
+            .arg(&key)
+            .args([
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+            ])
+            .arg("-o")
+            .arg(format!(
+                "ProxyCommand={} proxy {} --socket {} %n",
+                me.display(),
+                if job_key { "--job-key" } else { "" },
+                c.socket.display()
+            ))
+            .args([&format!("stj-job-{id}"), "echo openssh-in"]);
+        env(&mut o);
+        o.output().unwrap()
+    };
+    let one_time = openssh(false);
+    assert_eq!(one_time.status.code(), Some(255));
+    assert!(
+        String::from_utf8_lossy(&one_time.stderr).contains("IDENTIFICATION HAS CHANGED")
+            || String::from_utf8_lossy(&one_time.stderr).contains("Host key verification failed"),
+        "{}",
+        String::from_utf8_lossy(&one_time.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&openssh(true).stdout),
+        "openssh-in\n"
     );
 
     let mut ansible = Command::new("ansible");

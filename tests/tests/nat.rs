@@ -176,7 +176,9 @@ fn a_third_party_with_the_relay_session_id_gets_nothing_and_disturbs_nothing() {
             tokio::io::AsyncWriteExt::write_all(&mut s, &p)
                 .await
                 .unwrap();
-            attach::handshake(&mut s, &g, None).await.map(|s| s.user)
+            attach::handshake(&mut s, &g, None, false)
+                .await
+                .map(|s| s.user)
         })
     });
     assert_eq!(

@@ -162,12 +162,14 @@ pub async fn handshake(
     stream: &mut TcpStream,
     grant: &Grant,
     host_ca: Option<&HostCa>,
+    job_host_key: bool,
 ) -> Result<Session, HandshakeError> {
     let mut nonce = [0u8; NONCE_LEN];
     SystemRandom::new()
         .fill(&mut nonce)
         .map_err(|_| HandshakeError::Decode)?;
-    let (mut hs, hello) = ClientHandshake::start(grant.capability.clone(), &grant.k, nonce);
+    let (mut hs, hello) =
+        ClientHandshake::start_with(grant.capability.clone(), &grant.k, nonce, job_host_key);
     write_message(stream, &hello).await?;
     let (challenge, _) = read_message(stream).await?;
     let (mut proof, host) = hs.on_challenge(challenge)?;
@@ -271,6 +273,9 @@ pub struct Dial<'a> {
     /// Certify the session's host key with this CA (host_ca.rs), for an
     /// ssh that checks host keys by @cert-authority.
     pub host_ca: Option<&'a HostCa>,
+    /// Ask for the job's own host key instead of a one-time one, for a
+    /// client that checks it against a known_hosts line (paramiko).
+    pub job_host_key: bool,
 }
 
 /// Runs the handshake on a fresh connection within the deadline, and hands
@@ -281,12 +286,13 @@ async fn finish(
     dial: &Dial<'_>,
 ) -> Result<(StdTcpStream, Session)> {
     stream.set_nodelay(true).ok();
-    let session = tokio::time::timeout(DEADLINE, handshake(&mut stream, grant, dial.host_ca))
-        .await
-        .map_err(|_| {
-            ClientError::TimedOut(format!("handshake with node {} timed out", grant.node))
-        })?
-        .map_err(|e| explain(e, dial.job_id, &grant.node))?;
+    let session = tokio::time::timeout(
+        DEADLINE,
+        handshake(&mut stream, grant, dial.host_ca, dial.job_host_key),
+    )
+    .await
+    .map_err(|_| ClientError::TimedOut(format!("handshake with node {} timed out", grant.node)))?
+    .map_err(|e| explain(e, dial.job_id, &grant.node))?;
     let std = stream.into_std()?;
     std.set_nonblocking(false)?;
     Ok((std, session))

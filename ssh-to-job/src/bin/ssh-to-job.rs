@@ -147,6 +147,11 @@ enum Sub {
         /// instead of your stj key here: an ssh elsewhere logs in with it.
         #[arg(long, value_name = "PUBKEY")]
         client_key: Option<String>,
+        /// Ask for the job's own host key (the one `ssh-to-job host-key
+        /// --add` put in known_hosts) instead of a one-time key: for
+        /// clients that check host keys only there (paramiko, Ansible).
+        #[arg(long)]
+        job_key: bool,
         /// The schedd's UNIX socket [env STJ_SCHEDD_SOCKET].
         #[arg(long)]
         socket: Option<PathBuf>,
@@ -295,6 +300,7 @@ fn main() -> ExitCode {
                     host,
                     stdio,
                     client_key,
+                    job_key,
                     socket,
                     daemon_sock_dir,
                 }) => {
@@ -313,6 +319,7 @@ fn main() -> ExitCode {
                         attach::daemon_sock_dir(daemon_sock_dir.clone()).as_deref(),
                         handoff,
                         client_key,
+                        *job_key,
                     )
                     .await
                     .map(|()| 0)

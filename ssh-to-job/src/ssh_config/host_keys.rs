@@ -2,8 +2,9 @@
 //! through a handshake (so from the genuine starter, never on first use),
 //! as known_hosts lines — and with `--add` written into ~/.ssh/known_hosts.
 //! For clients that check host keys only against known_hosts (paramiko,
-//! Ansible's paramiko connection, Fabric): a job keeps one host key for
-//! its life, so one line serves every session into it.
+//! Ansible's paramiko connection, Fabric): sessions that ask for it
+//! (`ssh-to-job proxy --job-key`) get the job's own host key, the same for
+//! the job's life on its node, so one line serves them all.
 
 use std::path::Path;
 
@@ -23,10 +24,11 @@ pub async fn line(socket: &Path, job: u64) -> Result<String> {
         job_id: job,
         daemon_sock: None,
         host_ca: None,
+        job_host_key: true,
     };
-    // Only the handshake is wanted: the connection closes right after it
-    // (sshd on the node sees the end at once; the audit records a session
-    // of no bytes).
+    // Only the handshake is wanted, for the job's own key: the connection
+    // closes right after it (sshd on the node sees the end at once; the
+    // audit records a session of no bytes).
     let (_, session, _) = attach::connect(attach::Mode::Auto, &dial, &grant).await?;
     let key = PublicKey::new(KeyData::Ed25519(Ed25519PublicKey(session.host_pubkey)), "");
     Ok(format!("stj-job-{job} {}", key.to_openssh()?.trim_end()))
@@ -44,32 +46,66 @@ pub async fn run(socket: &Path, jobs: &[u64], add: bool) -> Result<()> {
         lines.push(l);
     }
     if add {
-        let dir = account_home()?.join(".ssh");
-        if !dir.exists() {
-            std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-                .create(&dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        let file = dir.join("known_hosts");
-        let old = std::fs::read_to_string(&file).unwrap_or_default();
-        let names: Vec<String> = jobs.iter().map(|j| format!("stj-job-{j}")).collect();
-        let mut out: Vec<&str> = old
-            .lines()
-            .filter(|l| {
-                let hosts = l.split_whitespace().next().unwrap_or("");
-                !hosts.split(',').any(|h| names.iter().any(|n| n == h))
-            })
-            .collect();
-        out.extend(lines.iter().map(String::as_str));
-        let mode = std::fs::metadata(&file)
-            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
-            .unwrap_or(0o600);
-        write_replacing(&file, format!("{}\n", out.join("\n")).as_bytes(), mode)?;
-        eprintln!(
-            "ssh-to-job: {} host key(s) in {} (older lines for these jobs replaced)",
-            lines.len(),
-            file.display()
-        );
+        add_lines(jobs, &lines)?;
     }
+    Ok(())
+}
+
+/// Puts `lines` into ~/.ssh/known_hosts in place of older lines that name
+/// exactly these jobs; every other line is kept byte for byte (hashed
+/// lines, markers, lines naming several hosts, non-UTF-8 text).
+fn add_lines(jobs: &[u64], lines: &[String]) -> Result<()> {
+    let dir = account_home()?.join(".ssh");
+    if !dir.exists() {
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let file = dir.join("known_hosts");
+    // A known_hosts kept elsewhere (a symlink) is edited where it is.
+    let file = match std::fs::symlink_metadata(&file) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(&file).with_context(|| {
+            format!(
+                "{} is a symlink to nowhere; fix or remove it",
+                file.display()
+            )
+        })?,
+        _ => file,
+    };
+    // Only a missing file is an empty one: anything else unreadable must
+    // not be replaced by our lines alone.
+    let old = match std::fs::read(&file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot read {}; nothing changed", file.display()))
+        }
+    };
+    let names: Vec<Vec<u8>> = jobs
+        .iter()
+        .map(|j| format!("stj-job-{j}").into_bytes())
+        .collect();
+    let mut out: Vec<u8> = Vec::with_capacity(old.len() + 128);
+    for l in old.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let host = l.split(|&b| b == b' ' || b == b'\t').next().unwrap_or(&[]);
+        if !names.iter().any(|n| n.as_slice() == host) {
+            out.extend_from_slice(l);
+            out.push(b'\n');
+        }
+    }
+    for l in lines {
+        out.extend_from_slice(l.as_bytes());
+        out.push(b'\n');
+    }
+    let mode = std::fs::metadata(&file)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .unwrap_or(0o600);
+    write_replacing(&file, &out, mode)?;
+    eprintln!(
+        "ssh-to-job: {} host key(s) in {} (older lines for these jobs replaced)",
+        lines.len(),
+        file.display()
+    );
     Ok(())
 }

@@ -260,8 +260,9 @@ const BLOCK_FILE: &str = "stj_config";
 /// against $HOME, which cron jobs and editors may set elsewhere.
 fn include_line(block: &Path) -> Result<String> {
     let p = block.to_string_lossy();
-    if p.contains(['"', '\n', '\r']) {
-        bail!("{p:?} cannot be named in an Include line; use a home directory without quotes or newlines");
+    // ssh globs (* ? [) and unescapes (\\) Include arguments.
+    if p.contains(['"', '\n', '\r', '*', '?', '[', '\\']) {
+        bail!("{p:?} cannot be named in an Include line; use a home directory without quotes, newlines, \\ or * ? [");
     }
     Ok(format!("Include \"{p}\""))
 }
@@ -327,14 +328,28 @@ pub fn install(socket: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether `line` includes our block, in any form an earlier install (or
+/// the user) may have written: relative, with `~`, or by an absolute path
+/// from before the home directory moved.
+fn includes_our_block(line: &str) -> bool {
+    let mut words = line.split_whitespace();
+    let (Some(kw), Some(arg), None) = (words.next(), words.next(), words.next()) else {
+        return false;
+    };
+    let arg = arg.trim_matches('"');
+    kw.eq_ignore_ascii_case("include")
+        && (arg == BLOCK_FILE || arg.ends_with(&format!("/.ssh/{BLOCK_FILE}")))
+}
+
 /// `config` with our Include as its first line, and nowhere else. A line
 /// that is ours but not first (the user moved it, or another installer went
-/// above it) moves back up: below a `Host *` it would lose.
+/// above it, or an older install wrote it relative) moves back up: below a
+/// `Host *` it would lose.
 fn with_include_first(config: &str, include: &str) -> String {
     const NOTE: &str = "# ssh-to-job: first, so that no Host * below overrides stj-job-* (ssh-to-job ssh-config --install)";
     let rest: Vec<&str> = config
         .lines()
-        .filter(|l| l.trim() != include && l.trim() != NOTE)
+        .filter(|l| l.trim() != NOTE && !includes_our_block(l))
         .collect();
     let mut out = format!("{NOTE}\n{include}\n");
     if !rest.is_empty() {
@@ -389,6 +404,12 @@ mod tests {
         assert_eq!(fixed.matches(&include).count(), 1);
         assert_eq!(fixed.lines().nth(1), Some(include.as_str()));
         assert!(include_line(Path::new("/x\"y")).is_err());
+        assert!(include_line(Path::new("/home/*/x")).is_err());
+        // Older forms of our line go; another Include stays.
+        let old = "Include stj_config\nInclude ~/.ssh/stj_config\nInclude \"/old/home/.ssh/stj_config\"\nInclude work_hosts\n";
+        let migrated = with_include_first(old, &include);
+        assert_eq!(migrated.matches("stj_config").count(), 1, "{migrated}");
+        assert!(migrated.contains("Include work_hosts"));
     }
 
     #[test]

@@ -126,12 +126,15 @@ impl Handoff {
 /// Reaches the job `host` names and hands the session to our ssh.
 /// `client_key`: the public key ssh will log in with, when it is not the
 /// user's stj key here (an ssh on a laptop, through this login node).
+/// `job_host_key`: our ssh checks the job's own key from known_hosts
+/// (paramiko; `host-key --add`) rather than a one-time key.
 pub async fn proxy(
     host: &str,
     socket: &Path,
     daemon_sock: Option<&Path>,
     handoff: Handoff,
     client_key: Option<[u8; 32]>,
+    job_host_key: bool,
 ) -> Result<()> {
     let job = job_of(host)?;
     let public = match client_key {
@@ -147,6 +150,7 @@ pub async fn proxy(
         job_id: job,
         daemon_sock,
         host_ca: ca.as_ref(),
+        job_host_key,
     };
     let (stream, session, path) = attach::connect(attach::Mode::Auto, &dial, &grant).await?;
     tracing::debug!(job_id = job, path = path.as_str(), ?handoff, "connected");

@@ -22,7 +22,7 @@ pub struct Accepted {
     pub peer: SocketAddr,
     pub capability: Capability,
     pub target: JobTarget,
-    /// Seed of the job's ed25519 host key.
+    /// Seed of the session's ed25519 host key (one-time, or the job's).
     pub host_seed: [u8; 32],
     /// Where the session's HOME is.
     pub home: Home,
@@ -171,10 +171,20 @@ async fn exchange(s: &Sessions, stream: &mut TcpStream, unheard: Option<UnheardC
 
     let rng = SystemRandom::new();
     let mut nonce = [0u8; NONCE_LEN];
-    let Some(seed) = target.host_seed else {
+    // A one-time host key, unless the client keeps the job's key in a
+    // known_hosts line (paramiko) and asked for it: a key that outlives the
+    // session is one whose copy (session files are the job user's) could
+    // stand in for the job later, so only clients that need one get it.
+    let seed = if hs.job_host_key {
+        target.host_seed
+    } else {
+        let mut seed = [0u8; 32];
+        rng.fill(&mut seed).ok().map(|()| seed)
+    };
+    let Some(seed) = seed else {
         return refuse(
             ErrorCode::Unavailable,
-            "the node could not make a host key for this job (random generator failed)".into(),
+            "the node could not make a host key (random generator failed)".into(),
         );
     };
     if rng.fill(&mut nonce).is_err() {

@@ -1,4 +1,5 @@
-//! Per-session sshd: a one-time host key, an authorized_keys holding only the
+//! Per-session sshd: a one-time host key (or the job's own, when the client
+//! asked for it), an authorized_keys holding only the
 //! capability's client key, a config that allows nothing else, and `sshd -i`
 //! exec'd as the job's user inside the job on the accepted socket. No sshd
 //! ever listens on a port.
