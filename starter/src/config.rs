@@ -110,6 +110,13 @@ mod tests {
         let e = parse("[starterr]\nslots = 3\n").unwrap_err();
         assert!(format!("{e:#}").contains("starterr"), "{e:#}");
         parse("[schedd]\nlisten = \"x\"\n[starter]\n").unwrap();
+        // Knobs that are gone are refused by name, not ignored: sftp is
+        // sshd's internal-sftp now, and --debug is not a file knob.
+        for gone in ["sftp_server_path = \"/x\"", "debug = true"] {
+            let e = parse(&format!("[starter]\n{gone}\n")).unwrap_err();
+            let knob = gone.split(' ').next().unwrap();
+            assert!(format!("{e:#}").contains(knob), "{e:#}");
+        }
     }
 
     #[test]
