@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use ssh_key::public::{Ed25519PublicKey, KeyData};
 use ssh_key::PublicKey;
 
-use super::{account_home, persistent_key, write_replacing};
+use super::{account_home, followed, persistent_key, write_replacing};
 use crate::attach;
 
 /// `stj-job-N ssh-ed25519 AAAA...` for `job`.
@@ -61,17 +61,19 @@ fn add_lines(jobs: &[u64], lines: &[String]) -> Result<()> {
             .create(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let file = dir.join("known_hosts");
-    // A known_hosts kept elsewhere (a symlink) is edited where it is.
-    let file = match std::fs::symlink_metadata(&file) {
-        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(&file).with_context(|| {
-            format!(
-                "{} is a symlink to nowhere; fix or remove it",
-                file.display()
-            )
-        })?,
-        _ => file,
-    };
+    let file = add_lines_to(&dir.join("known_hosts"), jobs, lines)?;
+    eprintln!(
+        "ssh-to-job: {} host key(s) in {} (older lines for these jobs replaced)",
+        lines.len(),
+        file.display()
+    );
+    Ok(())
+}
+
+/// [`add_lines`] into the known_hosts file `file` (followed if a
+/// symlink); returns the file written.
+fn add_lines_to(file: &Path, jobs: &[u64], lines: &[String]) -> Result<std::path::PathBuf> {
+    let file = followed(file)?;
     // Only a missing file is an empty one: anything else unreadable must
     // not be replaced by our lines alone.
     let old = match std::fs::read(&file) {
@@ -102,10 +104,36 @@ fn add_lines(jobs: &[u64], lines: &[String]) -> Result<()> {
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
         .unwrap_or(0o600);
     write_replacing(&file, &out, mode)?;
-    eprintln!(
-        "ssh-to-job: {} host key(s) in {} (older lines for these jobs replaced)",
-        lines.len(),
-        file.display()
-    );
-    Ok(())
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_lines_are_kept_byte_for_byte_and_errors_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real_known_hosts");
+        let old: &[u8] = b"|1|x=|y= ssh-ed25519 AAAA\nstj-job-7 ssh-ed25519 OLD\nstj-job-7,alias ssh-ed25519 KEEP\n\xff\xfe not utf-8\n";
+        std::fs::write(&real, old).unwrap();
+        let link = dir.path().join("known_hosts");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let written = add_lines_to(&link, &[7], &["stj-job-7 ssh-ed25519 NEW".into()]).unwrap();
+        assert_eq!(written, std::fs::canonicalize(&real).unwrap());
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let now = std::fs::read(&real).unwrap();
+        assert_eq!(
+            now,
+            b"|1|x=|y= ssh-ed25519 AAAA\nstj-job-7,alias ssh-ed25519 KEEP\n\xff\xfe not utf-8\nstj-job-7 ssh-ed25519 NEW\n"
+        );
+        // Unreadable (here: a directory): an error, and nothing written.
+        let not_a_file = dir.path().join("dir");
+        std::fs::create_dir(&not_a_file).unwrap();
+        assert!(add_lines_to(&not_a_file, &[7], &["x".into()]).is_err());
+        assert!(std::fs::read_dir(&not_a_file).unwrap().next().is_none());
+    }
 }

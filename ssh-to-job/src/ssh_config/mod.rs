@@ -273,29 +273,34 @@ fn include_line(block: &Path) -> Result<String> {
 /// changes nothing but the block.
 pub fn install(socket: &Path) -> Result<()> {
     let text = block(socket)?;
-    let dir = account_home()?.join(".ssh");
+    install_in(&account_home()?.join(".ssh"), &text)
+}
+
+/// A file a user may keep elsewhere (a dotfile manager's symlink): edited
+/// at its target, not replaced by a copy that stops following it.
+pub(crate) fn followed(path: &Path) -> Result<PathBuf> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path).with_context(|| {
+            format!(
+                "{} is a symlink to nowhere; fix or remove it",
+                path.display()
+            )
+        }),
+        _ => Ok(path.to_path_buf()),
+    }
+}
+
+/// [`install`] into the ssh directory `dir`.
+fn install_in(dir: &Path, text: &str) -> Result<()> {
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .mode(0o700)
-            .create(&dir)
+            .create(dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
     write_replacing(&dir.join(BLOCK_FILE), text.as_bytes(), 0o600)?;
     let include = include_line(&dir.join(BLOCK_FILE))?;
-    let config = dir.join("config");
-    // A config kept elsewhere (a dotfile manager's symlink) is edited where
-    // it is, not replaced by a copy that stops following it.
-    let config = match std::fs::symlink_metadata(&config) {
-        Ok(m) if m.file_type().is_symlink() => {
-            std::fs::canonicalize(&config).with_context(|| {
-                format!(
-                    "{} is a symlink to nowhere; fix or remove it",
-                    config.display()
-                )
-            })?
-        }
-        _ => config,
-    };
+    let config = followed(&dir.join("config"))?;
     let old = match std::fs::read_to_string(&config) {
         Ok(t) => Some(t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -410,6 +415,42 @@ mod tests {
         let migrated = with_include_first(old, &include);
         assert_eq!(migrated.matches("stj_config").count(), 1, "{migrated}");
         assert!(migrated.contains("Include work_hosts"));
+    }
+
+    #[test]
+    fn install_follows_a_symlinked_config_keeps_a_backup_and_is_idempotent() {
+        let home = tempfile::tempdir().unwrap();
+        let ssh = home.path().join(".ssh");
+        let dotfiles = home.path().join("dotfiles");
+        std::fs::create_dir_all(&ssh).unwrap();
+        std::fs::create_dir_all(&dotfiles).unwrap();
+        let user = "Host *\n    User mallory\n";
+        std::fs::write(dotfiles.join("ssh_config"), user).unwrap();
+        std::os::unix::fs::symlink(dotfiles.join("ssh_config"), ssh.join("config")).unwrap();
+        install_in(&ssh, "Host stj-job-*\n").unwrap();
+        assert!(std::fs::symlink_metadata(ssh.join("config"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let edited = std::fs::read_to_string(dotfiles.join("ssh_config")).unwrap();
+        assert!(
+            edited.lines().nth(1).unwrap().starts_with("Include \""),
+            "{edited}"
+        );
+        assert!(edited.ends_with(user));
+        assert_eq!(
+            std::fs::read_to_string(ssh.join("config.stj-backup")).unwrap(),
+            user
+        );
+        install_in(&ssh, "Host stj-job-*\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dotfiles.join("ssh_config")).unwrap(),
+            edited
+        );
+        assert_eq!(
+            std::fs::read_to_string(ssh.join(BLOCK_FILE)).unwrap(),
+            "Host stj-job-*\n"
+        );
     }
 
     #[test]
