@@ -172,6 +172,18 @@ impl ClientHandshake {
         client_nonce: [u8; NONCE_LEN],
         job_host_key: bool,
     ) -> (Self, HandshakeMessage) {
+        Self::start_asking(capability, k, client_nonce, job_host_key, false)
+    }
+
+    /// `start_with`, also asking to land in the job's own namespaces rather
+    /// than its innermost container when `outer`.
+    pub fn start_asking(
+        capability: Vec<u8>,
+        k: &[u8; 32],
+        client_nonce: [u8; NONCE_LEN],
+        job_host_key: bool,
+        outer: bool,
+    ) -> (Self, HandshakeMessage) {
         let k = hmac::Key::new(hmac::HMAC_SHA256, k);
         let mac = hmac::sign(&k, &hello_mac_input(&capability, &client_nonce));
         let hello = msg(Msg::Hello(Hello {
@@ -180,6 +192,7 @@ impl ClientHandshake {
             client_nonce: client_nonce.to_vec(),
             mac: mac.as_ref().to_vec(),
             job_host_key,
+            outer,
         }));
         let state = ClientHandshake {
             k,
@@ -251,6 +264,8 @@ pub struct StarterHandshake {
     pub capability: Capability,
     /// The client asked for the job's own host key (see session.proto).
     pub job_host_key: bool,
+    /// The client asked to land in the job's own namespaces.
+    pub outer: bool,
     k: hmac::Key,
     hello: Vec<u8>,
     transcript: Option<[u8; 32]>,
@@ -281,6 +296,7 @@ impl StarterHandshake {
         Ok(StarterHandshake {
             capability,
             job_host_key: h.job_host_key,
+            outer: h.outer,
             k,
             hello: hello_body.to_vec(),
             transcript: None,

@@ -43,6 +43,8 @@ pub struct Options {
     pub remove_on_interrupt: bool,
     /// How long to wait for room under the user's session caps.
     pub room_wait: Duration,
+    /// Land in the job's own namespaces, not its innermost container.
+    pub outer: bool,
 }
 
 impl Options {
@@ -67,6 +69,7 @@ impl Options {
             retries: 0,
             remove_on_interrupt: false,
             room_wait: attach::ROOM_WAIT,
+            outer: false,
         }
     }
 }
@@ -163,6 +166,7 @@ pub async fn run(o: &Options) -> Result<u8> {
                     // known_hosts with the key), no CA needed.
                     host_ca: None,
                     job_host_key: false,
+                    outer: o.outer,
                 },
                 &grant,
             )

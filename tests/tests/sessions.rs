@@ -486,3 +486,80 @@ impl Drop for RemoveOnDrop {
         fs::remove_file(&self.0).ok();
     }
 }
+
+/// A job that runs its program in a container of its own (a rootless
+/// `unshare`): sessions land inside that container — its processes, its
+/// private mounts — and `--outer` lands beside it, in the job's own.
+#[test]
+fn sessions_land_in_the_container_the_jobs_program_runs_in() {
+    let mut c = Cluster::new();
+    c.start_starter("node1", 1);
+    let alice = TestUser::alice();
+    let id = c.submit(
+        &alice,
+        &[
+            "--",
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o mode=0700 inner /mnt && echo from-the-inner-container > /mnt/marker && cd /mnt && INNER=yes exec sleep 86480",
+        ],
+    );
+    c.wait_state(id, "running", T);
+    wait_until("the inner container's program", T, || {
+        (!stj_tests::cluster::pids_matching("sleep 86480").is_empty()).then_some(())
+    });
+    let jid = id.to_string();
+    let script = "echo \"PID1=$(cat /proc/1/comm)\"; cat /mnt/marker; echo \"INNER=$INNER\"; pwd; echo made > /mnt/by-session; id -u";
+    let out = ok(c.ssh_to_job(&alice, &[&jid, script], None));
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines.contains(&"PID1=sleep"),
+        "the inner PID namespace: {out}"
+    );
+    assert!(
+        lines.contains(&"from-the-inner-container"),
+        "its private mount: {out}"
+    );
+    assert!(
+        lines.contains(&"INNER=yes"),
+        "its program's environment: {out}"
+    );
+    assert!(
+        lines.contains(&"/mnt"),
+        "its program's working directory: {out}"
+    );
+    assert_eq!(
+        lines.last().copied(),
+        Some(alice.uid.to_string().as_str()),
+        "{out}"
+    );
+    // The file the session wrote is in the container's mount, seen by its program.
+    let sleep = stj_tests::cluster::pids_matching("sleep 86480")[0];
+    let written = std::fs::read_to_string(format!("/proc/{sleep}/root/mnt/by-session")).unwrap();
+    assert_eq!(written, "made\n");
+
+    let out = ok(c.ssh_to_job(
+        &alice,
+        &[
+            "--outer",
+            &jid,
+            "echo \"PID1=$(cat /proc/1/comm)\"; ls /mnt/marker 2>&1 || true",
+        ],
+        None,
+    ));
+    assert!(
+        out.contains("PID1=stj-init"),
+        "--outer: the job's own container: {out}"
+    );
+    assert!(
+        !out.contains("\n/mnt/marker\n"),
+        "not the inner mount: {out}"
+    );
+}

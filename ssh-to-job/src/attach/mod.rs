@@ -163,13 +163,19 @@ pub async fn handshake(
     grant: &Grant,
     host_ca: Option<&HostCa>,
     job_host_key: bool,
+    outer: bool,
 ) -> Result<Session, HandshakeError> {
     let mut nonce = [0u8; NONCE_LEN];
     SystemRandom::new()
         .fill(&mut nonce)
         .map_err(|_| HandshakeError::Decode)?;
-    let (mut hs, hello) =
-        ClientHandshake::start_with(grant.capability.clone(), &grant.k, nonce, job_host_key);
+    let (mut hs, hello) = ClientHandshake::start_asking(
+        grant.capability.clone(),
+        &grant.k,
+        nonce,
+        job_host_key,
+        outer,
+    );
     write_message(stream, &hello).await?;
     let (challenge, _) = read_message(stream).await?;
     let (mut proof, host) = hs.on_challenge(challenge)?;
@@ -276,6 +282,8 @@ pub struct Dial<'a> {
     /// Ask for the job's own host key instead of a one-time one, for a
     /// client that checks it against a known_hosts line (paramiko).
     pub job_host_key: bool,
+    /// Land in the job's own namespaces, not its innermost container.
+    pub outer: bool,
 }
 
 /// Runs the handshake on a fresh connection within the deadline, and hands
@@ -288,7 +296,13 @@ async fn finish(
     stream.set_nodelay(true).ok();
     let session = tokio::time::timeout(
         DEADLINE,
-        handshake(&mut stream, grant, dial.host_ca, dial.job_host_key),
+        handshake(
+            &mut stream,
+            grant,
+            dial.host_ca,
+            dial.job_host_key,
+            dial.outer,
+        ),
     )
     .await
     .map_err(|_| ClientError::TimedOut(format!("handshake with node {} timed out", grant.node)))?

@@ -66,6 +66,10 @@ struct Cli {
     /// Remove the job if interrupted (Ctrl-C, SIGTERM, SIGHUP).
     #[arg(long)]
     remove_on_interrupt: bool,
+    /// Land in the job's own container, not the innermost one its program
+    /// runs in (the default, when the job started a container of its own).
+    #[arg(long)]
+    outer: bool,
     /// While your own caps are full (max_sessions_per_user,
     /// max_pending_per_user), wait this long for room before giving up
     /// (0: do not wait).
@@ -409,5 +413,6 @@ fn options(cli: Cli) -> Result<Options> {
         retries: cli.retry,
         remove_on_interrupt: cli.remove_on_interrupt,
         room_wait: std::time::Duration::from_secs(cli.room_wait),
+        outer: cli.outer,
     })
 }

@@ -28,6 +28,8 @@ pub struct Accepted {
     pub home: Home,
     /// The client's certificate of the host key, for sshd to present.
     pub host_cert: Option<String>,
+    /// Land in the job's own namespaces, not its innermost container.
+    pub outer: bool,
 }
 
 struct Refusal(ErrorCode, String);
@@ -39,7 +41,7 @@ pub async fn run(
     unheard: Option<UnheardConn>,
 ) -> Option<Accepted> {
     match tokio::time::timeout(DEADLINE, exchange(s, &mut stream, unheard)).await {
-        Ok(Ok((capability, target, host_seed, home, host_cert))) => {
+        Ok(Ok((capability, target, host_seed, home, host_cert, outer))) => {
             tracing::info!(%peer, session_id = %capability.session_id, job_id = capability.job_id, uid = capability.owner_uid, "session accepted");
             Some(Accepted {
                 stream,
@@ -49,6 +51,7 @@ pub async fn run(
                 host_seed,
                 home,
                 host_cert,
+                outer,
             })
         }
         Ok(Err(Ok(Refusal(code, message)))) => {
@@ -68,7 +71,7 @@ pub async fn run(
 }
 
 type Outcome = Result<
-    (Capability, JobTarget, [u8; 32], Home, Option<String>),
+    (Capability, JobTarget, [u8; 32], Home, Option<String>, bool),
     Result<Refusal, HandshakeError>,
 >;
 
@@ -218,5 +221,6 @@ async fn exchange(s: &Sessions, stream: &mut TcpStream, unheard: Option<UnheardC
     }
     let ready = hs.ready(&target.spec.user_name).map_err(Err)?;
     write_message(stream, &ready).await.map_err(Err)?;
-    Ok((cap, target, seed, home, host_cert))
+    let outer = hs.outer;
+    Ok((cap, target, seed, home, host_cert, outer))
 }

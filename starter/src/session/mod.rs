@@ -5,6 +5,7 @@ mod admission;
 mod handshake;
 mod home;
 mod host_cert;
+mod innermost;
 mod replay;
 mod sshd;
 mod traffic;

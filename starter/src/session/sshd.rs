@@ -172,9 +172,27 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
         // A fresh one per session (made above), gone with its files.
         Home::Private => dir_in_job.join("home").to_string_lossy().into_owned(),
     };
-    let passwd = passwd_line(spec);
-    // What the job's program sees (its PATH included, not sshd's default).
-    let mut env = crate::container::job_env(spec);
+    let init = a.target.init.clone();
+    let inner = if a.outer {
+        None
+    } else {
+        innermost_container(init.pid)
+    };
+    if let Some(c) = &inner {
+        tracing::info!(session_id = %sid, job_id = spec.job_id, pid = c.pid, "session lands in the job's innermost container");
+    }
+    // sshd starts the session in the account's home, which the shim says is
+    // where the program it lands beside works.
+    let cwd = inner
+        .as_ref()
+        .map_or_else(|| spec.cwd.clone(), |c| c.cwd.clone());
+    let passwd = passwd_line(spec, &cwd);
+    // What the program it lands beside sees (its PATH included, not sshd's
+    // default): the innermost container's process, or the job's own.
+    let mut env = match &inner {
+        Some(c) => c.env.clone(),
+        None => crate::container::job_env(spec),
+    };
     env.retain(|(k, _)| {
         !matches!(
             k.as_str(),
@@ -215,7 +233,7 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
         uid: spec.uid,
         gid: spec.gid,
         user: spec.user_name.clone(),
-        cwd: spec.cwd.clone(),
+        cwd,
         job_id: spec.job_id,
         argv,
         passwd,
@@ -234,14 +252,16 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
     let socket_out = socket.try_clone()?;
     // Our own copy, to read the connection's byte counters once sshd is done.
     let probe = socket.try_clone()?;
-    let init = a.target.init.clone();
     let mut cmd = tokio::process::Command::new("/proc/self/exe");
     cmd.arg("session-enter")
         .arg(&enter_path)
         .stdin(Stdio::from(socket))
         .stdout(Stdio::from(socket_out))
         .stderr(Stdio::piped());
-    crate::container::pass_as_fd3(&mut cmd, init.pidfd.as_raw_fd());
+    let namespaces = inner
+        .as_ref()
+        .map_or(init.pidfd.as_raw_fd(), |c| c.pidfd.as_raw_fd());
+    crate::container::pass_as_fd3(&mut cmd, namespaces);
     let mut child = cmd.spawn().context("cannot start the session helper")?;
     // The helper holds the socket now; our copies went with `cmd`.
     drop(cmd);
@@ -262,7 +282,7 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
 /// The account sessions log in as, for the shim: the job's user, home = the
 /// job's cwd, and the user's shell from the node's passwd (the shim swaps a
 /// nologin/false/missing one for a usable shell).
-fn passwd_line(spec: &crate::container::ContainerSpec) -> String {
+fn passwd_line(spec: &crate::container::ContainerSpec, cwd: &str) -> String {
     let shell = nix::unistd::User::from_uid(spec.uid.into())
         .ok()
         .flatten()
@@ -271,8 +291,35 @@ fn passwd_line(spec: &crate::container::ContainerSpec) -> String {
         .unwrap_or_else(|| "/bin/sh".into());
     format!(
         "{}:x:{}:{}:stj job {}:{}:{}",
-        spec.user_name, spec.uid, spec.gid, spec.job_id, spec.cwd, shell
+        spec.user_name, spec.uid, spec.gid, spec.job_id, cwd, shell
     )
+}
+
+/// The job's innermost container, when it has one (innermost.rs): a pidfd
+/// of its process (taken first, so a pid reused meanwhile cannot stand in),
+/// the environment and working directory that process has.
+struct Inner {
+    pid: i32,
+    pidfd: OwnedFd,
+    env: Vec<(String, String)>,
+    cwd: String,
+}
+
+fn innermost_container(init: i32) -> Option<Inner> {
+    let pid = super::innermost::innermost(init);
+    if pid == init {
+        return None;
+    }
+    let pidfd = crate::container::pidfd_open(pid).ok()?;
+    let env = super::innermost::environ(pid)?;
+    let cwd = super::innermost::cwd(pid)?;
+    // Still the same process after the reads: what was read was its.
+    crate::container::signal_pidfd(&pidfd, 0).then_some(Inner {
+        pid,
+        pidfd,
+        env,
+        cwd,
+    })
 }
 
 /// Removes the session's files on every exit path.

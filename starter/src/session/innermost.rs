@@ -1,0 +1,119 @@
+//! Where a session lands (DESIGN §12): in the innermost container of the
+//! job — the namespaces of the process the job's program runs in — not
+//! beside it. A job that starts its own container (`unshare --user --pid
+//! --mount …`, an apptainer-style wrapper) gets sessions inside that
+//! container, seeing its processes and its private mounts.
+//!
+//! The rule: among the processes descending from the job's init, those in
+//! the deepest PID namespace (the length of `NSpid` in /proc/PID/status);
+//! of several, the oldest. The init itself when nothing went deeper. The
+//! session joins that process's mount, PID, UTS, IPC and cgroup namespaces
+//! but not its user namespace, and runs as the job's owner: a rootless
+//! container maps only its root to the owner, and sshd cannot run as root
+//! there (privilege separation needs a second uid), while the owner's real
+//! uid is that root's outside — the session reads and writes what the
+//! container's root can, and its files belong to the owner.
+
+use std::collections::HashMap;
+
+/// The pid (as the node sees it) whose namespaces a session into the job
+/// whose init is `init` enters.
+pub fn innermost(init: i32) -> i32 {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    let mut started: HashMap<i32, u64> = HashMap::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if let Some((ppid, start)) = ppid_and_start(&stat) {
+            children.entry(ppid).or_default().push(pid);
+            started.insert(pid, start);
+        }
+    }
+    let depth = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| nspid_depth(&s))
+            .unwrap_or(0)
+    };
+    let mut best = (depth(init), 0u64, init);
+    let mut stack = children.get(&init).cloned().unwrap_or_default();
+    while let Some(pid) = stack.pop() {
+        let d = depth(pid);
+        let start = started.get(&pid).copied().unwrap_or(u64::MAX);
+        // Deeper wins; at the same depth, the one that started first.
+        if d > best.0 || (d == best.0 && best.2 != init && start < best.1) {
+            best = (d, start, pid);
+        }
+        if let Some(c) = children.get(&pid) {
+            stack.extend(c);
+        }
+    }
+    best.2
+}
+
+/// The parent pid and start time (clock ticks since boot) in a
+/// /proc/PID/stat line; the command name may hold spaces and parentheses,
+/// so fields are counted after its last `)`.
+fn ppid_and_start(stat: &str) -> Option<(i32, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state(3) ppid(4) … starttime(22).
+    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+}
+
+/// How many PID namespaces deep a process is: the number of pids on its
+/// `NSpid:` line (1 on the node itself).
+fn nspid_depth(status: &str) -> Option<usize> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .map(|p| p.split_whitespace().count())
+}
+
+/// The environment of `pid`, as its program sees it.
+pub fn environ(pid: i32) -> Option<Vec<(String, String)>> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    Some(
+        raw.split(|&b| b == 0)
+            .filter_map(|kv| {
+                let kv = std::str::from_utf8(kv).ok()?;
+                let (k, v) = kv.split_once('=')?;
+                Some((k.to_string(), v.to_string()))
+            })
+            .collect(),
+    )
+}
+
+/// The working directory of `pid`, as a path in its own mount namespace.
+pub fn cwd(pid: i32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/cwd"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_and_status_fields() {
+        let stat = "4242 (we) ird (name) S 17 4242 4242 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 98765 1000 10";
+        assert_eq!(ppid_and_start(stat), Some((17, 98765)));
+        assert_eq!(
+            nspid_depth("Name:\tsleep\nNSpid:\t1350\t7\t1\nNSgid:\t1\n"),
+            Some(3)
+        );
+        assert_eq!(nspid_depth("Name:\tinit\nNSpid:\t1\n"), Some(1));
+    }
+
+    #[test]
+    fn a_process_with_no_deeper_descendant_is_its_own_innermost() {
+        // This test process has no child in a deeper PID namespace.
+        let me = std::process::id() as i32;
+        assert_eq!(innermost(me), me);
+    }
+}
