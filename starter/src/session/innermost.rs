@@ -74,9 +74,25 @@ fn nspid_depth(status: &str) -> Option<usize> {
         .map(|p| p.split_whitespace().count())
 }
 
-/// The environment of `pid`, as its program sees it.
+/// At most this much of a process's environment is read: the job chooses
+/// it, and it ends up on one line of sshd's config.
+const MAX_ENVIRON: u64 = 128 * 1024;
+
+/// The environment of `pid`, as its program sees it (up to MAX_ENVIRON
+/// bytes; a variable cut there is left out).
 pub fn environ(pid: i32) -> Option<Vec<(String, String)>> {
-    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    use std::io::Read;
+    let mut raw = Vec::new();
+    std::fs::File::open(format!("/proc/{pid}/environ"))
+        .ok()?
+        .take(MAX_ENVIRON)
+        .read_to_end(&mut raw)
+        .ok()?;
+    if raw.len() as u64 == MAX_ENVIRON {
+        // The last one may be cut: drop it.
+        let end = raw.iter().rposition(|&b| b == 0).unwrap_or(0);
+        raw.truncate(end);
+    }
     Some(
         raw.split(|&b| b == 0)
             .filter_map(|kv| {
@@ -88,11 +104,16 @@ pub fn environ(pid: i32) -> Option<Vec<(String, String)>> {
     )
 }
 
-/// The working directory of `pid`, as a path in its own mount namespace.
+/// The working directory of `pid`, as a path in its own mount namespace;
+/// None unless it can be a passwd home (absolute, no `:` or newline: the
+/// job chooses it, and the shim's passwd line carries it).
 pub fn cwd(pid: i32) -> Option<String> {
-    std::fs::read_link(format!("/proc/{pid}/cwd"))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned())
+    let p = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+    usable_home(&p.to_string_lossy()).map(str::to_string)
+}
+
+fn usable_home(p: &str) -> Option<&str> {
+    (p.starts_with('/') && !p.contains([':', '\n', '\r'])).then_some(p)
 }
 
 #[cfg(test)]
@@ -108,6 +129,15 @@ mod tests {
             Some(3)
         );
         assert_eq!(nspid_depth("Name:\tinit\nNSpid:\t1\n"), Some(1));
+        assert_eq!(usable_home("/mnt/work"), Some("/mnt/work"));
+        for bad in [
+            "relative",
+            "/a:b",
+            "/a\nroot::0:0::/:/bin/sh",
+            "/x (deleted)\r",
+        ] {
+            assert_eq!(usable_home(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
