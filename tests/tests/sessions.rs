@@ -489,7 +489,11 @@ impl Drop for RemoveOnDrop {
 
 /// A job that runs its program in a container of its own (a rootless
 /// `unshare`): sessions land inside that container — its processes, its
-/// private mounts — and `--outer` lands beside it, in the job's own.
+/// private mounts, its program's working directory — and `--outer` lands
+/// beside it, in the job's own. The container's mount namespace is the
+/// job's to shape, so a set-id program there gains nothing: the job below
+/// binds a PAM config that lets anyone `su` over the node's, and the session
+/// still cannot become root.
 #[test]
 fn sessions_land_in_the_container_the_jobs_program_runs_in() {
     let mut c = Cluster::new();
@@ -508,7 +512,10 @@ fn sessions_land_in_the_container_the_jobs_program_runs_in() {
             "--mount-proc",
             "sh",
             "-c",
-            "mount -t tmpfs -o mode=0700 inner /mnt && echo from-the-inner-container > /mnt/marker && cd /mnt && INNER=yes exec sleep 86480",
+            "mount -t tmpfs -o mode=0700 inner /mnt && echo from-the-inner-container > /mnt/marker \
+             && mkdir /mnt/pam && cp -r /etc/pam.d/. /mnt/pam/ \
+             && printf 'auth sufficient pam_permit.so\\naccount sufficient pam_permit.so\\nsession optional pam_permit.so\\n' > /mnt/pam/su \
+             && mount --bind /mnt/pam /etc/pam.d && cd /mnt && exec sleep 86480",
         ],
     );
     c.wait_state(id, "running", T);
@@ -516,7 +523,7 @@ fn sessions_land_in_the_container_the_jobs_program_runs_in() {
         (!stj_tests::cluster::pids_matching("sleep 86480").is_empty()).then_some(())
     });
     let jid = id.to_string();
-    let script = "echo \"PID1=$(cat /proc/1/comm)\"; cat /mnt/marker; echo \"INNER=$INNER\"; pwd; echo made > /mnt/by-session; id -u";
+    let script = "echo \"PID1=$(cat /proc/1/comm)\"; cat /mnt/marker; pwd; echo made > /mnt/by-session; grep NoNewPrivs /proc/self/status; echo SU=$(su -c 'id -u' root </dev/null 2>/dev/null); id -u";
     let out = ok(c.ssh_to_job(&alice, &[&jid, script], None));
     let lines: Vec<&str> = out.lines().collect();
     assert!(
@@ -528,13 +535,11 @@ fn sessions_land_in_the_container_the_jobs_program_runs_in() {
         "its private mount: {out}"
     );
     assert!(
-        lines.contains(&"INNER=yes"),
-        "its program's environment: {out}"
-    );
-    assert!(
         lines.contains(&"/mnt"),
         "its program's working directory: {out}"
     );
+    assert!(lines.contains(&"NoNewPrivs:\t1"), "{out}");
+    assert!(lines.contains(&"SU="), "su gained nothing: {out}");
     assert_eq!(
         lines.last().copied(),
         Some(alice.uid.to_string().as_str()),

@@ -29,6 +29,10 @@ pub struct EnterSpec {
     pub umask: u32,
     /// A slot-user job's session: confined like the job (`confine.rs`).
     pub confined: bool,
+    /// Landing in a mount namespace the job shaped (an inner container):
+    /// no set-id or file-capability program may gain privileges there.
+    #[serde(default)]
+    pub no_new_privs: bool,
 }
 
 pub fn main(spec_path: &Path) -> ! {
@@ -110,6 +114,14 @@ fn exec_sshd(spec: &EnterSpec, groups: &[Gid], passwd: &str) -> anyhow::Error {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(spec.umask));
         if spec.confined {
             super::confine::apply()?;
+        } else if spec.no_new_privs {
+            // SAFETY: prctl with constant arguments on this process.
+            if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+                bail!(
+                    "cannot set no_new_privs: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
         }
         let _ = nix::unistd::chdir(spec.cwd.as_str());
         let c = |s: &str| CString::new(s).context("NUL byte");

@@ -13,12 +13,22 @@
 //! there (privilege separation needs a second uid), while the owner's real
 //! uid is that root's outside — the session reads and writes what the
 //! container's root can, and its files belong to the owner.
+//!
+//! That mount namespace is the job's to shape (its user namespace owns
+//! it): a set-id program there would run with the node's root behind a
+//! PAM config or a libc the job chose. So sessions landing there run with
+//! no_new_privs — no set-id or file-capability program gains anything —
+//! as confined (slot-user) sessions always do. Only what reading /proc
+//! cannot stall is read here (stat, status, the cwd link): a process's
+//! environment lives in its memory, which a job can back with a FUSE file
+//! that never answers.
 
 use std::collections::HashMap;
 
 /// The pid (as the node sees it) whose namespaces a session into the job
-/// whose init is `init` enters.
-pub fn innermost(init: i32) -> i32 {
+/// whose init is `init` enters, and its start time (to tell it from a
+/// process that took its pid later).
+pub fn innermost(init: i32) -> (i32, u64) {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     let mut started: HashMap<i32, u64> = HashMap::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -39,7 +49,7 @@ pub fn innermost(init: i32) -> i32 {
             .and_then(|s| nspid_depth(&s))
             .unwrap_or(0)
     };
-    let mut best = (depth(init), 0u64, init);
+    let mut best = (depth(init), started.get(&init).copied().unwrap_or(0), init);
     let mut stack = children.get(&init).cloned().unwrap_or_default();
     while let Some(pid) = stack.pop() {
         let d = depth(pid);
@@ -52,7 +62,33 @@ pub fn innermost(init: i32) -> i32 {
             stack.extend(c);
         }
     }
-    best.2
+    (best.2, best.1)
+}
+
+/// Whether `pid` is still the process `innermost` chose: the same start
+/// time, and a parent chain that still leads to `init` (checked after a
+/// pidfd of it was taken, so the pid cannot change hands afterwards).
+pub fn still_ours(pid: i32, start: u64, init: i32) -> bool {
+    let stat = |p: i32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .ok()
+            .and_then(|s| ppid_and_start(&s))
+    };
+    if stat(pid).map(|(_, s)| s) != Some(start) {
+        return false;
+    }
+    let mut p = pid;
+    // A chain longer than the pid space is a loop: not ours.
+    for _ in 0..4_194_304 {
+        if p == init {
+            return true;
+        }
+        match stat(p) {
+            Some((ppid, _)) if ppid > 0 => p = ppid,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// The parent pid and start time (clock ticks since boot) in a
@@ -72,36 +108,6 @@ fn nspid_depth(status: &str) -> Option<usize> {
         .lines()
         .find_map(|l| l.strip_prefix("NSpid:"))
         .map(|p| p.split_whitespace().count())
-}
-
-/// At most this much of a process's environment is read: the job chooses
-/// it, and it ends up on one line of sshd's config.
-const MAX_ENVIRON: u64 = 128 * 1024;
-
-/// The environment of `pid`, as its program sees it (up to MAX_ENVIRON
-/// bytes; a variable cut there is left out).
-pub fn environ(pid: i32) -> Option<Vec<(String, String)>> {
-    use std::io::Read;
-    let mut raw = Vec::new();
-    std::fs::File::open(format!("/proc/{pid}/environ"))
-        .ok()?
-        .take(MAX_ENVIRON)
-        .read_to_end(&mut raw)
-        .ok()?;
-    if raw.len() as u64 == MAX_ENVIRON {
-        // The last one may be cut: drop it.
-        let end = raw.iter().rposition(|&b| b == 0).unwrap_or(0);
-        raw.truncate(end);
-    }
-    Some(
-        raw.split(|&b| b == 0)
-            .filter_map(|kv| {
-                let kv = std::str::from_utf8(kv).ok()?;
-                let (k, v) = kv.split_once('=')?;
-                Some((k.to_string(), v.to_string()))
-            })
-            .collect(),
-    )
 }
 
 /// The working directory of `pid`, as a path in its own mount namespace;
@@ -144,6 +150,12 @@ mod tests {
     fn a_process_with_no_deeper_descendant_is_its_own_innermost() {
         // This test process has no child in a deeper PID namespace.
         let me = std::process::id() as i32;
-        assert_eq!(innermost(me), me);
+        let (pid, start) = innermost(me);
+        assert_eq!(pid, me);
+        assert!(still_ours(pid, start, me));
+        assert!(
+            !still_ours(pid, start + 1, me),
+            "another start time: another process"
+        );
     }
 }

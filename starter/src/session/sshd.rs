@@ -187,12 +187,9 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
         .as_ref()
         .map_or_else(|| spec.cwd.clone(), |c| c.cwd.clone());
     let passwd = passwd_line(spec, &cwd);
-    // What the program it lands beside sees (its PATH included, not sshd's
-    // default): the innermost container's process, or the job's own.
-    let mut env = match &inner {
-        Some(c) => c.env.clone(),
-        None => crate::container::job_env(spec),
-    };
+    // What the job's program started with (its PATH included, not sshd's
+    // default).
+    let mut env = crate::container::job_env(spec);
     env.retain(|(k, _)| {
         !matches!(
             k.as_str(),
@@ -239,6 +236,7 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
         passwd,
         umask: spec.umask,
         confined: spec.confined,
+        no_new_privs: inner.is_some(),
     };
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -296,30 +294,27 @@ fn passwd_line(spec: &crate::container::ContainerSpec, cwd: &str) -> String {
 }
 
 /// The job's innermost container, when it has one (innermost.rs): a pidfd
-/// of its process (taken first, so a pid reused meanwhile cannot stand in),
-/// the environment and working directory that process has.
+/// of its process, and the working directory that process has.
 struct Inner {
     pid: i32,
     pidfd: OwnedFd,
-    env: Vec<(String, String)>,
     cwd: String,
 }
 
 fn innermost_container(init: i32) -> Option<Inner> {
-    let pid = super::innermost::innermost(init);
+    let (pid, start) = super::innermost::innermost(init);
     if pid == init {
         return None;
     }
     let pidfd = crate::container::pidfd_open(pid).ok()?;
-    let env = super::innermost::environ(pid)?;
+    // The pidfd pins whatever process has the pid now: it must still be the
+    // one chosen (same start, still the job's), or a process that took the
+    // pid meanwhile would stand in.
+    if !super::innermost::still_ours(pid, start, init) {
+        return None;
+    }
     let cwd = super::innermost::cwd(pid)?;
-    // Still the same process after the reads: what was read was its.
-    crate::container::signal_pidfd(&pidfd, 0).then_some(Inner {
-        pid,
-        pidfd,
-        env,
-        cwd,
-    })
+    crate::container::signal_pidfd(&pidfd, 0).then_some(Inner { pid, pidfd, cwd })
 }
 
 /// Removes the session's files on every exit path.
