@@ -40,6 +40,13 @@ impl PrivateFileError {
 /// Writes `data` to `path` readable by its owner only: a fresh temp file
 /// (0600, O_EXCL), fsync'd, then renamed over `path`.
 pub fn write(path: &Path, data: &[u8]) -> Result<(), PrivateFileError> {
+    replace(path, data, 0o600)
+}
+
+/// [`write`] with another mode (less the umask): for files that are no
+/// secret but must never be seen half-written or lost to a crash (a user's
+/// ssh config, known_hosts).
+pub fn replace(path: &Path, data: &[u8], mode: u32) -> Result<(), PrivateFileError> {
     let err = |cause| PrivateFileError::Write {
         path: path.to_path_buf(),
         cause,
@@ -49,7 +56,7 @@ pub fn write(path: &Path, data: &[u8]) -> Result<(), PrivateFileError> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&tmp)
         .map_err(err)?;
     let written = f.write_all(data).and_then(|_| f.sync_all());

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use ssh_key::public::{Ed25519PublicKey, KeyData};
 use ssh_key::PublicKey;
 
-use super::{account_home, followed, persistent_key, write_replacing};
+use super::{account_home, followed, persistent_key, ssh_dir_made};
 use crate::attach;
 
 /// `stj-job-N ssh-ed25519 AAAA...` for `job`.
@@ -57,11 +57,7 @@ pub async fn run(socket: &Path, jobs: &[u64], add: bool) -> Result<()> {
 /// lines, markers, lines naming several hosts, non-UTF-8 text).
 fn add_lines(jobs: &[u64], lines: &[String]) -> Result<()> {
     let dir = account_home()?.join(".ssh");
-    if !dir.exists() {
-        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-            .create(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-    }
+    ssh_dir_made(&dir)?;
     let file = add_lines_to(&dir.join("known_hosts"), jobs, lines)?;
     eprintln!(
         "ssh-to-job: {} host key(s) in {} (older lines for these jobs replaced)",
@@ -104,7 +100,7 @@ fn add_lines_to(file: &Path, jobs: &[u64], lines: &[String]) -> Result<std::path
     let mode = std::fs::metadata(&file)
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
         .unwrap_or(0o600);
-    write_replacing(&file, &out, mode)?;
+    stj_cli::private_file::replace(&file, &out, mode)?;
     Ok(file)
 }
 

@@ -28,8 +28,7 @@ use crate::host_ca::HostCa;
 pub use host_keys::run as host_keys;
 pub use proxy::{known_hosts, proxy, Handoff};
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -290,15 +289,22 @@ pub(crate) fn followed(path: &Path) -> Result<PathBuf> {
     }
 }
 
-/// [`install`] into the ssh directory `dir`.
-fn install_in(dir: &Path, text: &str) -> Result<()> {
+/// The user's ssh directory `dir`, made (0700, as ssh wants it) if there is
+/// none; an existing one is left as the user has it.
+fn ssh_dir_made(dir: &Path) -> Result<()> {
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    write_replacing(&dir.join(BLOCK_FILE), text.as_bytes(), 0o600)?;
+    Ok(())
+}
+
+/// [`install`] into the ssh directory `dir`.
+fn install_in(dir: &Path, text: &str) -> Result<()> {
+    ssh_dir_made(dir)?;
+    stj_cli::private_file::replace(&dir.join(BLOCK_FILE), text.as_bytes(), 0o600)?;
     let include = include_line(&dir.join(BLOCK_FILE))?;
     let config = followed(&dir.join("config"))?;
     let old = match std::fs::read_to_string(&config) {
@@ -325,7 +331,7 @@ fn install_in(dir: &Path, text: &str) -> Result<()> {
         }
         None => 0o600,
     };
-    write_replacing(&config, new.as_bytes(), mode)?;
+    stj_cli::private_file::replace(&config, new.as_bytes(), mode)?;
     println!(
         "{} now starts with `{include}`: `ssh stj-job-N` reaches job N",
         config.display()
@@ -365,28 +371,6 @@ fn with_include_first(config: &str, include: &str) -> String {
         out.push('\n');
     }
     out
-}
-
-/// Replaces `path` with `data` at once (temp file, fsync, rename): a crash
-/// leaves the old file or the new one, never half of one.
-fn write_replacing(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let tmp = path.with_extension(format!("stj-tmp{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let written = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", path.display()));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
