@@ -154,35 +154,32 @@ pub struct ClientHandshake {
     transcript: Option<[u8; 32]>,
 }
 
+/// What a client may ask of the starter in its Hello (session.proto); the
+/// transcript binds them, so nobody on the way can change them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Asks {
+    /// The job's own host key instead of a one-time one.
+    pub job_host_key: bool,
+    /// The job's own namespaces instead of its innermost container.
+    pub outer: bool,
+}
+
 impl ClientHandshake {
-    /// Returns the state and the Hello to send (asking for a one-time host
-    /// key).
+    /// Returns the state and the Hello to send, asking nothing special.
     pub fn start(
         capability: Vec<u8>,
         k: &[u8; 32],
         client_nonce: [u8; NONCE_LEN],
     ) -> (Self, HandshakeMessage) {
-        Self::start_with(capability, k, client_nonce, false)
+        Self::start_asking(capability, k, client_nonce, Asks::default())
     }
 
-    /// `start`, asking for the job's own host key when `job_host_key`.
-    pub fn start_with(
-        capability: Vec<u8>,
-        k: &[u8; 32],
-        client_nonce: [u8; NONCE_LEN],
-        job_host_key: bool,
-    ) -> (Self, HandshakeMessage) {
-        Self::start_asking(capability, k, client_nonce, job_host_key, false)
-    }
-
-    /// `start_with`, also asking to land in the job's own namespaces rather
-    /// than its innermost container when `outer`.
+    /// `start`, with `asks` in the Hello.
     pub fn start_asking(
         capability: Vec<u8>,
         k: &[u8; 32],
         client_nonce: [u8; NONCE_LEN],
-        job_host_key: bool,
-        outer: bool,
+        asks: Asks,
     ) -> (Self, HandshakeMessage) {
         let k = hmac::Key::new(hmac::HMAC_SHA256, k);
         let mac = hmac::sign(&k, &hello_mac_input(&capability, &client_nonce));
@@ -191,8 +188,8 @@ impl ClientHandshake {
             capability,
             client_nonce: client_nonce.to_vec(),
             mac: mac.as_ref().to_vec(),
-            job_host_key,
-            outer,
+            job_host_key: asks.job_host_key,
+            outer: asks.outer,
         }));
         let state = ClientHandshake {
             k,
@@ -262,10 +259,8 @@ impl ClientHandshake {
 /// The starter's side.
 pub struct StarterHandshake {
     pub capability: Capability,
-    /// The client asked for the job's own host key (see session.proto).
-    pub job_host_key: bool,
-    /// The client asked to land in the job's own namespaces.
-    pub outer: bool,
+    /// What the client asked for in its Hello.
+    pub asks: Asks,
     k: hmac::Key,
     hello: Vec<u8>,
     transcript: Option<[u8; 32]>,
@@ -295,8 +290,10 @@ impl StarterHandshake {
             .map_err(|_| HandshakeError::BadProof)?;
         Ok(StarterHandshake {
             capability,
-            job_host_key: h.job_host_key,
-            outer: h.outer,
+            asks: Asks {
+                job_host_key: h.job_host_key,
+                outer: h.outer,
+            },
             k,
             hello: hello_body.to_vec(),
             transcript: None,
@@ -451,14 +448,14 @@ mod tests {
     #[test]
     fn a_flipped_job_host_key_request_breaks_the_proofs() {
         let (mut client, hello) =
-            ClientHandshake::start_with(cap().encode().unwrap(), &k(), [1; 32], false);
+            ClientHandshake::start_asking(cap().encode().unwrap(), &k(), [1; 32], Asks::default());
         let Some(Msg::Hello(mut h)) = hello.msg else {
             panic!("hello")
         };
         h.job_host_key = true;
         let flipped = msg(Msg::Hello(h)).encode_to_vec();
         let mut starter = StarterHandshake::on_hello(&flipped, &KEY).unwrap();
-        assert!(starter.job_host_key);
+        assert!(starter.asks.job_host_key);
         assert!(matches!(
             client.on_challenge(starter.challenge([2; 32], [8; 32])),
             Err(HandshakeError::BadProof)

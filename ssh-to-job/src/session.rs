@@ -165,8 +165,10 @@ pub async fn run(o: &Options) -> Result<u8> {
                     // This run checks the host key itself (its own
                     // known_hosts with the key), no CA needed.
                     host_ca: None,
-                    job_host_key: false,
-                    outer: o.outer,
+                    asks: attach::Asks {
+                        job_host_key: false,
+                        outer: o.outer,
+                    },
                 },
                 &grant,
             )

@@ -176,7 +176,7 @@ fn a_third_party_with_the_relay_session_id_gets_nothing_and_disturbs_nothing() {
             tokio::io::AsyncWriteExt::write_all(&mut s, &p)
                 .await
                 .unwrap();
-            attach::handshake(&mut s, &g, None, false, false)
+            attach::handshake(&mut s, &g, None, Default::default())
                 .await
                 .map(|s| s.user)
         })

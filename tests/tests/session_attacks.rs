@@ -63,7 +63,7 @@ fn direct_attach_is_refused_as_unproven(c: &Cluster, secs: &str) {
 /// The client side of a handshake, as the tests drive it by hand.
 async fn try_handshake(grant: &attach::Grant) -> Result<attach::Session, HandshakeError> {
     let mut s = tokio::net::TcpStream::connect(grant.direct_addr.as_deref().unwrap()).await?;
-    attach::handshake(&mut s, grant, None, false, false).await
+    attach::handshake(&mut s, grant, None, Default::default()).await
 }
 
 fn remote_code(r: Result<attach::Session, HandshakeError>) -> ErrorCode {

@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use ring::rand::{SecureRandom, SystemRandom};
 use stj_proto::capability::Capability;
+pub use stj_proto::handshake::Asks;
 use stj_proto::handshake::{
     read_message, write_message, ClientHandshake, HandshakeError, DEADLINE, NONCE_LEN,
 };
@@ -162,20 +163,14 @@ pub async fn handshake(
     stream: &mut TcpStream,
     grant: &Grant,
     host_ca: Option<&HostCa>,
-    job_host_key: bool,
-    outer: bool,
+    asks: Asks,
 ) -> Result<Session, HandshakeError> {
     let mut nonce = [0u8; NONCE_LEN];
     SystemRandom::new()
         .fill(&mut nonce)
         .map_err(|_| HandshakeError::Decode)?;
-    let (mut hs, hello) = ClientHandshake::start_asking(
-        grant.capability.clone(),
-        &grant.k,
-        nonce,
-        job_host_key,
-        outer,
-    );
+    let (mut hs, hello) =
+        ClientHandshake::start_asking(grant.capability.clone(), &grant.k, nonce, asks);
     write_message(stream, &hello).await?;
     let (challenge, _) = read_message(stream).await?;
     let (mut proof, host) = hs.on_challenge(challenge)?;
@@ -279,11 +274,11 @@ pub struct Dial<'a> {
     /// Certify the session's host key with this CA (host_ca.rs), for an
     /// ssh that checks host keys by @cert-authority.
     pub host_ca: Option<&'a HostCa>,
-    /// Ask for the job's own host key instead of a one-time one, for a
-    /// client that checks it against a known_hosts line (paramiko).
-    pub job_host_key: bool,
-    /// Land in the job's own namespaces, not its innermost container.
-    pub outer: bool,
+    /// What to ask the starter for: the job's own host key instead of a
+    /// one-time one (a client that checks it against a known_hosts line:
+    /// paramiko), the job's own namespaces instead of its innermost
+    /// container.
+    pub asks: Asks,
 }
 
 /// Runs the handshake on a fresh connection within the deadline, and hands
@@ -296,13 +291,7 @@ async fn finish(
     stream.set_nodelay(true).ok();
     let session = tokio::time::timeout(
         DEADLINE,
-        handshake(
-            &mut stream,
-            grant,
-            dial.host_ca,
-            dial.job_host_key,
-            dial.outer,
-        ),
+        handshake(&mut stream, grant, dial.host_ca, dial.asks),
     )
     .await
     .map_err(|_| ClientError::TimedOut(format!("handshake with node {} timed out", grant.node)))?

@@ -24,8 +24,10 @@ pub async fn line(socket: &Path, job: u64) -> Result<String> {
         job_id: job,
         daemon_sock: None,
         host_ca: None,
-        job_host_key: true,
-        outer: false,
+        asks: attach::Asks {
+            job_host_key: true,
+            outer: false,
+        },
     };
     // Only the handshake is wanted, for the job's own key: the connection
     // closes right after it (sshd on the node sees the end at once; the

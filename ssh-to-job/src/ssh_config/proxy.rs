@@ -150,8 +150,10 @@ pub async fn proxy(
         job_id: job,
         daemon_sock,
         host_ca: ca.as_ref(),
-        job_host_key,
-        outer: false,
+        asks: attach::Asks {
+            job_host_key,
+            outer: false,
+        },
     };
     let (stream, session, path) = attach::connect(attach::Mode::Auto, &dial, &grant).await?;
     tracing::debug!(job_id = job, path = path.as_str(), ?handoff, "connected");

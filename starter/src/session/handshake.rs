@@ -178,7 +178,7 @@ async fn exchange(s: &Sessions, stream: &mut TcpStream, unheard: Option<UnheardC
     // known_hosts line (paramiko) and asked for it: a key that outlives the
     // session is one whose copy (session files are the job user's) could
     // stand in for the job later, so only clients that need one get it.
-    let seed = if hs.job_host_key {
+    let seed = if hs.asks.job_host_key {
         target.host_seed
     } else {
         let mut seed = [0u8; 32];
@@ -221,6 +221,6 @@ async fn exchange(s: &Sessions, stream: &mut TcpStream, unheard: Option<UnheardC
     }
     let ready = hs.ready(&target.spec.user_name).map_err(Err)?;
     write_message(stream, &ready).await.map_err(Err)?;
-    let outer = hs.outer;
+    let outer = hs.asks.outer;
     Ok((cap, target, seed, home, host_cert, outer))
 }
