@@ -4,9 +4,9 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
-use stj_proto::session_id::SessionId;
 
 use anyhow::{Context, Result};
+use stj_proto::session_id::SessionId;
 use stj_proto::user::{RemoveRequest, ReportExitRequest};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 

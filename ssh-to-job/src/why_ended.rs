@@ -18,8 +18,8 @@ const POLL: Duration = Duration::from_millis(200);
 
 pub async fn explain(socket: &Path, job_id: u64) -> Option<String> {
     let deadline = tokio::time::Instant::now() + SETTLE;
+    let mut c = connect(socket).await.ok()?;
     loop {
-        let mut c = connect(socket).await.ok()?;
         let jobs = query_all(&mut c, vec![job_id], true).await.ok()?;
         if let Some(why) = jobs.iter().find(|j| j.id == job_id).and_then(reason) {
             return Some(why);
