@@ -217,3 +217,25 @@ fn wait_times_out_with_the_current_state_when_no_node_is_free() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is idle, not running"));
 }
+
+/// The client's new knobs refuse what they cannot honour, by name, before
+/// anything is asked of a schedd.
+#[test]
+fn client_knobs_out_of_range_or_malformed_are_refused_by_name() {
+    let run = |args: &[&str]| {
+        let out = Command::new(bin("ssh-to-job"))
+            .args(args)
+            .env("STJ_SCHEDD_SOCKET", "/nonexistent/schedd.sock")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // Beyond an hour (it overflowed a deadline once).
+    let e = run(&["--room-wait", "4000", "1", "true"]);
+    assert!(e.contains("--room-wait") && e.contains("4000"), "{e}");
+    let e = run(&["proxy", "--client-key", "not a key", "stj-job-1"]);
+    assert!(e.contains("is not an OpenSSH public key"), "{e}");
+    let e = run(&["proxy", "login1"]);
+    assert!(e.contains("is not stj-job-N"), "{e}");
+}
