@@ -19,6 +19,7 @@ PKGS=(
   python3-paramiko    # a non-OpenSSH client (Fabric, Ansible -c paramiko) in the tests
   ansible-core        # `ansible -c paramiko -m ping` into a job (tests)
   xvfb x11-utils xauth  # X11 forwarding into a job: a virtual X server, xdpyinfo (tests)
+  runc                # rootless OCI containers a job starts itself (tests: sessions land inside)
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -3,6 +3,10 @@
 //!   pwlookup name NAME [BUFSIZE]   getpwnam_r with a BUFSIZE-byte buffer
 //!   pwlookup uid UID [BUFSIZE]     getpwuid_r
 //!   pwlookup plain NAME            getpwnam
+//!   pwlookup chdir DIR             chdir, then prints `cwd CWD dumpable N`
+//!   pwlookup closefrom|close_range closefrom(3) or close_range(3, ~0, 0),
+//!                                  then prints `fd3 open|closed cloexec 0|1
+//!                                  fd4 open|closed`
 //! Prints `found NAME UID GID HOME SHELL`, `notfound` or `erange`.
 
 use std::ffi::{CStr, CString};
@@ -25,6 +29,38 @@ fn main() {
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; size];
     let mut res: *mut libc::passwd = std::ptr::null_mut();
+    if a[1] == "closefrom" || a[1] == "close_range" {
+        extern "C" {
+            fn closefrom(lowfd: libc::c_int);
+            fn close_range(
+                first: libc::c_uint,
+                last: libc::c_uint,
+                flags: libc::c_int,
+            ) -> libc::c_int;
+        }
+        if a[1] == "closefrom" {
+            unsafe { closefrom(3) };
+        } else {
+            unsafe { close_range(3, libc::c_uint::MAX, 0) };
+        }
+        let flags = |fd| unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        let state = |fd| if flags(fd) >= 0 { "open" } else { "closed" };
+        println!(
+            "fd3 {} cloexec {} fd4 {}",
+            state(3),
+            (flags(3) >= 0 && flags(3) & libc::FD_CLOEXEC != 0) as u8,
+            state(4)
+        );
+        return;
+    }
+    if a[1] == "chdir" {
+        let d = CString::new(a[2].clone()).unwrap();
+        unsafe { libc::chdir(d.as_ptr()) };
+        let dumpable = unsafe { libc::prctl(libc::PR_GET_DUMPABLE) };
+        let cwd = std::env::current_dir().unwrap();
+        println!("cwd {} dumpable {dumpable}", cwd.display());
+        return;
+    }
     let rc = match a[1].as_str() {
         "name" => {
             let n = CString::new(a[2].clone()).unwrap();

@@ -14,6 +14,23 @@
 //! One more thing, cosmetic: a program started through the kit's loader
 //! (`ld-linux-x86-64.so.2 /.stj/bin/sshd ...`) is named after the loader in
 //! `ps`/`top` inside the job. A constructor renames it after its own argv[0].
+//!
+//! And three that let sshd reach its session files from inside any
+//! container while keeping the session inside it (only with `STJ_PASSWD`
+//! set, i.e. in a session's sshd). The starter's helper starts sshd with
+//! its working directory and fd [`SESSION_FD`] on the session's directory
+//! on the node, outside the job's root (sshd is exec'd through the first,
+//! and names its files `/proc/self/fd/3/...`: sshd moves to `/` at
+//! start-up, and reads authorized_keys only later). So:
+//! - `closefrom` (sshd closes every fd above stderr at start-up) spares
+//!   that fd, and a constructor marks it close-on-exec: no program sshd
+//!   runs — the session's shell — inherits it;
+//! - a constructor makes sshd undumpable: the job's user cannot reach that
+//!   fd (or the working directory) through `/proc/PID/` of sshd's
+//!   processes (no ptrace-level access);
+//! - a `chdir` that fails (sshd's move to the account's home, which the
+//!   job may have removed) moves to `/` instead of staying where it was,
+//!   so no shell ever starts outside the job's root.
 
 use std::cell::RefCell;
 use std::ffi::{CStr, CString};
@@ -22,6 +39,9 @@ use std::sync::OnceLock;
 use libc::{c_char, c_int, gid_t, passwd, size_t, uid_t};
 
 pub const ENV: &str = "STJ_PASSWD";
+
+/// The fd on the session's directory that a session's sshd keeps.
+pub const SESSION_FD: c_int = 3;
 
 /// The process name (`comm`) for a program whose argv[0] is `argv0`, if the
 /// current one is the loader's (`ld-...`); at most 15 bytes, as the kernel
@@ -71,6 +91,32 @@ extern "C" fn rename_after_argv0(
 #[link_section = ".init_array"]
 static RENAME: extern "C" fn(c_int, *const *const c_char, *const *const c_char) =
     rename_after_argv0;
+
+/// In a session's sshd (see the module comment): no ptrace-level access by
+/// the job's user, so nobody follows sshd's working directory out of the job.
+extern "C" fn undumpable_in_sessions(
+    _argc: c_int,
+    _argv: *const *const c_char,
+    _env: *const *const c_char,
+) {
+    if in_session() {
+        // SAFETY: prctl and fcntl with constant arguments on this process.
+        unsafe {
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+            libc::fcntl(SESSION_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+}
+
+#[used]
+#[link_section = ".init_array"]
+static UNDUMPABLE: extern "C" fn(c_int, *const *const c_char, *const *const c_char) =
+    undumpable_in_sessions;
+
+fn in_session() -> bool {
+    // SAFETY: getenv with a NUL-terminated name; no allocation.
+    !unsafe { libc::getenv(c"STJ_PASSWD".as_ptr()) }.is_null()
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -298,6 +344,71 @@ pub unsafe extern "C" fn getpwuid(uid: uid_t) -> *mut passwd {
         Some(f) => f(uid),
         None => std::ptr::null_mut(),
     }
+}
+
+/// Closes `[first, last]` but the session fd in a session's sshd.
+fn close_sparing(first: libc::c_uint, last: libc::c_uint, flags: libc::c_int) -> c_int {
+    let range = |a: libc::c_uint, b: libc::c_uint| {
+        // SAFETY: close_range(2) on this process's own fd table.
+        unsafe { libc::syscall(libc::SYS_close_range, a, b, flags) as c_int }
+    };
+    let keep = SESSION_FD as libc::c_uint;
+    if !in_session() || keep < first || keep > last {
+        return range(first, last);
+    }
+    let below = if first < keep {
+        range(first, keep - 1)
+    } else {
+        0
+    };
+    let above = if keep < last {
+        range(keep + 1, last)
+    } else {
+        0
+    };
+    if below != 0 {
+        below
+    } else {
+        above
+    }
+}
+
+/// # Safety
+/// As libc's closefrom. (OpenSSH may bring its own closefrom, which calls
+/// close_range: both are covered.)
+#[no_mangle]
+pub unsafe extern "C" fn closefrom(lowfd: c_int) {
+    close_sparing(lowfd.max(0) as libc::c_uint, libc::c_uint::MAX, 0);
+}
+
+/// # Safety
+/// As libc's close_range.
+#[no_mangle]
+pub unsafe extern "C" fn close_range(
+    first: libc::c_uint,
+    last: libc::c_uint,
+    flags: c_int,
+) -> c_int {
+    close_sparing(first, last, flags)
+}
+
+type Chdir = unsafe extern "C" fn(*const c_char) -> c_int;
+
+/// # Safety
+/// As libc's chdir.
+#[no_mangle]
+pub unsafe extern "C" fn chdir(path: *const c_char) -> c_int {
+    let Some(real) = real!(c"chdir", Chdir) else {
+        *libc::__errno_location() = libc::ENOSYS;
+        return -1;
+    };
+    let rc = real(path);
+    if rc != 0 && in_session() {
+        let e = *libc::__errno_location();
+        real(c"/".as_ptr());
+        *libc::__errno_location() = e;
+    }
+    rc
 }
 
 #[cfg(test)]

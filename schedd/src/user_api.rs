@@ -23,6 +23,10 @@ const MAX_ARGS_BYTES: usize = 256 * 1024;
 /// Environment variables per job: sessions pass them to sshd, which refuses
 /// more than about 1,000 ("child_set_env: too many env vars").
 const MAX_ENV: usize = 900;
+/// `--cpus` beyond any node's CPU count is a typo, not a request.
+const MAX_MILLICPUS: u32 = 4096 * 1000;
+/// Below this a job's own init and one session's sshd cannot run.
+const MIN_MEMORY: u64 = 4 << 20;
 /// A reply's size, well under the 4 MiB a gRPC client takes by default:
 /// longer answers come in pages.
 const REPLY_BUDGET: usize = 2 * 1024 * 1024;
@@ -128,6 +132,14 @@ fn validate(spec: &JobSpec) -> Result<(), Status> {
     if spec.umask.is_some_and(|m| m > 0o777) {
         return bad("umask must be at most 0777");
     }
+    if spec.millicpus > MAX_MILLICPUS || (1..10).contains(&spec.millicpus) {
+        return bad("--cpus is between 0.01 and 4096");
+    }
+    if spec.memory_bytes != 0 && spec.memory_bytes < MIN_MEMORY {
+        return bad(
+            "--memory is at least 4M: less leaves no room for the job's own init and a session",
+        );
+    }
     Ok(())
 }
 
@@ -150,6 +162,9 @@ fn visible_to(uid: u32, mut job: Job) -> Job {
         args: vec![name],
         ssh_enabled: spec.ssh_enabled,
         interactive: spec.interactive,
+        // squeue shows what a job asked for, to everyone.
+        millicpus: spec.millicpus,
+        memory_bytes: spec.memory_bytes,
         ..Default::default()
     });
     if job.state != JobState::Idle as i32 {

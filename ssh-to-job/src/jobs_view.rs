@@ -29,7 +29,7 @@ fn exit(job: &Job) -> String {
 }
 
 pub fn table(jobs: &[Job]) -> String {
-    let rows: Vec<[String; 8]> = jobs
+    let rows: Vec<[String; 9]> = jobs
         .iter()
         .map(|j| {
             let cmd = j
@@ -49,13 +49,17 @@ pub fn table(jobs: &[Job]) -> String {
                 },
                 time(j.start_time),
                 exit(j),
+                j.spec
+                    .as_ref()
+                    .map(|s| crate::limits::column(s.millicpus, s.memory_bytes))
+                    .unwrap_or_else(|| "-".into()),
                 cmd.chars().take(40).collect(),
                 j.reason.clone(),
             ]
         })
         .collect();
     let header = [
-        "ID", "OWNER", "STATE", "NODE", "STARTED", "EXIT", "COMMAND", "REASON",
+        "ID", "OWNER", "STATE", "NODE", "STARTED", "EXIT", "LIMITS", "COMMAND", "REASON",
     ];
     aligned(&header, &rows)
 }
@@ -113,6 +117,9 @@ pub fn json(jobs: &[Job]) -> serde_json::Value {
                     "output": spec.output,
                     "error": spec.error,
                     "ssh_enabled": spec.ssh_enabled,
+                    // 0: no limit.
+                    "millicpus": spec.millicpus,
+                    "memory_bytes": spec.memory_bytes,
                 })
             })
             .collect(),

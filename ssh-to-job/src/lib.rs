@@ -8,6 +8,7 @@ pub mod fd_pass;
 pub mod host_ca;
 pub mod jobs_view;
 pub mod key_file;
+pub mod limits;
 pub mod runtime_dir;
 pub mod schedd_client;
 pub mod session;

@@ -49,6 +49,10 @@ pub struct StarterConfig {
     pub allow_x11_forwarding: bool,
     /// Sessions may forward the user's ssh agent (ssh -A).
     pub allow_agent_forwarding: bool,
+    /// Where job cgroups are made, relative to each cgroup hierarchy's
+    /// root; default `stj_<node name>`. One starter per parent: it removes
+    /// what it finds there at start-up.
+    pub cgroup_parent: Option<String>,
 }
 
 impl Default for StarterConfig {
@@ -70,6 +74,7 @@ impl Default for StarterConfig {
             allow_tcp_forwarding: true,
             allow_x11_forwarding: true,
             allow_agent_forwarding: true,
+            cgroup_parent: None,
         }
     }
 }

@@ -23,6 +23,10 @@ pub struct JobTarget {
     /// The key never leaves the node but in those sessions' files. None: no
     /// key could be made.
     pub host_seed: Option<[u8; 32]>,
+    /// The job's cgroup, one directory per hierarchy: session processes
+    /// join it, so they are accounted and limited with the job and end with
+    /// it. Empty when the node has none.
+    pub cgroups: Vec<std::path::PathBuf>,
 }
 
 /// Where job J stands on this node, as a session sees it.

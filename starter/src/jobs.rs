@@ -8,6 +8,7 @@ use std::time::Duration;
 use stj_proto::starter::{JobExited, RunJob};
 use tokio::sync::mpsc;
 
+use crate::cgroup::{CgroupTree, JobCgroup, Limits};
 use crate::container::{self, ContainerSpec, Exit, Launch};
 use crate::job_locator::{JobLocator, JobTarget, Located};
 use crate::report::{Report, Reporter, Reports};
@@ -21,6 +22,8 @@ struct Entry {
     /// Seed of the job's SSH host key, made when the job arrives and kept
     /// in memory only, for the job's life (see job_locator.rs).
     host_seed: Option<[u8; 32]>,
+    /// The job's cgroup (its processes and its sessions').
+    cgroup: Option<Arc<JobCgroup>>,
 }
 
 /// A fresh host key seed; None only if the system's generator fails (then
@@ -41,6 +44,8 @@ pub struct Jobs {
     kit: Option<crate::kit::Kit>,
     /// Run jobs as leased slot uids instead of their owners'.
     slot_users: Option<Arc<SlotUsers>>,
+    /// Where job cgroups are made; None when the node has none usable.
+    cgroups: Option<CgroupTree>,
 }
 
 pub struct JobsConfig {
@@ -48,6 +53,7 @@ pub struct JobsConfig {
     pub kill_grace: Duration,
     pub kit: Option<crate::kit::Kit>,
     pub slot_users: Option<Arc<SlotUsers>>,
+    pub cgroups: Option<CgroupTree>,
 }
 
 /// Creates `dir` and its parents under `work_dir` with mode 0711: job users
@@ -88,6 +94,7 @@ impl Jobs {
             kill_grace: c.kill_grace,
             kit: c.kit,
             slot_users: c.slot_users,
+            cgroups: c.cgroups,
         });
         (jobs, rx)
     }
@@ -229,7 +236,7 @@ impl Jobs {
         } else {
             spec.args.clone()
         };
-        let cspec = ContainerSpec {
+        let mut cspec = ContainerSpec {
             job_id: id,
             uid,
             gid,
@@ -264,9 +271,54 @@ impl Jobs {
                 let st = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&**fd)).ok()?;
                 Some((st.st_dev, st.st_ino))
             }),
+            cgroups: Vec::new(),
         };
         let job_dir = self.work_dir.join("jobs").join(id.to_string());
-        let container = match container::launch(&cspec, &job_dir).await {
+        let limits = Limits {
+            millicpus: spec.millicpus,
+            memory_bytes: spec.memory_bytes,
+        };
+        let cgroup = match (&self.cgroups, limits == Limits::default()) {
+            (Some(tree), _) => match tree.create(id, limits) {
+                Ok(c) => Some(Arc::new(c)),
+                Err(e) => return node_failed(format!("node could not make the job's cgroup: {e}")),
+            },
+            (None, true) => None,
+            (None, false) => {
+                return node_failed(
+                    "node cannot enforce --cpus or --memory: it has no usable cgroup hierarchy (see its starter's log)".into(),
+                )
+            }
+        };
+        cspec.cgroups = cgroup.as_ref().map(|c| c.dirs()).unwrap_or_default();
+        let exit = self
+            .run_in(id, &run.owner_name, cspec, &job_dir, cgroup.clone())
+            .await;
+        let Some(cgroup) = cgroup else { return exit };
+        let exit = with_oom_kills(exit, cgroup.oom_kills(), limits.memory_bytes);
+        // What the job left (nothing, normally: its PID namespace is gone)
+        // goes with it, then its cgroup.
+        tokio::task::spawn_blocking(move || {
+            cgroup.kill();
+            cgroup.remove(Duration::from_secs(10));
+        });
+        exit
+    }
+
+    async fn run_in(
+        &self,
+        id: u64,
+        owner: &str,
+        cspec: ContainerSpec,
+        job_dir: &std::path::Path,
+        cgroup: Option<Arc<JobCgroup>>,
+    ) -> Exit {
+        let node_failed = |error: String| Exit {
+            error,
+            node_fault: true,
+            ..Default::default()
+        };
+        let container = match container::launch(&cspec, job_dir).await {
             Ok(Launch::Started(c)) => c,
             Ok(Launch::Failed(exit)) => {
                 tracing::warn!(job_id = id, error = %exit.error, "job failed to start");
@@ -283,9 +335,10 @@ impl Jobs {
             let e = t.entry(id).or_default();
             e.init = init.clone();
             e.spec = Some(Arc::new(cspec.clone()));
+            e.cgroup = cgroup;
             e.kill_requested
         };
-        tracing::info!(job_id = id, owner = %run.owner_name, "job started");
+        tracing::info!(job_id = id, %owner, "job started");
         let _ = self.events.send(Report::JobStarted(id));
         if kill_now {
             self.kill(id);
@@ -299,11 +352,11 @@ impl Jobs {
     /// container), then SIGKILL to the init after the grace period, which
     /// takes the whole PID namespace down.
     pub fn kill(&self, id: u64) {
-        let init = {
+        let (init, cgroup) = {
             let mut t = self.table();
             let Some(e) = t.get_mut(&id) else { return };
             e.kill_requested = true;
-            e.init.clone()
+            (e.init.clone(), e.cgroup.clone())
         };
         let Some(init) = init else { return }; // killed as soon as it has started
         tracing::info!(job_id = id, "killing job");
@@ -312,8 +365,28 @@ impl Jobs {
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             container::signal_pidfd(&init.pidfd, libc::SIGKILL);
+            // Everything in the job's cgroup, whatever namespace it is in.
+            if let Some(c) = cgroup {
+                tokio::task::spawn_blocking(move || c.kill());
+            }
         });
     }
+}
+
+/// The job's exit, saying so when its memory limit killed processes of it
+/// (the exit status alone says only "signal 9").
+fn with_oom_kills(mut exit: Exit, kills: u64, limit: u64) -> Exit {
+    if kills > 0 && exit.error.is_empty() {
+        let limit = match limit {
+            0 => String::new(),
+            l if l % (1 << 20) == 0 => format!(" ({} MiB)", l >> 20),
+            l => format!(" ({l} bytes)"),
+        };
+        exit.error = format!(
+            "out of memory: the job reached its memory limit{limit} and the kernel killed {kills} of its processes; submit with a larger --memory"
+        );
+    }
+    exit
 }
 
 /// The starter's own containers: a job is here from its RunJob until it
@@ -326,11 +399,13 @@ impl JobLocator for Jobs {
                 init: Some(init),
                 spec: Some(spec),
                 host_seed,
+                cgroup,
                 ..
             }) => Located::Here(JobTarget {
                 init: init.clone(),
                 spec: spec.clone(),
                 host_seed: *host_seed,
+                cgroups: cgroup.as_ref().map(|c| c.dirs()).unwrap_or_default(),
             }),
             Some(e) if e.init.is_none() && !e.kill_requested => Located::Starting,
             _ => Located::NotHere,

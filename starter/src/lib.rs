@@ -1,6 +1,7 @@
 //! stj-starter: one per compute node. Dials out to the schedd (it listens
 //! nowhere), runs jobs in containers it makes itself, and reports them.
 
+pub mod cgroup;
 pub mod config;
 pub mod container;
 pub mod identity;
@@ -13,6 +14,8 @@ mod report;
 mod session;
 pub mod slots;
 pub mod tls;
+
+pub use session::environ_main;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -128,6 +131,44 @@ fn read_token(path: &std::path::Path, enrolled: bool) -> Result<Option<JoinToken
     }
 }
 
+/// Where job cgroups go. A parent that is not a plain relative name stops
+/// the starter (a typo must not put jobs somewhere unexpected); a node with
+/// no usable cgroup hierarchy runs jobs without one (said in the log), and
+/// refuses jobs that ask for limits.
+fn job_cgroups(config: &StarterConfig, name: &str) -> Result<Option<cgroup::CgroupTree>> {
+    let parent = config
+        .cgroup_parent
+        .clone()
+        .unwrap_or_else(|| format!("stj_{}", cgroup_safe(name)));
+    cgroup::check_parent(&parent)
+        .context("bad cgroup_parent in the [starter] config (or --cgroup-parent)")?;
+    match cgroup::CgroupTree::detect(&parent) {
+        Err(e @ cgroup::CgroupError::InUse(_)) => Err(e.into()),
+        Ok(tree) => {
+            let swept = tree.sweep();
+            tracing::info!(cgroups = %tree.describe(), left_over_jobs_removed = swept, "jobs get a cgroup each");
+            Ok(Some(tree))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "jobs run without a cgroup of their own; jobs that ask for --cpus or --memory are refused");
+            Ok(None)
+        }
+    }
+}
+
+/// A node name as one cgroup directory name.
+fn cgroup_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// The starter's one listening socket, bound before it runs: the direct
 /// session port, when `session_listen` asks for one.
 pub struct Listeners {
@@ -198,11 +239,13 @@ pub async fn run(
         None => None,
     };
     let kit = build_kit(&config);
+    let cgroups = job_cgroups(&config, &name)?;
     let (jobs, events) = jobs::Jobs::new(jobs::JobsConfig {
         work_dir: config.work_dir.clone(),
         kill_grace: Duration::from_secs(config.kill_grace_secs),
         kit: kit.as_ref().ok().cloned(),
         slot_users,
+        cgroups,
     });
     let key = Arc::new(session::StarterKey::default());
     let sessions = session::Sessions::new(

@@ -47,6 +47,9 @@ struct Cli {
     /// Run jobs as uids from this range, e.g. 5000-5099 [config: slot_users].
     #[arg(long)]
     slot_users: Option<String>,
+    /// Where job cgroups go, under each cgroup hierarchy [config: cgroup_parent; default stj_NAME].
+    #[arg(long)]
+    cgroup_parent: Option<String>,
     /// Log at debug level (never logs secrets).
     #[arg(long)]
     debug: bool,
@@ -60,6 +63,10 @@ enum Cmd {
     /// Internal: puts a session's sshd into a running job.
     #[command(hide = true)]
     SessionEnter { spec: PathBuf },
+    /// Internal: prints (part of) a process's environment, for a session
+    /// that lands beside it; killed by the starter if the read stalls.
+    #[command(hide = true)]
+    Environ { pid: i32 },
     /// Write this program's man page and shell completions into DIR.
     #[command(hide = true)]
     GenerateDocs { dir: PathBuf },
@@ -89,6 +96,7 @@ fn main() {
     match &cli.cmd {
         Some(Cmd::ContainerInit { spec }) => stj_starter::container::init_main(spec),
         Some(Cmd::SessionEnter { spec }) => stj_starter::container::enter::main(spec),
+        Some(Cmd::Environ { pid }) => stj_starter::environ_main(*pid),
         Some(Cmd::Placeholder { idle_timeout_secs }) => stj_starter::container::placeholder::main(
             std::time::Duration::from_secs(*idle_timeout_secs),
         ),
@@ -176,6 +184,9 @@ fn real_main(cli: Cli) -> Result<()> {
     }
     if let Some(v) = cli.slot_users {
         c.slot_users = Some(v);
+    }
+    if let Some(v) = cli.cgroup_parent {
+        c.cgroup_parent = Some(v);
     }
     stj_cli::daemon::raise_fd_limit();
     let rt = tokio::runtime::Runtime::new()?;

@@ -337,6 +337,7 @@ impl Cluster {
         token_file: &Path,
         extra: &[&str],
     ) -> Child {
+        let log_name = log;
         let log = self.path().join(format!("starter-{log}.log"));
         // On the NAT topology "nodeN" runs in the N-th node namespace.
         let ns = self.net.as_ref().map(|n| {
@@ -360,6 +361,9 @@ impl Cluster {
             ])
             .arg("--work-dir")
             .arg(work_dir)
+            .arg("--cgroup-parent")
+            // Another machine claiming a name has cgroups of its own.
+            .arg(self.cgroup_parent(log_name))
             .args(extra)
             .args(if self.debug {
                 &["--debug"][..]
@@ -371,6 +375,22 @@ impl Cluster {
             .stderr(log_file(&log))
             .spawn()
             .expect("start stj-starter")
+    }
+
+    /// Where node `name`'s job cgroups go: pools run side by side, so each
+    /// starter gets its own parent (one starter per parent).
+    pub fn cgroup_parent(&self, name: &str) -> String {
+        let pool = self.path().file_name().unwrap().to_string_lossy();
+        format!("stjtest/{pool}-{name}")
+    }
+
+    /// Job `id`'s cgroup directories on node `name`, one per hierarchy.
+    pub fn job_cgroups(&self, name: &str, id: u64) -> Vec<PathBuf> {
+        cgroup_mounts()
+            .into_iter()
+            .map(|m| m.join(self.cgroup_parent(name)).join(format!("job_{id}")))
+            .filter(|d| d.is_dir())
+            .collect()
     }
 
     pub fn starter_log(&self, name: &str) -> String {
@@ -575,7 +595,54 @@ impl Drop for Cluster {
             s.child.wait().ok();
         }
         self.kill_schedd();
+        // The starters' cgroup parents (their jobs died with them; the
+        // kernel lets a cgroup go once its last process has).
+        let pool = self
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        for m in cgroup_mounts() {
+            for e in fs::read_dir(m.join("stjtest"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if !e.file_name().to_string_lossy().starts_with(&pool) {
+                    continue;
+                }
+                let parent = e.path();
+                let gone = || {
+                    for j in fs::read_dir(&parent).into_iter().flatten().flatten() {
+                        if j.path().is_dir() {
+                            fs::remove_dir(j.path()).ok();
+                        }
+                    }
+                    fs::remove_dir(&parent).is_ok().then_some(())
+                };
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while gone().is_none() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
     }
+}
+
+/// The roots of this machine's cgroup hierarchies (v1 controllers, the
+/// unified v2 mount), from /proc/self/mountinfo.
+pub fn cgroup_mounts() -> Vec<PathBuf> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let fstype = right.split(' ').next()?;
+            let point = left.split(' ').nth(4)?;
+            matches!(fstype, "cgroup" | "cgroup2").then(|| PathBuf::from(point))
+        })
+        .collect()
 }
 
 /// Host pids of processes whose command line starts with `prefix` (so the

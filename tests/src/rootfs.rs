@@ -27,3 +27,51 @@ pub fn busybox(dir: &Path) -> PathBuf {
     assert!(!dir.join("etc/passwd").exists() && !dir.join("usr/sbin/sshd").exists());
     dir.to_path_buf()
 }
+
+/// An OCI bundle for a rootless `runc run` by `user`: a busybox root
+/// filesystem (the user's, as an unpacked image would be), and runc's own
+/// rootless config mapping the container's root to the user, running
+/// `args` with `env` added, in `cwd`, without a terminal.
+pub fn oci_bundle(
+    dir: &Path,
+    user: &crate::TestUser,
+    args: &[&str],
+    env: &[&str],
+    cwd: &str,
+) -> PathBuf {
+    busybox(&dir.join("rootfs"));
+    let out = Command::new("runc")
+        .args(["spec", "--rootless", "--bundle"])
+        .arg(dir)
+        .output()
+        .expect("runc is installed (scripts/install-deps.sh)");
+    assert!(
+        out.status.success(),
+        "runc spec: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = dir.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    c["process"]["terminal"] = false.into();
+    c["process"]["args"] = args.into();
+    c["process"]["cwd"] = cwd.into();
+    for e in env {
+        c["process"]["env"]
+            .as_array_mut()
+            .unwrap()
+            .push((*e).into());
+    }
+    c["root"]["readonly"] = false.into();
+    // Written by root: the mappings name the user instead.
+    c["linux"]["uidMappings"][0]["hostID"] = user.uid.into();
+    c["linux"]["gidMappings"][0]["hostID"] = user.gid.into();
+    fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    let out = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{}:{}", user.uid, user.gid))
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    dir.to_path_buf()
+}

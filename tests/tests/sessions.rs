@@ -503,6 +503,8 @@ fn sessions_land_in_the_container_the_jobs_program_runs_in() {
         &alice,
         &[
             "--",
+            "env",
+            "INNER_ONLY=from-the-inner-program",
             "unshare",
             "--user",
             "--map-root-user",
@@ -523,7 +525,7 @@ fn sessions_land_in_the_container_the_jobs_program_runs_in() {
         (!stj_tests::cluster::pids_matching("sleep 86480").is_empty()).then_some(())
     });
     let jid = id.to_string();
-    let script = "echo \"PID1=$(cat /proc/1/comm)\"; cat /mnt/marker; pwd; echo made > /mnt/by-session; grep NoNewPrivs /proc/self/status; echo SU=$(su -c 'id -u' root </dev/null 2>/dev/null); id -u";
+    let script = "echo \"PID1=$(cat /proc/1/comm)\"; cat /mnt/marker; pwd; echo made > /mnt/by-session; grep NoNewPrivs /proc/self/status; echo SU=$(su -c 'id -u' root </dev/null 2>/dev/null); echo ENV=$INNER_ONLY; id -u";
     let out = ok(c.ssh_to_job(&alice, &[&jid, script], None));
     let lines: Vec<&str> = out.lines().collect();
     assert!(
@@ -540,6 +542,10 @@ fn sessions_land_in_the_container_the_jobs_program_runs_in() {
     );
     assert!(lines.contains(&"NoNewPrivs:\t1"), "{out}");
     assert!(lines.contains(&"SU="), "su gained nothing: {out}");
+    assert!(
+        lines.contains(&"ENV=from-the-inner-program"),
+        "the inner program's environment, not the job's: {out}"
+    );
     assert_eq!(
         lines.last().copied(),
         Some(alice.uid.to_string().as_str()),
@@ -566,5 +572,106 @@ fn sessions_land_in_the_container_the_jobs_program_runs_in() {
     assert!(
         !out.contains("\n/mnt/marker\n"),
         "not the inner mount: {out}"
+    );
+}
+
+/// A job that runs its program in a rootless runc container (a busybox
+/// bundle: runc pivots into a root of its own, where neither the node's
+/// paths nor /.stj exist): the session is inside that container — its
+/// pids, its root, its environment and working directory — with sshd run
+/// from the kit the container cannot see, and its files are the owner's.
+#[test]
+fn sessions_land_in_a_runc_container_the_job_started() {
+    let mut c = Cluster::new();
+    c.start_starter("node1", 1);
+    let alice = TestUser::alice();
+    let bundle = stj_tests::rootfs::oci_bundle(
+        &c.workdir(&alice).join("bundle"),
+        &alice,
+        &[
+            "sh",
+            "-c",
+            "echo from-the-runc-container > /tmp/marker && exec sleep 86470",
+        ],
+        &["CONTAINER_VAR=set-by-runc"],
+        "/tmp",
+    );
+    let id = c.submit(
+        &alice,
+        &[
+            "--",
+            "runc",
+            "--root",
+            "/tmp/runc-state",
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "stj-test-ctr",
+        ],
+    );
+    c.wait_state(id, "running", T);
+    wait_until("the runc container's program", T, || {
+        (!stj_tests::cluster::pids_matching("sleep 86470").is_empty()).then_some(())
+    });
+    let jid = id.to_string();
+    let out = ok(c.ssh_to_job(
+        &alice,
+        &[
+            &jid,
+            "echo PID1=$(cat /proc/1/comm); echo PS=$(ps -o comm | tr '\\n' ' '); cat /tmp/marker; pwd; echo ENV=$CONTAINER_VAR; echo made > /tmp/by-session; ls /.stj 2>&1 | head -1; grep NoNewPrivs /proc/self/status; id -u",
+        ],
+        None,
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines.contains(&"PID1=sleep"),
+        "the container's PID namespace: {out}"
+    );
+    // ps lists the sleep, the session's sshd, shell and ps — nothing of
+    // the job outside the container (no stj-init, no runc).
+    let ps = lines.iter().find(|l| l.starts_with("PS=")).unwrap();
+    assert!(
+        ps.contains("sleep") && !ps.contains("stj-init") && !ps.contains("runc"),
+        "{out}"
+    );
+    assert!(
+        lines.contains(&"from-the-runc-container"),
+        "the container's root: {out}"
+    );
+    assert!(
+        lines.contains(&"/tmp"),
+        "its program's working directory: {out}"
+    );
+    assert!(
+        lines.contains(&"ENV=set-by-runc"),
+        "its program's environment: {out}"
+    );
+    assert!(
+        out.contains("No such file or directory"),
+        "the kit is not in the container's view: {out}"
+    );
+    assert!(lines.contains(&"NoNewPrivs:\t1"), "{out}");
+    assert_eq!(
+        lines.last().copied(),
+        Some(alice.uid.to_string().as_str()),
+        "{out}"
+    );
+    // Written inside the container's root, which is the bundle's rootfs on
+    // the node: there, and the owner's.
+    let written = bundle.join("rootfs/tmp/by-session");
+    assert_eq!(fs::read_to_string(&written).unwrap(), "made\n");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&fs::metadata(&written).unwrap()),
+        alice.uid
+    );
+
+    let out = ok(c.ssh_to_job(
+        &alice,
+        &["--outer", &jid, "echo PID1=$(cat /proc/1/comm)"],
+        None,
+    ));
+    assert!(
+        out.contains("PID1=stj-init"),
+        "--outer: the job's own container: {out}"
     );
 }

@@ -34,6 +34,7 @@ enum Cmd {
     /// Examples:
     ///   stj submit -- sleep 600
     ///   stj submit --image /srv/images/busybox --cwd / -- sh -c 'echo hi'
+    ///   stj submit --cpus 2 --memory 4G -- ./simulate
     ///   stj submit --interactive                # a shell in a fresh job; removed when you leave
     #[command(verbatim_doc_comment)]
     Submit {
@@ -62,6 +63,14 @@ enum Cmd {
         /// Refuse ssh-to-job sessions into this job.
         #[arg(long)]
         no_ssh: bool,
+        /// CPUs the job may use at once (its cgroup's CPU quota; 0.5, 2, ...).
+        #[arg(long, value_name = "N", value_parser = ssh_to_job::limits::parse_cpus)]
+        cpus: Option<u32>,
+        /// Memory the job may use, its sessions included, swap included
+        /// (64M, 2G; a bare number is MiB). Past it the kernel kills its
+        /// processes and `stj q` says so.
+        #[arg(long, value_name = "SIZE", value_parser = ssh_to_job::limits::parse_memory)]
+        memory: Option<u64>,
         /// Make this submit idempotent: the same id returns the job it
         /// made before (stj says which id to use if a submit was cut off).
         #[arg(long, value_name = "ID")]
@@ -204,6 +213,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             output,
             error,
             no_ssh,
+            cpus,
+            memory,
             request_id,
             command,
         } => {
@@ -237,6 +248,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 interactive,
                 idle_timeout_secs: idle_timeout.as_secs().clamp(1, u32::MAX.into()) as u32,
                 umask: Some(current_umask()),
+                millicpus: cpus.unwrap_or(0),
+                memory_bytes: memory.unwrap_or(0),
             };
             let request_id = match request_id {
                 Some(r) => r,

@@ -61,12 +61,13 @@ fn monitor(spec_path: &Path) -> Result<i32> {
         &fs::read(spec_path).with_context(|| format!("cannot read {}", spec_path.display()))?,
     )
     .context("bad container spec")?;
+    // The cgroup namespace is the init's to make, once it is in the job's
+    // cgroup: the job then sees that cgroup as its root.
     unshare(
         CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWPID
             | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWCGROUP,
+            | CloneFlags::CLONE_NEWIPC,
     )
     .context("cannot create the job's namespaces (the starter must run as root)")?;
 
@@ -161,6 +162,17 @@ fn init(spec: &ContainerSpec) -> Result<i32> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
     // `ps` inside the job shows pid 1 as stj-init, not as the starter binary.
     let _ = nix::sys::prctl::set_name(c"stj-init");
+    // Into the job's cgroup before anything of the job exists: all it
+    // starts, and every session, is counted and limited there.
+    crate::cgroup::join(&spec.cgroups).context("cannot join the job's cgroup")?;
+    // When the job's memory limit is reached the kernel kills the job's
+    // processes, not the reaper that reports how the job ended (the job
+    // itself gets the default back before it starts). Needs
+    // CAP_SYS_RESOURCE, which some sandboxes withhold; without it the OOM
+    // killer may pick the init too, which ends the job all the same and is
+    // reported the same way.
+    let _ = set_oom_score_adj(-1000);
+    unshare(CloneFlags::CLONE_NEWCGROUP).context("cannot create the job's cgroup namespace")?;
     let sigs = handled();
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&sigs), None)?;
 
@@ -226,6 +238,10 @@ fn init(spec: &ContainerSpec) -> Result<i32> {
             }
         }
     }
+}
+
+fn set_oom_score_adj(v: i32) -> Result<()> {
+    fs::write("/proc/self/oom_score_adj", v.to_string()).context("cannot set oom_score_adj")
 }
 
 /// The job is over: nothing it left behind may outlive it.
@@ -324,6 +340,9 @@ fn become_job_user(spec: &ContainerSpec, groups: &[Gid]) -> Result<()> {
 fn exec_job(spec: &ContainerSpec, groups: &[Gid]) -> anyhow::Error {
     let r = (|| -> Result<std::convert::Infallible> {
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+        // Still root: this also lowers the floor the job could go back
+        // down to without privilege.
+        set_oom_score_adj(0)?;
         nix::unistd::setsid()?;
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(spec.umask));
         become_job_user(spec, groups)?;

@@ -50,6 +50,10 @@ pub struct ContainerSpec {
     /// inode): the init makes writable exactly that directory — the one
     /// the slot-user sweep walks — or refuses to start the job.
     pub writable_workdir: Option<(u64, u64)>,
+    /// The job's cgroup, one directory per hierarchy: the init joins it
+    /// before anything of the job starts (empty: the node has none).
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// How a job ended, as the init (or its monitor) reported it.

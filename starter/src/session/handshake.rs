@@ -12,7 +12,8 @@ use stj_proto::handshake::{
 use stj_proto::session::ErrorCode;
 use tokio::net::TcpStream;
 
-use super::home::{self, Home};
+use super::home;
+use super::landing::{self, Landing};
 use super::{now, Sessions};
 use crate::job_locator::{JobTarget, Located};
 use stj_cli::shares::UnheardConn;
@@ -24,12 +25,10 @@ pub struct Accepted {
     pub target: JobTarget,
     /// Seed of the session's ed25519 host key (one-time, or the job's).
     pub host_seed: [u8; 32],
-    /// Where the session's HOME is.
-    pub home: Home,
+    /// Where the session lands, its HOME included.
+    pub landing: Landing,
     /// The client's certificate of the host key, for sshd to present.
     pub host_cert: Option<String>,
-    /// Land in the job's own namespaces, not its innermost container.
-    pub outer: bool,
 }
 
 struct Refusal(ErrorCode, String);
@@ -41,7 +40,7 @@ pub async fn run(
     unheard: Option<UnheardConn>,
 ) -> Option<Accepted> {
     match tokio::time::timeout(DEADLINE, exchange(s, &mut stream, unheard)).await {
-        Ok(Ok((capability, target, host_seed, home, host_cert, outer))) => {
+        Ok(Ok((capability, target, host_seed, landing, host_cert))) => {
             tracing::info!(%peer, session_id = %capability.session_id, job_id = capability.job_id, uid = capability.owner_uid, "session accepted");
             Some(Accepted {
                 stream,
@@ -49,9 +48,8 @@ pub async fn run(
                 capability,
                 target,
                 host_seed,
-                home,
+                landing,
                 host_cert,
-                outer,
             })
         }
         Ok(Err(Ok(Refusal(code, message)))) => {
@@ -71,7 +69,7 @@ pub async fn run(
 }
 
 type Outcome = Result<
-    (Capability, JobTarget, [u8; 32], Home, Option<String>, bool),
+    (Capability, JobTarget, [u8; 32], Landing, Option<String>),
     Result<Refusal, HandshakeError>,
 >;
 
@@ -163,12 +161,10 @@ async fn exchange(s: &Sessions, stream: &mut TcpStream, unheard: Option<UnheardC
         }
     };
 
-    let home = match home::choose(
-        &target.init,
-        target.spec.uid,
-        super::passwd_home(&target.spec).as_deref(),
-    ) {
-        Ok(h) => h,
+    // The Hello's `outer` is bound by the proofs below: a session lands
+    // where its client asked, or nowhere.
+    let landing = match landing::decide(&target, hs.asks.outer).await {
+        Ok(l) => l,
         Err(home::Unsafe(why)) => return refuse(ErrorCode::UnsafeHome, why),
     };
 
@@ -221,6 +217,5 @@ async fn exchange(s: &Sessions, stream: &mut TcpStream, unheard: Option<UnheardC
     }
     let ready = hs.ready(&target.spec.user_name).map_err(Err)?;
     write_message(stream, &ready).await.map_err(Err)?;
-    let outer = hs.asks.outer;
-    Ok((cap, target, seed, home, host_cert, outer))
+    Ok((cap, target, seed, landing, host_cert))
 }

@@ -74,22 +74,64 @@ pub fn check(root: &OwnedFd, home: &str, uid: u32) -> Result<Home, Unsafe> {
     Ok(Home::Own(home.to_string()))
 }
 
-/// The session's home for a job whose init is `init`, running as `uid`;
-/// `passwd_home` is the account's home on the node (None for slot users
-/// and accounts without an entry).
-pub fn choose(init: &Init, uid: u32, passwd_home: Option<&str>) -> Result<Home, Unsafe> {
-    let Some(home) = passwd_home.filter(|h| h.starts_with('/')) else {
+/// A session landing in a container the job made (landing.rs).
+pub struct Inner<'a> {
+    /// The job's own init, whose view the session dir is visible in.
+    pub job_root: &'a Init,
+    /// HOME in the environment of the program the session lands beside.
+    pub env_home: Option<&'a str>,
+}
+
+/// The session's home in the view of the process `at` whose namespaces a
+/// session joins, running as `uid`; `passwd_home` is the account's home on
+/// the node (None for slot users and accounts without an entry).
+///
+/// A private directory lives in the session's files, which a container
+/// that changed its root (runc's pivot_root) does not see; there the
+/// program's own HOME, then `/`, are taken if they pass the rule, and a
+/// container offering neither is refused (`--outer` still works).
+pub fn choose(
+    at: &Init,
+    uid: u32,
+    passwd_home: Option<&str>,
+    inner: Option<Inner>,
+) -> Result<Home, Unsafe> {
+    let Ok(root) = crate::in_root::open_dir(Path::new(&format!("/proc/{}/root", at.pid))) else {
         return Ok(Home::Private);
     };
-    let Ok(root) = crate::in_root::open_dir(Path::new(&format!("/proc/{}/root", init.pid))) else {
-        return Ok(Home::Private);
-    };
-    // The pid named the job's init when we opened its root only if the
-    // init still runs now (the pidfd says so, whatever pids were reused).
-    if !init.alive() {
+    // The pid named that process when we opened its root only if it still
+    // runs now (the pidfd says so, whatever pids were reused).
+    if !at.alive() {
         return Ok(Home::Private);
     }
-    check(&root, home, uid)
+    if let Some(home) = passwd_home.filter(|h| h.starts_with('/')) {
+        if let own @ Home::Own(_) = check(&root, home, uid)? {
+            return Ok(own);
+        }
+    }
+    let Some(inner) = inner else {
+        return Ok(Home::Private);
+    };
+    if super::landing::same_root(at, inner.job_root) {
+        return Ok(Home::Private);
+    }
+    let candidates = inner
+        .env_home
+        .filter(|h| h.starts_with('/'))
+        .into_iter()
+        .chain(["/"]);
+    let mut why = Vec::new();
+    for c in candidates {
+        match check(&root, c, uid) {
+            Ok(own @ Home::Own(_)) => return Ok(own),
+            Ok(Home::Private) => why.push(format!("{c} does not exist there")),
+            Err(Unsafe(w)) => why.push(w),
+        }
+    }
+    Err(Unsafe(format!(
+        "the container the job's program runs in has no home directory a session could use safely ({}); `ssh-to-job --outer` lands in the job's own container",
+        why.join("; ")
+    )))
 }
 
 #[cfg(test)]

@@ -6,9 +6,12 @@ mod handshake;
 mod home;
 mod host_cert;
 mod innermost;
+mod landing;
 mod replay;
 mod sshd;
 mod traffic;
+
+pub use landing::environ_main;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -113,12 +113,23 @@ pub fn config_text(
     c
 }
 
+/// Where sshd finds its session files: the helper (enter.rs) gives sshd the
+/// session's directory on the node as its working directory (through which
+/// it execs the kit: `..` from a directory outside the process's root walks
+/// the node's tree) and as fd 3, which the shim keeps open for sshd's life
+/// (sshd moves to `/` at start-up and reads authorized_keys only later).
+/// So the kit and the files are reached whatever the job's root is — also
+/// in a container that pivoted into a root of its own (runc), which sees
+/// neither the node's paths nor /.stj — and nothing is added to the
+/// container's filesystem.
+const SESSION_FILES: &str = "/proc/self/fd/3";
+
 pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
     let spec = &a.target.spec;
     let kit = s.kit.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
     let sid = a.capability.session_id.to_string();
-    // Files are written at their node paths and named in sshd's config by
-    // the paths the job sees (/.stj/... in an image).
+    // The session's private home, if it gets one, is named by the path the
+    // job sees (/.stj/sessions/... in an image).
     let view = kit.view(spec.image.is_some(), &spec.sessions);
     let dir = spec.sessions.join(&sid);
     let dir_in_job = view.sessions.join(&sid);
@@ -128,7 +139,7 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
     // A private home is made while the session dir is still root's alone:
     // once it is the job user's, a path under it could be swapped for a
     // symlink between our calls (and root's chown would follow it).
-    if a.home == Home::Private {
+    if a.landing.home == Home::Private {
         let private = dir.join("home");
         fs::create_dir(&private).with_context(|| format!("cannot create {}", private.display()))?;
         std::os::unix::fs::chown(&private, Some(spec.uid), Some(spec.gid))?;
@@ -167,29 +178,21 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
         spec.gid,
     )?;
 
-    let home = match &a.home {
+    let landing = &a.landing;
+    let home = match &landing.home {
         Home::Own(h) => h.clone(),
         // A fresh one per session (made above), gone with its files.
         Home::Private => dir_in_job.join("home").to_string_lossy().into_owned(),
     };
-    let init = a.target.init.clone();
-    let inner = if a.outer {
-        None
-    } else {
-        innermost_container(init.pid)
-    };
-    if let Some(c) = &inner {
-        tracing::info!(session_id = %sid, job_id = spec.job_id, pid = c.pid, "session lands in the job's innermost container");
+    if landing.inner {
+        tracing::info!(session_id = %sid, job_id = spec.job_id, pid = landing.at.pid, "session lands in the job's innermost container");
     }
     // sshd starts the session in the account's home, which the shim says is
     // where the program it lands beside works.
-    let cwd = inner
-        .as_ref()
-        .map_or_else(|| spec.cwd.clone(), |c| c.cwd.clone());
-    let passwd = passwd_line(spec, &cwd);
-    // What the job's program started with (its PATH included, not sshd's
+    let passwd = passwd_line(spec, &landing.cwd);
+    // What that program started with (its PATH included, not sshd's
     // default).
-    let mut env = crate::container::job_env(spec);
+    let mut env = landing.env.clone();
     env.retain(|(k, _)| {
         !matches!(
             k.as_str(),
@@ -201,8 +204,9 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
     // (The shim's variable is sshd's alone: sftp is sshd's internal-sftp,
     // and nothing in the session needs it or sees it.)
     env.push(("HOME".into(), home));
+    let files = Path::new(SESSION_FILES);
     let config = config_text(
-        &dir_in_job,
+        files,
         &spec.user_name,
         &env,
         &s.sshd.extra,
@@ -216,27 +220,27 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
         spec.gid,
     )?;
 
-    let mut argv = kit.command(&view.kit, "sshd", true);
+    // The kit, named from the session dir (sshd's working directory) up to
+    // the node's root and down again: `..` from a directory outside the
+    // process's root walks the node's tree.
+    let kit_from_dir = from_dir_to(&fs::canonicalize(&dir)?, &fs::canonicalize(&kit.dir)?);
+    let mut argv = kit.command(&kit_from_dir, "sshd", true);
     argv.extend(["-i".into(), "-e".into(), "-f".into()]);
-    argv.push(
-        dir_in_job
-            .join("sshd_config")
-            .to_string_lossy()
-            .into_owned(),
-    );
+    argv.push(files.join("sshd_config").to_string_lossy().into_owned());
     argv.push("-h".into());
-    argv.push(dir_in_job.join("host_key").to_string_lossy().into_owned());
+    argv.push(files.join("host_key").to_string_lossy().into_owned());
     let enter = EnterSpec {
         uid: spec.uid,
         gid: spec.gid,
         user: spec.user_name.clone(),
-        cwd,
+        session_dir: dir.clone(),
         job_id: spec.job_id,
         argv,
         passwd,
         umask: spec.umask,
         confined: spec.confined,
-        no_new_privs: inner.is_some(),
+        no_new_privs: landing.inner,
+        cgroups: a.target.cgroups.clone(),
     };
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -256,10 +260,7 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
         .stdin(Stdio::from(socket))
         .stdout(Stdio::from(socket_out))
         .stderr(Stdio::piped());
-    let namespaces = inner
-        .as_ref()
-        .map_or(init.pidfd.as_raw_fd(), |c| c.pidfd.as_raw_fd());
-    crate::container::pass_as_fd3(&mut cmd, namespaces);
+    crate::container::pass_as_fd3(&mut cmd, landing.at.pidfd.as_raw_fd());
     let mut child = cmd.spawn().context("cannot start the session helper")?;
     // The helper holds the socket now; our copies went with `cmd`.
     drop(cmd);
@@ -293,28 +294,14 @@ fn passwd_line(spec: &crate::container::ContainerSpec, cwd: &str) -> String {
     )
 }
 
-/// The job's innermost container, when it has one (innermost.rs): a pidfd
-/// of its process, and the working directory that process has.
-struct Inner {
-    pid: i32,
-    pidfd: OwnedFd,
-    cwd: String,
-}
-
-fn innermost_container(init: i32) -> Option<Inner> {
-    let (pid, start) = super::innermost::innermost(init);
-    if pid == init {
-        return None;
+/// A relative path from the directory `from` to `to` (both absolute,
+/// without symlinks): up to the root, then down.
+fn from_dir_to(from: &Path, to: &Path) -> PathBuf {
+    let mut p = PathBuf::new();
+    for _ in from.components().skip(1) {
+        p.push("..");
     }
-    let pidfd = crate::container::pidfd_open(pid).ok()?;
-    // The pidfd pins whatever process has the pid now: it must still be the
-    // one chosen (same start, still the job's), or a process that took the
-    // pid meanwhile would stand in.
-    if !super::innermost::still_ours(pid, start, init) {
-        return None;
-    }
-    let cwd = super::innermost::cwd(pid)?;
-    crate::container::signal_pidfd(&pidfd, 0).then_some(Inner { pid, pidfd, cwd })
+    p.join(to.strip_prefix("/").unwrap_or(to))
 }
 
 /// Removes the session's files on every exit path.
@@ -335,6 +322,18 @@ impl Drop for Cleanup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kit_is_named_from_the_session_dir() {
+        assert_eq!(
+            from_dir_to(
+                Path::new("/var/lib/stj/jobs/7/sessions/ab"),
+                Path::new("/var/lib/stj/kit")
+            ),
+            Path::new("../../../../../../../var/lib/stj/kit")
+        );
+        assert_eq!(from_dir_to(Path::new("/"), Path::new("/k")), Path::new("k"));
+    }
 
     #[test]
     fn config_quotes_env_and_skips_unrepresentable_values() {

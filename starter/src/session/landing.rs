@@ -1,0 +1,207 @@
+//! Where a session lands, decided once per session before the handshake's
+//! Ready (so a session that cannot land safely is refused with a reason):
+//! the process whose namespaces it joins (the job's innermost container
+//! unless the client asked for `--outer`), and what that process's program
+//! sees — its working directory and environment — and the session's HOME
+//! in that view.
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+use super::home::{self, Home};
+use super::innermost;
+use crate::container::Init;
+use crate::job_locator::JobTarget;
+
+/// At most this much of a process's environment is taken into a session:
+/// the job chooses it, and it ends up on one line of sshd's config.
+pub const MAX_ENVIRON: usize = 128 * 1024;
+
+/// How long reading a program's environment may take. It lives in the
+/// program's memory, which a job can back with a file (FUSE) that never
+/// answers; the reader is a helper process that is killed then.
+const ENVIRON_DEADLINE: Duration = Duration::from_secs(2);
+
+pub struct Landing {
+    /// The process whose namespaces the session joins.
+    pub at: Arc<Init>,
+    /// An inner container the job made (its mount namespace is the job's
+    /// to shape: sessions run with no_new_privs there).
+    pub inner: bool,
+    /// Where the session starts: that program's working directory.
+    pub cwd: String,
+    /// What the session's environment starts from: that program's.
+    pub env: Vec<(String, String)>,
+    pub home: Home,
+}
+
+/// Decides where a session into `target` lands.
+pub async fn decide(target: &JobTarget, outer: bool) -> Result<Landing, home::Unsafe> {
+    let spec = &target.spec;
+    let passwd_home = super::passwd_home(spec);
+    let init = target.init.clone();
+    let inner = match outer {
+        true => None,
+        // /proc walks are quick but blocking.
+        false => tokio::task::spawn_blocking(move || innermost_container(&init))
+            .await
+            .ok()
+            .flatten(),
+    };
+    let Some((at, cwd)) = inner else {
+        let home = home::choose(&target.init, spec.uid, passwd_home.as_deref(), None)?;
+        return Ok(Landing {
+            at: target.init.clone(),
+            inner: false,
+            cwd: spec.cwd.clone(),
+            env: crate::container::job_env(spec),
+            home,
+        });
+    };
+    let env = match environ(&at).await {
+        Ok(env) => env,
+        Err(why) => {
+            tracing::warn!(job_id = spec.job_id, pid = at.pid, %why, "the inner program's environment cannot be read; the session gets the job's");
+            crate::container::job_env(spec)
+        }
+    };
+    let env_home = env
+        .iter()
+        .find(|(k, _)| k == "HOME")
+        .map(|(_, v)| v.clone());
+    let home = home::choose(
+        &at,
+        spec.uid,
+        passwd_home.as_deref(),
+        Some(home::Inner {
+            job_root: &target.init,
+            env_home: env_home.as_deref(),
+        }),
+    )?;
+    Ok(Landing {
+        at,
+        inner: true,
+        cwd,
+        env,
+        home,
+    })
+}
+
+/// The job's innermost container, when it has one (innermost.rs): its
+/// process, held by a pidfd, and the working directory it has.
+fn innermost_container(init: &Init) -> Option<(Arc<Init>, String)> {
+    let (pid, start) = innermost::innermost(init.pid);
+    if pid == init.pid {
+        return None;
+    }
+    let pidfd = crate::container::pidfd_open(pid).ok()?;
+    // The pidfd pins whatever process has the pid now: it must still be the
+    // one chosen (same start, still the job's), or a process that took the
+    // pid meanwhile would stand in.
+    if !innermost::still_ours(pid, start, init.pid) {
+        return None;
+    }
+    let cwd = innermost::cwd(pid)?;
+    let at = Init { pidfd, pid };
+    at.alive().then(|| (Arc::new(at), cwd))
+}
+
+/// The environment of the process `at`, read by a helper (`stj-starter
+/// environ PID`) that is killed if it takes longer than ENVIRON_DEADLINE.
+async fn environ(at: &Init) -> Result<Vec<(String, String)>, String> {
+    let mut child = tokio::process::Command::new("/proc/self/exe")
+        .arg("environ")
+        .arg(at.pid.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start the reader: {e}"))?;
+    let mut out = child.stdout.take().ok_or("no pipe")?;
+    let mut raw = Vec::new();
+    let read = async {
+        (&mut out)
+            .take(MAX_ENVIRON as u64 + 1)
+            .read_to_end(&mut raw)
+            .await
+            .map_err(|e| e.to_string())?;
+        child.wait().await.map_err(|e| e.to_string())
+    };
+    let status = tokio::time::timeout(ENVIRON_DEADLINE, read)
+        .await
+        .map_err(|_| format!("not read within {ENVIRON_DEADLINE:?}"))??;
+    if !status.success() {
+        return Err(format!("the reader failed ({status})"));
+    }
+    // Read by pid: only a process that is still alive now had that pid
+    // all along (the pidfd pins it), so the environment is its own.
+    if !at.alive() {
+        return Err("the process ended".into());
+    }
+    Ok(parse_environ(&raw))
+}
+
+/// `stj-starter environ PID`: writes at most MAX_ENVIRON bytes of the
+/// process's environment on stdout (a variable cut there is left out).
+pub fn environ_main(pid: i32) -> ! {
+    use std::io::{Read, Write};
+    let mut raw = Vec::new();
+    let r = std::fs::File::open(format!("/proc/{pid}/environ"))
+        .and_then(|f| f.take(MAX_ENVIRON as u64).read_to_end(&mut raw));
+    if r.is_err() {
+        std::process::exit(1);
+    }
+    if raw.len() == MAX_ENVIRON {
+        let end = raw.iter().rposition(|&b| b == 0).map_or(0, |p| p + 1);
+        raw.truncate(end);
+    }
+    let ok = std::io::stdout().write_all(&raw).is_ok();
+    std::process::exit(if ok { 0 } else { 1 })
+}
+
+fn parse_environ(raw: &[u8]) -> Vec<(String, String)> {
+    let raw = &raw[..raw.len().min(MAX_ENVIRON)];
+    raw.split(|&b| b == 0)
+        .filter_map(|kv| {
+            let kv = std::str::from_utf8(kv).ok()?;
+            let (k, v) = kv.split_once('=')?;
+            (!k.is_empty()).then(|| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// Whether two processes see the same root directory.
+pub fn same_root(a: &Init, b: &Init) -> bool {
+    let root = |i: &Init| {
+        crate::in_root::open_dir(std::path::Path::new(&format!("/proc/{}/root", i.pid)))
+            .ok()
+            .and_then(|fd| nix::sys::stat::fstat(fd.as_raw_fd()).ok())
+            .map(|st| (st.st_dev, st.st_ino))
+    };
+    let (ra, rb) = (root(a), root(b));
+    ra.is_some() && ra == rb && a.alive() && b.alive()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environ_is_parsed_and_bounded() {
+        let env = parse_environ(b"A=1\0B=two=2\0=nokey\0junk\0C=\0");
+        assert_eq!(
+            env,
+            vec![
+                ("A".into(), "1".into()),
+                ("B".into(), "two=2".into()),
+                ("C".into(), "".into())
+            ]
+        );
+        let big = vec![b'x'; MAX_ENVIRON * 2];
+        assert!(parse_environ(&big).is_empty());
+    }
+}
