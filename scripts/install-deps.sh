@@ -19,7 +19,8 @@ PKGS=(
   python3-paramiko    # a non-OpenSSH client (Fabric, Ansible -c paramiko) in the tests
   ansible-core        # `ansible -c paramiko -m ping` into a job (tests)
   xvfb x11-utils xauth  # X11 forwarding into a job: a virtual X server, xdpyinfo (tests)
-  runc                # rootless OCI containers a job starts itself (tests: sessions land inside)
+  runc                # rootless OCI containers a job starts itself, and Slurm's --container (tests)
+  slurm-wlm munge     # a real slurmctld and slurmd for the Slurm tests (started by hand, tests/src/slurm.rs)
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -7,6 +7,20 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
+/// Whose jobs a pool's daemons serve (`jobs` in `[schedd]` and `[starter]`,
+/// DESIGN §12). A value that is neither is an error, like an unknown knob.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Jobs {
+    /// The schedd's own queue (`stj submit`), run by starters in
+    /// containers of their own.
+    #[default]
+    Queue,
+    /// Slurm's: the schedd asks Slurm about jobs, starters beside slurmd
+    /// find them in Slurm's cgroups and start none.
+    Slurm,
+}
+
 /// The sections a config file may have.
 pub const SECTIONS: &[&str] = &["schedd", "starter"];
 

@@ -3,7 +3,6 @@
 //!   pwlookup name NAME [BUFSIZE]   getpwnam_r with a BUFSIZE-byte buffer
 //!   pwlookup uid UID [BUFSIZE]     getpwuid_r
 //!   pwlookup plain NAME            getpwnam
-//!   pwlookup chdir DIR             chdir, then prints `cwd CWD dumpable N`
 //!   pwlookup closefrom|close_range closefrom(3) or close_range(3, ~0, 0),
 //!                                  then prints `fd3 open|closed cloexec 0|1
 //!                                  fd4 open|closed`
@@ -51,14 +50,6 @@ fn main() {
             (flags(3) >= 0 && flags(3) & libc::FD_CLOEXEC != 0) as u8,
             state(4)
         );
-        return;
-    }
-    if a[1] == "chdir" {
-        let d = CString::new(a[2].clone()).unwrap();
-        unsafe { libc::chdir(d.as_ptr()) };
-        let dumpable = unsafe { libc::prctl(libc::PR_GET_DUMPABLE) };
-        let cwd = std::env::current_dir().unwrap();
-        println!("cwd {} dumpable {dumpable}", cwd.display());
         return;
     }
     let rc = match a[1].as_str() {

@@ -15,22 +15,14 @@
 //! (`ld-linux-x86-64.so.2 /.stj/bin/sshd ...`) is named after the loader in
 //! `ps`/`top` inside the job. A constructor renames it after its own argv[0].
 //!
-//! And three that let sshd reach its session files from inside any
-//! container while keeping the session inside it (only with `STJ_PASSWD`
-//! set, i.e. in a session's sshd). The starter's helper starts sshd with
-//! its working directory and fd [`SESSION_FD`] on the session's directory
-//! on the node, outside the job's root (sshd is exec'd through the first,
-//! and names its files `/proc/self/fd/3/...`: sshd moves to `/` at
-//! start-up, and reads authorized_keys only later). So:
-//! - `closefrom` (sshd closes every fd above stderr at start-up) spares
-//!   that fd, and a constructor marks it close-on-exec: no program sshd
-//!   runs — the session's shell — inherits it;
-//! - a constructor makes sshd undumpable: the job's user cannot reach that
-//!   fd (or the working directory) through `/proc/PID/` of sshd's
-//!   processes (no ptrace-level access);
-//! - a `chdir` that fails (sshd's move to the account's home, which the
-//!   job may have removed) moves to `/` instead of staying where it was,
-//!   so no shell ever starts outside the job's root.
+//! And one that lets sshd read its session files from inside any
+//! container (only with `STJ_PASSWD` set, i.e. in a session's sshd): the
+//! starter's helper gives sshd a read-only detached copy of the session's
+//! directory as fd [`SESSION_FD`], and sshd names its files
+//! `/proc/self/fd/3/...` (it reads authorized_keys long after start-up).
+//! `closefrom`/`close_range` (sshd closes every fd above stderr at
+//! start-up) spare that fd, and a constructor marks it close-on-exec, so
+//! no program sshd runs — the session's shell — inherits it.
 
 use std::cell::RefCell;
 use std::ffi::{CStr, CString};
@@ -92,26 +84,23 @@ extern "C" fn rename_after_argv0(
 static RENAME: extern "C" fn(c_int, *const *const c_char, *const *const c_char) =
     rename_after_argv0;
 
-/// In a session's sshd (see the module comment): no ptrace-level access by
-/// the job's user, so nobody follows sshd's working directory out of the job.
-extern "C" fn undumpable_in_sessions(
+/// In a session's sshd (see the module comment): nothing sshd runs gets
+/// the session's fd.
+extern "C" fn session_fd_cloexec(
     _argc: c_int,
     _argv: *const *const c_char,
     _env: *const *const c_char,
 ) {
     if in_session() {
-        // SAFETY: prctl and fcntl with constant arguments on this process.
-        unsafe {
-            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-            libc::fcntl(SESSION_FD, libc::F_SETFD, libc::FD_CLOEXEC);
-        }
+        // SAFETY: fcntl with constant arguments on this process's fd table.
+        unsafe { libc::fcntl(SESSION_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
 }
 
 #[used]
 #[link_section = ".init_array"]
-static UNDUMPABLE: extern "C" fn(c_int, *const *const c_char, *const *const c_char) =
-    undumpable_in_sessions;
+static SESSION_FD_CLOEXEC: extern "C" fn(c_int, *const *const c_char, *const *const c_char) =
+    session_fd_cloexec;
 
 fn in_session() -> bool {
     // SAFETY: getenv with a NUL-terminated name; no allocation.
@@ -390,25 +379,6 @@ pub unsafe extern "C" fn close_range(
     flags: c_int,
 ) -> c_int {
     close_sparing(first, last, flags)
-}
-
-type Chdir = unsafe extern "C" fn(*const c_char) -> c_int;
-
-/// # Safety
-/// As libc's chdir.
-#[no_mangle]
-pub unsafe extern "C" fn chdir(path: *const c_char) -> c_int {
-    let Some(real) = real!(c"chdir", Chdir) else {
-        *libc::__errno_location() = libc::ENOSYS;
-        return -1;
-    };
-    let rc = real(path);
-    if rc != 0 && in_session() {
-        let e = *libc::__errno_location();
-        real(c"/".as_ptr());
-        *libc::__errno_location() = e;
-    }
-    rc
 }
 
 #[cfg(test)]

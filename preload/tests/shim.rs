@@ -97,32 +97,6 @@ fn a_tiny_buffer_gets_erange_so_callers_retry() {
     assert_eq!(lookup(Some(GHOST), &["name", "ghost", "31"]), "erange");
 }
 
-/// In a session's sshd (STJ_PASSWD set), whose working directory is outside
-/// the job's root: a chdir that fails lands in `/`, never stays there, and
-/// the process is undumpable (the job's user cannot follow /proc/PID/cwd).
-/// Other programs that load the shim are left as they are.
-#[test]
-fn a_failed_chdir_leaves_the_start_directory_and_sshd_is_undumpable() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = |passwd: Option<&str>| {
-        let so = target_dir().join("libstj_preload.so");
-        let mut cmd = Command::new(target_dir().join("examples/pwlookup"));
-        cmd.args(["chdir", "/no/such/dir"])
-            .env("LD_PRELOAD", &so)
-            .current_dir(dir.path());
-        match passwd {
-            Some(p) => cmd.env("STJ_PASSWD", p),
-            None => cmd.env_remove("STJ_PASSWD"),
-        };
-        String::from_utf8_lossy(&cmd.output().unwrap().stdout)
-            .trim()
-            .to_string()
-    };
-    assert_eq!(run(Some(GHOST)), "cwd / dumpable 0");
-    let here = std::fs::canonicalize(dir.path()).unwrap();
-    assert_eq!(run(None), format!("cwd {} dumpable 1", here.display()));
-}
-
 /// A session's sshd keeps fd 3 (its session directory) through the
 /// closefrom at its start-up, close-on-exec so nothing it runs inherits
 /// it; every other fd goes, and other programs lose fd 3 as usual.

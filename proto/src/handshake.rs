@@ -162,6 +162,40 @@ pub struct Asks {
     pub job_host_key: bool,
     /// The job's own namespaces instead of its innermost container.
     pub outer: bool,
+    /// A step of a Slurm job other than its default (the batch step).
+    pub step: Option<Step>,
+}
+
+/// A step of a Slurm job, as users name it (`srun --overlap` and
+/// `scontrol` call them the same): `batch`, `extern`, or a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Step {
+    Batch,
+    Extern,
+    Id(u32),
+}
+
+impl std::str::FromStr for Step {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Step, String> {
+        match s {
+            "batch" => Ok(Step::Batch),
+            "extern" => Ok(Step::Extern),
+            n => n.parse().map(Step::Id).map_err(|_| {
+                format!("step {n:?}: name a step as batch, extern or its number (squeue -s lists a job's steps)")
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Batch => f.write_str("batch"),
+            Step::Extern => f.write_str("extern"),
+            Step::Id(n) => write!(f, "{n}"),
+        }
+    }
 }
 
 impl ClientHandshake {
@@ -190,6 +224,7 @@ impl ClientHandshake {
             mac: mac.as_ref().to_vec(),
             job_host_key: asks.job_host_key,
             outer: asks.outer,
+            step: asks.step.map(|s| s.to_string()).unwrap_or_default(),
         }));
         let state = ClientHandshake {
             k,
@@ -288,11 +323,16 @@ impl StarterHandshake {
         let k = hmac::Key::new(hmac::HMAC_SHA256, &derive_k(starter_key, &h.capability));
         hmac::verify(&k, &hello_mac_input(&h.capability, &h.client_nonce), &h.mac)
             .map_err(|_| HandshakeError::BadProof)?;
+        let step = match h.step.as_str() {
+            "" => None,
+            s => Some(s.parse::<Step>().map_err(|_| HandshakeError::Decode)?),
+        };
         Ok(StarterHandshake {
             capability,
             asks: Asks {
                 job_host_key: h.job_host_key,
                 outer: h.outer,
+                step,
             },
             k,
             hello: hello_body.to_vec(),
@@ -460,6 +500,43 @@ mod tests {
             client.on_challenge(starter.challenge([2; 32], [8; 32])),
             Err(HandshakeError::BadProof)
         ));
+    }
+
+    #[test]
+    fn a_changed_step_breaks_the_proofs_and_bad_steps_are_refused() {
+        let asks = Asks {
+            step: Some(Step::Extern),
+            ..Asks::default()
+        };
+        let (mut client, hello) =
+            ClientHandshake::start_asking(cap().encode().unwrap(), &k(), [1; 32], asks);
+        let Some(Msg::Hello(mut h)) = hello.msg else {
+            panic!("hello")
+        };
+        assert_eq!(h.step, "extern");
+        h.step = "0".into();
+        let changed = msg(Msg::Hello(h.clone())).encode_to_vec();
+        let mut starter = StarterHandshake::on_hello(&changed, &KEY).unwrap();
+        assert_eq!(starter.asks.step, Some(Step::Id(0)));
+        assert!(matches!(
+            client.on_challenge(starter.challenge([2; 32], [8; 32])),
+            Err(HandshakeError::BadProof)
+        ));
+        h.step = "../../etc".into();
+        let bad = msg(Msg::Hello(h)).encode_to_vec();
+        assert!(matches!(
+            StarterHandshake::on_hello(&bad, &KEY),
+            Err(HandshakeError::Decode)
+        ));
+        for (s, want) in [
+            ("batch", Step::Batch),
+            ("extern", Step::Extern),
+            ("12", Step::Id(12)),
+        ] {
+            assert_eq!(s.parse::<Step>().unwrap(), want);
+            assert_eq!(want.to_string(), s);
+        }
+        assert!("-1".parse::<Step>().is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod capability;
 pub mod framing;
 pub mod handshake;
+pub mod job_ref;
 pub mod job_state;
 pub mod preamble;
 pub mod refusal;

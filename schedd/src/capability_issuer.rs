@@ -5,6 +5,7 @@
 
 use ring::rand::{SecureRandom, SystemRandom};
 use stj_proto::capability::{derive_k, Capability};
+use stj_proto::job_ref::JobRef;
 use stj_proto::refusal::status as refuse;
 use stj_proto::session_id::SessionId;
 use stj_proto::user::Refusal;
@@ -76,19 +77,50 @@ pub async fn issue(
         tracing::warn!(job_id, uid, reason = %status.message(), "session denied");
         Err(status)
     };
-    let Some(job) = schedd
-        .jobs()
-        .job(req.job_id)
-        .await
-        .map_err(|e| internal(&e))?
-    else {
+    let job_ref = match req.job.as_str() {
+        "" => JobRef::plain(req.job_id),
+        named => match named.parse::<JobRef>() {
+            Ok(r) if r.id == req.job_id => r,
+            Ok(_) | Err(_) => {
+                return deny(
+                    req.job_id,
+                    "",
+                    refuse(
+                        Code::InvalidArgument,
+                        Refusal::BadRequest,
+                        format!(
+                            "{:?} is not a job id (42, or Slurm's 42_7 and 42+1)",
+                            named.chars().take(32).collect::<String>()
+                        ),
+                    ),
+                )
+            }
+        },
+    };
+    let source = schedd.jobs();
+    let looked_up = match source.job(job_ref).await {
+        Ok(found) => found,
+        // Slurm unreachable, or several jobs by that name: the user is told
+        // what failed (the command and its stderr), and it is audited.
+        Err(e) => {
+            return deny(
+                req.job_id,
+                "",
+                refuse(Code::Unavailable, Refusal::JobSourceFailed, e.to_string()),
+            )
+        }
+    };
+    let Some(job) = looked_up else {
         return deny(
             req.job_id,
             "",
             refuse(
                 Code::NotFound,
                 Refusal::NoSuchJob,
-                format!("there is no job {} (stj q lists the queue)", req.job_id),
+                format!(
+                    "there is no job {job_ref} ({} lists the jobs)",
+                    source.lists_with()
+                ),
             ),
         );
     };
@@ -128,10 +160,12 @@ pub async fn issue(
     }
     let state = job.state;
     if state != JobState::Running {
-        let hint = if state == JobState::Idle {
-            format!("; wait for it with `stj wait {} --state running`", job.id)
-        } else {
-            String::new()
+        let hint = match (state, job.detail.is_empty()) {
+            (_, false) => format!(": {}", job.detail),
+            (JobState::Idle, true) => {
+                format!("; wait for it with `stj wait {} --state running`", job.id)
+            }
+            _ => String::new(),
         };
         let refusal = if state == JobState::Idle {
             Refusal::JobIdle
@@ -144,10 +178,27 @@ pub async fn issue(
             format!("job {} is {}, not running{hint}", job.id, state.label()),
         ));
     }
-    let Some(target) = schedd.registry.session_target(&job.node) else {
+    // The batch host, or the node of the allocation the user named.
+    let node = match req.node.as_str() {
+        "" => job.node.clone(),
+        n if job.nodes.iter().any(|x| x == n) => n.to_string(),
+        n => {
+            return deny(refuse(
+                Code::InvalidArgument,
+                Refusal::NotInAllocation,
+                format!(
+                    "node {:?} is not one of job {}'s nodes ({})",
+                    n.chars().take(64).collect::<String>(),
+                    job.id,
+                    job.nodes.join(", ")
+                ),
+            ))
+        }
+    };
+    let Some(target) = schedd.registry.session_target(&node) else {
         return deny(refuse(Code::Unavailable, Refusal::NodeAway, format!(
-            "node {} that runs job {} is not connected to the schedd right now; retry in a few seconds",
-            job.node, job.id
+            "node {node} that runs job {} is not connected to the schedd right now (is an stj-starter running there, registered under Slurm's name for it?); retry in a few seconds",
+            job.id
         )));
     };
     let session_id =
@@ -158,11 +209,11 @@ pub async fn issue(
         owner_uid: job.owner_uid,
         expiry: now() as u64 + schedd.config.capability_ttl_secs,
         client_pubkey,
-        starter_id: job.node.clone(),
+        starter_id: node.clone(),
     };
     if let Err(r) = schedd
         .limits
-        .admit(uid, session_id, &job.node, cap.expiry as i64, now())
+        .admit(uid, session_id, &node, cap.expiry as i64, now())
     {
         let refusal = match r {
             LimitRefusal::TooManyOpen(_) => Refusal::TooManyOpen,
@@ -189,7 +240,7 @@ pub async fn issue(
             session_id: sid.clone(),
             job_id: job.id,
             uid,
-            node: job.node.clone(),
+            node: node.clone(),
             outcome: "granted".into(),
         }))
         .await
@@ -204,15 +255,13 @@ pub async fn issue(
         ),
         ));
     }
-    let relay_token = schedd
-        .rendezvous
-        .grant(session_id, &job.node, uid, cap.expiry);
-    tracing::info!(session_id = %sid, job_id = job.id, uid, node = %job.node, "session granted");
+    let relay_token = schedd.rendezvous.grant(session_id, &node, uid, cap.expiry);
+    tracing::info!(session_id = %sid, job_id = job.id, uid, %node, "session granted");
     Ok(RequestSessionReply {
         capability: encoded,
         k: k.to_vec(),
         direct_addr: target.session_addr,
-        node: job.node,
+        node,
         user: job.owner_name,
         relay_token: relay_token.to_vec(),
         broker_addr: schedd.broker_addr.clone(),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde::Deserialize;
 
+pub use stj_cli::config_file::Jobs;
 pub use stj_cli::paths::CONFIG as DEFAULT_CONFIG;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -51,6 +52,15 @@ pub struct ScheddConfig {
     pub max_jobs_per_user: usize,
     /// Ended jobs are dropped this long after they ended (0: keep them all).
     pub job_retention_days: u64,
+    /// Whose jobs sessions go into: the schedd's own queue, or Slurm's.
+    pub jobs: Jobs,
+    /// Where Slurm's client commands (squeue, scontrol) are.
+    pub slurm_bin_dir: PathBuf,
+    /// How long an answer from Slurm about a job is reused.
+    pub slurm_cache_secs: u64,
+    /// The stj-starter binary on the nodes, which `stj submit --interactive`
+    /// runs as the placeholder of an interactive Slurm job.
+    pub slurm_placeholder: PathBuf,
 }
 
 impl Default for ScheddConfig {
@@ -71,6 +81,10 @@ impl Default for ScheddConfig {
             audit_retention_days: 365,
             max_jobs_per_user: 10_000,
             job_retention_days: 30,
+            jobs: Jobs::Queue,
+            slurm_bin_dir: PathBuf::from("/usr/bin"),
+            slurm_cache_secs: 2,
+            slurm_placeholder: PathBuf::from("/usr/bin/stj-starter"),
         }
     }
 }

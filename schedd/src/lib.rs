@@ -17,6 +17,7 @@ pub mod pki;
 pub mod queue;
 mod registry;
 mod session_limits;
+pub mod slurm;
 mod state;
 mod user_api;
 mod user_socket;
@@ -113,6 +114,12 @@ pub async fn run(
         relays: Arc::new(tokio::sync::Semaphore::new(budget.relays)),
         denials: denials::Denials::default(),
         stopping: tokio_util::sync::CancellationToken::new(),
+        slurm: (config.jobs == config::Jobs::Slurm).then(|| {
+            slurm::SlurmSource::new(
+                config.slurm_bin_dir.clone(),
+                std::time::Duration::from_secs(config.slurm_cache_secs),
+            )
+        }),
         config,
     });
     tracing::info!(listen = %local, socket = %schedd.config.socket.display(), "schedd ready");

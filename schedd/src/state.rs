@@ -37,6 +37,8 @@ pub struct Schedd {
     /// Cancelled when the schedd drains: every connection task (starter
     /// links, relay halves, routing) ends and closes its sockets.
     pub(crate) stopping: tokio_util::sync::CancellationToken,
+    /// Slurm, when the pool's jobs are Slurm's (`jobs = "slurm"`).
+    pub(crate) slurm: Option<crate::slurm::SlurmSource>,
 }
 
 /// The schedd's fd limit, divided among what peers can make it hold, so
@@ -65,9 +67,12 @@ impl Budget {
 
 impl Schedd {
     /// Where capability issuance learns about jobs (the seam of DESIGN
-    /// §12): this schedd's own queue.
+    /// §12): this schedd's own queue, or Slurm.
     pub(crate) fn jobs(&self) -> &dyn crate::job_source::JobSource {
-        &self.queue
+        match &self.slurm {
+            Some(s) => s,
+            None => &self.queue,
+        }
     }
 
     pub(crate) fn job_changed(&self) {

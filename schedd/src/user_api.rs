@@ -7,10 +7,10 @@ use std::time::Duration;
 use stj_proto::starter::{schedd_message::Msg as Out, KillJob, ScheddMessage};
 use stj_proto::user::schedd_server::Schedd as ScheddApi;
 use stj_proto::user::{
-    AuditReply, AuditRequest, ConnectBackReply, ConnectBackRequest, Job, JobSpec, JobState,
-    QueryReply, QueryRequest, RemoveOutcome, RemoveReply, RemoveRequest, ReportExitReply,
-    ReportExitRequest, RequestSessionReply, RequestSessionRequest, SubmitReply, SubmitRequest,
-    WaitReply, WaitRequest,
+    AuditReply, AuditRequest, ConnectBackReply, ConnectBackRequest, InfoReply, InfoRequest, Job,
+    JobSpec, JobState, QueryReply, QueryRequest, RemoveOutcome, RemoveReply, RemoveRequest,
+    ReportExitReply, ReportExitRequest, RequestSessionReply, RequestSessionRequest, SubmitReply,
+    SubmitRequest, WaitReply, WaitRequest,
 };
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
@@ -27,6 +27,8 @@ const MAX_ENV: usize = 900;
 const MAX_MILLICPUS: u32 = 4096 * 1000;
 /// Below this a job's own init and one session's sshd cannot run.
 const MIN_MEMORY: u64 = 4 << 20;
+/// Beyond any node's memory: a typo, not a request.
+const MAX_MEMORY: u64 = 1 << 50;
 /// A reply's size, well under the 4 MiB a gRPC client takes by default:
 /// longer answers come in pages.
 const REPLY_BUDGET: usize = 2 * 1024 * 1024;
@@ -140,6 +142,9 @@ fn validate(spec: &JobSpec) -> Result<(), Status> {
             "--memory is at least 4M: less leaves no room for the job's own init and a session",
         );
     }
+    if spec.memory_bytes > MAX_MEMORY {
+        return bad("--memory is at most 1P");
+    }
     Ok(())
 }
 
@@ -181,9 +186,67 @@ fn owner_name(uid: u32) -> String {
         .unwrap_or_else(|| format!("uid{uid}"))
 }
 
+/// On Slurm the schedd keeps no queue: what users do with jobs is Slurm's.
+fn slurm_jobs(what: &str) -> Status {
+    stj_proto::refusal::status(
+        tonic::Code::FailedPrecondition,
+        stj_proto::user::Refusal::SlurmJobs,
+        format!("this pool's jobs are Slurm's: {what} (ssh-to-job JOBID works on them; stj submit --interactive submits with sbatch)"),
+    )
+}
+
+/// A Slurm job as `stj q` shows jobs.
+fn from_slurm(j: crate::slurm::SlurmJob) -> Job {
+    let state = j.job_state();
+    Job {
+        id: j.id,
+        owner_uid: j.uid,
+        owner_name: j.user.clone(),
+        state: state as i32,
+        node: if state == JobState::Running {
+            j.batch_host.clone()
+        } else {
+            String::new()
+        },
+        reason: match state {
+            JobState::Running => String::new(),
+            _ => j.detail(),
+        },
+        spec: Some(JobSpec {
+            args: vec![j.name.clone()],
+            ssh_enabled: !j.comment.contains(crate::slurm::NO_SSH),
+            millicpus: j.cpus.saturating_mul(1000),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 #[tonic::async_trait]
 impl ScheddApi for UserApi {
+    async fn info(&self, _req: Request<InfoRequest>) -> Result<Response<InfoReply>, Status> {
+        use stj_proto::user::info_reply::Jobs;
+        Ok(Response::new(match self.schedd.slurm {
+            Some(_) => InfoReply {
+                jobs: Jobs::Slurm as i32,
+                slurm_placeholder: self
+                    .schedd
+                    .config
+                    .slurm_placeholder
+                    .to_string_lossy()
+                    .into_owned(),
+            },
+            None => InfoReply {
+                jobs: Jobs::Queue as i32,
+                ..Default::default()
+            },
+        }))
+    }
+
     async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<SubmitReply>, Status> {
+        if self.schedd.slurm.is_some() {
+            return Err(slurm_jobs("submit them with sbatch"));
+        }
         let who = caller(&req)?;
         if who.uid == 0 {
             return Err(Status::permission_denied(
@@ -235,6 +298,24 @@ impl ScheddApi for UserApi {
                 "at most {MAX_QUERY_IDS} job ids per query"
             )));
         }
+        if let Some(slurm) = &self.schedd.slurm {
+            // One squeue, no paging: Slurm keeps few ended jobs.
+            let ids: Vec<String> = req.job_ids.iter().map(u64::to_string).collect();
+            let jobs = slurm
+                .list(&ids, req.include_ended)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            let mut reply = Reply::new();
+            for j in jobs {
+                if !reply.add(visible_to(who.uid, from_slurm(j))) {
+                    break;
+                }
+            }
+            return Ok(Response::new(QueryReply {
+                jobs: reply.items,
+                next_after_id: 0,
+            }));
+        }
         // Named jobs must exist (the first page says so).
         if req.after_id == 0 {
             for &id in &req.job_ids {
@@ -276,6 +357,9 @@ impl ScheddApi for UserApi {
     }
 
     async fn remove(&self, req: Request<RemoveRequest>) -> Result<Response<RemoveReply>, Status> {
+        if self.schedd.slurm.is_some() {
+            return Err(slurm_jobs("remove them with scancel"));
+        }
         let who = caller(&req)?;
         let req = req.into_inner();
         let single = (req.job_id != 0).then_some(req.job_id);
@@ -441,6 +525,9 @@ impl ScheddApi for UserApi {
     }
 
     async fn wait(&self, req: Request<WaitRequest>) -> Result<Response<WaitReply>, Status> {
+        if self.schedd.slurm.is_some() {
+            return Err(slurm_jobs("wait for them with squeue or sbatch --wait"));
+        }
         let who = caller(&req)?;
         let req = req.into_inner();
         let want = JobState::try_from(req.state)

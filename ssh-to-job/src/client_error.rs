@@ -130,6 +130,9 @@ mod tests {
             (R::NoPendingSession, false),
             (R::DaemonSock, false),
             (R::DialedBack, false),
+            (R::JobSourceFailed, false),
+            (R::NotInAllocation, false),
+            (R::SlurmJobs, false),
         ];
         for (r, transient) in schedd {
             assert_eq!(is_transient(&refused(r)), transient, "{r:?}");

@@ -12,6 +12,7 @@ pub mod limits;
 pub mod runtime_dir;
 pub mod schedd_client;
 pub mod session;
+pub mod slurm_interactive;
 pub mod ssh_command;
 pub mod ssh_config;
 pub mod submit;

@@ -63,7 +63,8 @@ pub fn memory(bytes: u64) -> String {
     ];
     for (size, unit) in UNITS {
         if bytes >= size {
-            let tenths = bytes * 10 / size;
+            // u128: a schedd of another make may say anything.
+            let tenths = u128::from(bytes) * 10 / u128::from(size);
             return if tenths % 10 == 0 {
                 format!("{}{unit}", tenths / 10)
             } else {
@@ -123,5 +124,6 @@ mod tests {
         assert_eq!(memory(3 << 29), "1.5G");
         assert_eq!(column(0, 0), "-");
         assert_eq!(column(1500, 64 << 20), "1.5cpu,64M");
+        assert!(memory(u64::MAX).ends_with('T'));
     }
 }

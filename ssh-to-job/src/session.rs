@@ -16,9 +16,14 @@ use crate::runtime_dir::RuntimeDir;
 use crate::schedd_client::connect;
 use crate::ssh_command::{alias, proxy_path, Program, SshCommand};
 use crate::{fd_pass, user_key, waiting};
+use stj_proto::job_ref::JobRef;
 
 pub struct Options {
-    pub job: u64,
+    /// The job as the user named it (Slurm's 42_7 and 42+1 too) and the
+    /// node of its allocation to land on (None: its batch host).
+    pub target: attach::Target,
+    /// A step of a Slurm job other than its batch step.
+    pub step: Option<stj_proto::handshake::Step>,
     pub mode: Mode,
     pub program: Program,
     /// The binary to run for `program`.
@@ -50,9 +55,10 @@ pub struct Options {
 impl Options {
     /// A plain ssh session into `job` in auto mode, with defaults for
     /// everything else; callers adjust what they need.
-    pub fn ssh(job: u64, socket: PathBuf) -> Options {
+    pub fn ssh(job: JobRef, socket: PathBuf) -> Options {
         Options {
-            job,
+            target: attach::Target::job(job),
+            step: None,
             mode: Mode::Auto,
             program: Program::Ssh,
             ssh_binary: "ssh".into(),
@@ -99,22 +105,19 @@ impl Signals {
 }
 
 async fn remove_job(o: &Options) {
+    let job = o.target.job;
     match connect(&o.socket).await {
         Ok(mut c) => match c
             .remove(RemoveRequest {
-                job_id: o.job,
+                job_id: job.id,
                 ..Default::default()
             })
             .await
         {
-            Ok(_) => eprintln!("ssh-to-job: job {} removed", o.job),
-            Err(s) => eprintln!(
-                "ssh-to-job: could not remove job {}: {}",
-                o.job,
-                s.message()
-            ),
+            Ok(_) => eprintln!("ssh-to-job: job {job} removed"),
+            Err(s) => eprintln!("ssh-to-job: could not remove job {job}: {}", s.message()),
         },
-        Err(e) => eprintln!("ssh-to-job: could not remove job {}: {e:#}", o.job),
+        Err(e) => eprintln!("ssh-to-job: could not remove job {job}: {e:#}"),
     }
 }
 
@@ -148,19 +151,20 @@ pub async fn run(o: &Options) -> Result<u8> {
     let key = user_key::generate(rt.path())?;
 
     let mut attempt = 0;
-    let (stream, session, path) = loop {
+    let (stream, session, path, job_id) = loop {
         let step = async {
             if o.auto_retry {
-                waiting::until_running(&o.socket, o.job).await?;
+                waiting::until_running(&o.socket, o.target.job).await?;
             }
-            let grant = attach::request_waiting(&o.socket, o.job, key.public, o.room_wait).await?;
-            tracing::debug!(job_id = o.job, session_id = %grant.session_id, node = %grant.node, direct = ?grant.direct_addr, "capability granted");
+            let grant =
+                attach::request_waiting(&o.socket, &o.target, key.public, o.room_wait).await?;
+            tracing::debug!(job = %o.target.job, job_id = grant.job_id, session_id = %grant.session_id, node = %grant.node, direct = ?grant.direct_addr, "capability granted");
             let started = std::time::Instant::now();
             let (stream, session, path) = attach::connect(
                 o.mode,
                 &attach::Dial {
                     socket: &o.socket,
-                    job_id: o.job,
+                    target: &o.target,
                     daemon_sock: o.daemon_sock.as_deref(),
                     // This run checks the host key itself (its own
                     // known_hosts with the key), no CA needed.
@@ -168,23 +172,24 @@ pub async fn run(o: &Options) -> Result<u8> {
                     asks: attach::Asks {
                         job_host_key: false,
                         outer: o.outer,
+                        step: o.step,
                     },
                 },
                 &grant,
             )
             .await?;
             tracing::debug!(
-                job_id = o.job,
+                job_id = grant.job_id,
                 path = path.as_str(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "connected; handshake complete"
             );
-            Ok::<_, anyhow::Error>((stream, session, path))
+            Ok::<_, anyhow::Error>((stream, session, path, grant.job_id))
         };
         let outcome = tokio::select! {
             r = step => r,
             sig = signals.recv() => {
-                eprintln!("ssh-to-job: interrupted while waiting for job {}", o.job);
+                eprintln!("ssh-to-job: interrupted while waiting for job {}", o.target.job);
                 if o.remove_on_interrupt {
                     remove_job(o).await;
                 }
@@ -211,14 +216,14 @@ pub async fn run(o: &Options) -> Result<u8> {
         }
     };
 
-    let known_hosts = user_key::write_known_hosts(rt.path(), &alias(o.job), session.host_pubkey)?;
+    let known_hosts = user_key::write_known_hosts(rt.path(), &alias(job_id), session.host_pubkey)?;
     let sock_path = rt.path().join("p");
     let listener = fd_pass::bind(&sock_path)?;
     let proxy = proxy_path();
     let cmd = SshCommand {
         program: o.program,
         binary: o.ssh_binary.clone(),
-        job_id: o.job,
+        job_id,
         user: &session.user,
         key: &key.path,
         known_hosts: &known_hosts,
@@ -277,7 +282,7 @@ pub async fn run(o: &Options) -> Result<u8> {
             if path == attach::Via::Relay {
                 eprintln!("ssh-to-job: the relay (the schedd) went away and took this session with it; run ssh-to-job again once the schedd is back");
             }
-        } else if let Some(why) = crate::why_ended::explain(&o.socket, o.job).await {
+        } else if let Some(why) = crate::why_ended::explain(&o.socket, job_id).await {
             eprintln!("ssh-to-job: the session ended: {why}");
         }
     }

@@ -5,7 +5,9 @@
 
 use std::io::IsTerminal;
 use std::path::Path;
+
 use std::time::Duration;
+use stj_proto::job_ref::JobRef;
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -43,7 +45,13 @@ fn describe(id: u64, jobs: &[Job]) -> String {
 }
 
 /// Returns once job `id` runs; fails if it ends first.
-pub async fn until_running(socket: &Path, id: u64) -> Result<()> {
+pub async fn until_running(socket: &Path, job: JobRef) -> Result<()> {
+    // A Slurm array task or component has an id of its own that only the
+    // schedd resolves: its requests are retried until it runs instead.
+    if job.part.is_some() {
+        return Ok(());
+    }
+    let id = job.id;
     let mut c = connect(socket).await?;
     let tty = std::io::stderr().is_terminal();
     let bar = tty.then(|| {

@@ -4,7 +4,7 @@
 //!
 //! Layouts (read from /proc/self/mountinfo at start-up):
 //! - **v2** (unified, with controllers): one directory per job,
-//!   `<mount>/<parent>/job_<id>`, with `memory.max`, `memory.swap.max`,
+//!   `<mount>/<parent>/stj-job-<id>`, with `memory.max`, `memory.swap.max`,
 //!   `cpu.max`, `cgroup.kill`; the controllers are switched on in every
 //!   `cgroup.subtree_control` from the mount down to the parent.
 //! - **v1** (legacy, and the hybrid systemd used to make): a directory per
@@ -39,6 +39,8 @@ pub enum CgroupError {
     BadParent(String),
     #[error("this node cannot enforce --{0}: its cgroups have no {0} controller (the starter's log says which hierarchies it found)")]
     NoController(&'static str),
+    #[error("this node swaps but does not account swap per cgroup (no memory.swap.max or memory.memsw.limit_in_bytes), so a --memory job could go past its limit into swap; boot the node with swapaccount=1 (or turn swap off) to run jobs with --memory")]
+    SwapNotAccounted,
     #[error("another stj-starter on this machine uses the cgroup parent {0} (a starter removes the job cgroups it finds there, so it would kill that one's jobs); give each starter a cgroup_parent of its own in its [starter] config (or --cgroup-parent)")]
     InUse(PathBuf),
 }
@@ -53,7 +55,13 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CgroupE
 pub struct Limits {
     pub millicpus: u32,
     pub memory_bytes: u64,
+    /// Processes and threads at once (the node's `job_pids_max`).
+    pub pids: u32,
 }
+
+/// Job cgroups are `stj-job-<id>`: a parent pointed by mistake at another
+/// engine's tree (Slurm's are `job_<id>`) has nothing of it swept.
+pub const JOB_PREFIX: &str = "stj-job-";
 
 /// The CFS period both layouts use; quota = millicpus × 100 µs.
 const CPU_PERIOD_US: u64 = 100_000;
@@ -73,7 +81,13 @@ pub fn mounts(mountinfo: &str) -> Vec<Mount> {
         let Some((left, right)) = line.split_once(" - ") else {
             continue;
         };
-        let Some(point) = left.split(' ').nth(4) else {
+        let mut fields = left.split(' ');
+        // A mount of a hierarchy's subtree (a container's view) is not its
+        // root: cgroup paths would not be relative to it.
+        if fields.nth(3) != Some("/") {
+            continue;
+        }
+        let Some(point) = fields.next() else {
             continue;
         };
         let mut r = right.split(' ');
@@ -277,7 +291,7 @@ impl CgroupTree {
     /// Makes job `id`'s cgroup with its limits. A limit this node cannot
     /// enforce is an error, never silently dropped.
     pub fn create(&self, id: u64, limits: Limits) -> Result<JobCgroup, CgroupError> {
-        let job = self.job(&format!("job_{id}"));
+        let job = self.job(&format!("{JOB_PREFIX}{id}"));
         let t = &self.dirs;
         if limits.memory_bytes > 0 && !t.has_v2_controllers() && t.memory_v1.is_none() {
             return Err(CgroupError::NoController("memory"));
@@ -305,7 +319,7 @@ impl CgroupTree {
         for p in self.dirs.all() {
             for e in fs::read_dir(&p).into_iter().flatten().flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
-                if n.starts_with("job_") && e.path().is_dir() {
+                if n.starts_with(JOB_PREFIX) && e.path().is_dir() {
                     names.insert(n);
                 }
             }
@@ -383,11 +397,15 @@ impl JobCgroup {
             Some((d, true)) => {
                 if l.memory_bytes > 0 {
                     write(d.join("memory.max"), l.memory_bytes.to_string())?;
-                    // Swap is memory too; without swap accounting the file
-                    // is missing and there is nothing to swap past.
-                    if d.join("memory.swap.max").exists() {
-                        write(d.join("memory.swap.max"), "0".into())?;
+                    // Swap is memory too: a limit it can swap past is none.
+                    match d.join("memory.swap.max").exists() {
+                        true => write(d.join("memory.swap.max"), "0".into())?,
+                        false if node_swaps() => return Err(CgroupError::SwapNotAccounted),
+                        false => {}
                     }
+                }
+                if l.pids > 0 && d.join("pids.max").exists() {
+                    write(d.join("pids.max"), l.pids.to_string())?;
                 }
                 if l.millicpus > 0 {
                     write(d.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}"))?;
@@ -398,12 +416,17 @@ impl JobCgroup {
                     write(d.join("memory.limit_in_bytes"), l.memory_bytes.to_string())?;
                     // memsw is memory + swap and must not be below the
                     // memory limit: set after it.
-                    if d.join("memory.memsw.limit_in_bytes").exists() {
-                        write(
+                    match d.join("memory.memsw.limit_in_bytes").exists() {
+                        true => write(
                             d.join("memory.memsw.limit_in_bytes"),
                             l.memory_bytes.to_string(),
-                        )?;
+                        )?,
+                        false if node_swaps() => return Err(CgroupError::SwapNotAccounted),
+                        false => {}
                     }
+                }
+                if let (Some(d), true) = (&j.pids_v1, l.pids > 0) {
+                    write(d.join("pids.max"), l.pids.to_string())?;
                 }
                 if let (Some(d), true) = (&j.cpu_v1, l.millicpus > 0) {
                     write(d.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string())?;
@@ -459,14 +482,23 @@ impl JobCgroup {
                 return;
             }
         }
+        let dirs = self.dirs();
         for _ in 0..100 {
             let pids = self.procs();
             if pids.is_empty() {
                 return;
             }
             for p in pids {
-                // SAFETY: kill(2) with a pid read from the job's cgroup.
-                unsafe { libc::kill(p, libc::SIGKILL) };
+                // Pinned first, then checked to be still in the job's
+                // cgroup: a pid that was reused meanwhile is not signalled.
+                let Ok(fd) = crate::container::pidfd_open(p) else {
+                    continue;
+                };
+                let own = fs::read_to_string(format!("/proc/{p}/cgroup")).unwrap_or_default();
+                let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+                if !in_bounds(&own, &mounts(&info), &dirs).is_empty() {
+                    crate::container::signal_pidfd(&fd, libc::SIGKILL);
+                }
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -493,6 +525,79 @@ impl JobCgroup {
             }
         }
     }
+}
+
+/// Whether the node has swap in use (/proc/swaps lists any).
+fn node_swaps() -> bool {
+    fs::read_to_string("/proc/swaps").is_ok_and(|s| s.lines().count() > 1)
+}
+
+/// Most cgroups below one job's that are walked: a job may make its own
+/// (a rootless container in a delegated Slurm step), and no job makes the
+/// starter walk without end.
+const MAX_WALK: usize = 4096;
+
+/// The pids in the cgroup `dir` and every cgroup below it (at most
+/// MAX_WALK directories, without following symlinks).
+pub fn procs_under(dir: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    let mut seen = 0;
+    while let Some(d) = todo.pop() {
+        seen += 1;
+        if seen > MAX_WALK {
+            tracing::warn!(dir = %dir.display(), "more than {MAX_WALK} cgroups below a job's; the rest are not looked into");
+            break;
+        }
+        for l in fs::read_to_string(d.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+        {
+            if let Ok(p) = l.trim().parse::<i32>() {
+                pids.push(p);
+            }
+        }
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(e.path());
+            }
+        }
+    }
+    pids
+}
+
+/// The cgroups of `pid` (a directory per hierarchy), of those inside one of
+/// `bounds` (a job's cgroup): where a session that lands beside `pid`
+/// goes — the job's own cgroup, or the one a container in it made.
+pub fn cgroups_of(pid: i32, bounds: &[PathBuf]) -> Vec<PathBuf> {
+    let (Ok(own), Ok(info)) = (
+        fs::read_to_string(format!("/proc/{pid}/cgroup")),
+        fs::read_to_string("/proc/self/mountinfo"),
+    ) else {
+        return Vec::new();
+    };
+    in_bounds(&own, &mounts(&info), bounds)
+}
+
+fn in_bounds(proc_cgroup: &str, mounts: &[Mount], bounds: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for line in proc_cgroup.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(_), Some(ctrls), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let mount = mounts.iter().find(|m| match (&m.v1, ctrls) {
+            (None, "") => true,
+            (Some(have), c) if !c.is_empty() => c.split(',').all(|x| have.iter().any(|h| h == x)),
+            _ => false,
+        });
+        let Some(m) = mount else { continue };
+        let dir = m.point.join(path.trim_start_matches('/'));
+        if bounds.iter().any(|b| dir.starts_with(b)) && !out.contains(&dir) {
+            out.push(dir);
+        }
+    }
+    out
 }
 
 /// Puts the calling process into each of `dirs` (a job's cgroup): what it
@@ -533,6 +638,32 @@ mod tests {
             Some(&["cpu".to_string(), "cpuacct".to_string()][..])
         );
         assert_eq!(unescape("/mnt/with\\040space"), "/mnt/with space");
+    }
+
+    #[test]
+    fn a_session_joins_the_cgroups_of_its_process_inside_the_jobs_only() {
+        let m = mounts(HYBRID);
+        let proc_cgroup = "\
+9:name=systemd:/
+6:freezer:/slurm_vm/uid_1001/job_4/step_batch/ctr
+5:memory:/process_api/x
+4:cpu,cpuacct:/slurm_vm/uid_1001/job_4
+2:pids:/slurm_vm/uid_1001/job_44
+0::/
+";
+        let bounds = [
+            PathBuf::from("/sys/fs/cgroup/freezer/slurm_vm/uid_1001/job_4"),
+            PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/slurm_vm/uid_1001/job_4"),
+            PathBuf::from("/sys/fs/cgroup/pids/slurm_vm/uid_1001/job_4"),
+        ];
+        // Not freezer (unmounted in HYBRID), not memory (outside the job),
+        // not pids (job_44 is another job, whatever its name begins with).
+        assert_eq!(
+            in_bounds(proc_cgroup, &m, &bounds),
+            vec![PathBuf::from(
+                "/sys/fs/cgroup/cpu,cpuacct/slurm_vm/uid_1001/job_4"
+            )]
+        );
     }
 
     #[test]
@@ -581,10 +712,11 @@ mod tests {
                 Limits {
                     millicpus: 1500,
                     memory_bytes: 64 << 20,
+                    pids: 100,
                 },
             )
             .unwrap();
-        let d = root.join("stj_n1/job_7");
+        let d = root.join("stj_n1/stj-job-7");
         assert_eq!(job.dirs(), vec![d.clone()]);
         assert_eq!(
             fs::read_to_string(d.join("memory.max")).unwrap(),
@@ -634,18 +766,19 @@ mod tests {
                 Limits {
                     millicpus: 250,
                     memory_bytes: 4 << 20,
+                    pids: 0,
                 },
             )
             .unwrap();
         assert_eq!(job.dirs().len(), 3);
-        let md = memory.join("stj_n1/job_3");
+        let md = memory.join("stj_n1/stj-job-3");
         assert_eq!(
             fs::read_to_string(md.join("memory.limit_in_bytes")).unwrap(),
             "4194304"
         );
         assert!(!md.join("memory.memsw.limit_in_bytes").exists());
         assert_eq!(
-            fs::read_to_string(cpu.join("stj_n1/job_3/cpu.cfs_quota_us")).unwrap(),
+            fs::read_to_string(cpu.join("stj_n1/stj-job-3/cpu.cfs_quota_us")).unwrap(),
             "25000"
         );
         fs::write(
@@ -662,6 +795,7 @@ mod tests {
                 Limits {
                     millicpus: 0,
                     memory_bytes: 4 << 20,
+                    pids: 0,
                 },
             )
             .unwrap_err();

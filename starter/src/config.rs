@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde::Deserialize;
 
+pub use stj_cli::config_file::Jobs;
 pub use stj_cli::paths::CONFIG as DEFAULT_CONFIG;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +54,13 @@ pub struct StarterConfig {
     /// root; default `stj_<node name>`. One starter per parent: it removes
     /// what it finds there at start-up.
     pub cgroup_parent: Option<String>,
+    /// Whose jobs: the schedd's queue (run here in containers of our own),
+    /// or Slurm's (found in Slurm's cgroups beside slurmd; none started).
+    pub jobs: Jobs,
+    /// Processes and threads one job (its sessions included) may have at
+    /// once, by its cgroup's pids controller: a fork bomb stays in its job.
+    /// 0: no cap.
+    pub job_pids_max: u32,
 }
 
 impl Default for StarterConfig {
@@ -75,6 +83,8 @@ impl Default for StarterConfig {
             allow_x11_forwarding: true,
             allow_agent_forwarding: true,
             cgroup_parent: None,
+            jobs: Jobs::Queue,
+            job_pids_max: 32768,
         }
     }
 }

@@ -5,12 +5,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use stj_proto::handshake::Step;
 use stj_proto::starter::{JobExited, RunJob};
 use tokio::sync::mpsc;
 
 use crate::cgroup::{CgroupTree, JobCgroup, Limits};
 use crate::container::{self, ContainerSpec, Exit, Launch};
-use crate::job_locator::{JobLocator, JobTarget, Located};
+use crate::job_locator::{JobLocator, JobTarget, Located, Members, OuterView};
 use crate::report::{Report, Reporter, Reports};
 use crate::slots::SlotUsers;
 
@@ -24,11 +25,13 @@ struct Entry {
     host_seed: Option<[u8; 32]>,
     /// The job's cgroup (its processes and its sessions').
     cgroup: Option<Arc<JobCgroup>>,
+    /// Who submitted it (the uid it runs as may be a slot user's).
+    owner_uid: u32,
 }
 
 /// A fresh host key seed; None only if the system's generator fails (then
 /// sessions are refused, never served with a predictable key).
-fn host_seed() -> Option<[u8; 32]> {
+pub(crate) fn host_seed() -> Option<[u8; 32]> {
     let mut seed = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).ok()?;
     Some(seed)
@@ -46,6 +49,10 @@ pub struct Jobs {
     slot_users: Option<Arc<SlotUsers>>,
     /// Where job cgroups are made; None when the node has none usable.
     cgroups: Option<CgroupTree>,
+    /// Beside slurmd: the schedd's queue has no jobs for this node.
+    runs_none: bool,
+    /// Processes and threads one job may have at once (0: no cap).
+    pids_max: u32,
 }
 
 pub struct JobsConfig {
@@ -54,11 +61,17 @@ pub struct JobsConfig {
     pub kit: Option<crate::kit::Kit>,
     pub slot_users: Option<Arc<SlotUsers>>,
     pub cgroups: Option<CgroupTree>,
+    /// Start no job (a starter beside slurmd): a RunJob goes back.
+    pub runs_none: bool,
+    pub pids_max: u32,
 }
 
 /// Creates `dir` and its parents under `work_dir` with mode 0711: job users
 /// must reach their own session files without listing anyone else's.
-fn make_traversable(work_dir: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) fn make_traversable(
+    work_dir: &std::path::Path,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)?;
     let mut d = dir;
@@ -95,6 +108,8 @@ impl Jobs {
             kit: c.kit,
             slot_users: c.slot_users,
             cgroups: c.cgroups,
+            runs_none: c.runs_none,
+            pids_max: c.pids_max,
         });
         (jobs, rx)
     }
@@ -118,6 +133,17 @@ impl Jobs {
     /// Starts a job unless it already runs here (a repeated RunJob after a
     /// reconnect is harmless).
     pub fn start(self: &Arc<Self>, run: RunJob) {
+        if self.runs_none {
+            // It registered with no slots: a schedd that sends one anyway
+            // gets it back, for another node.
+            let _ = self.events.send(Report::JobExited(JobExited {
+                job_id: run.job_id,
+                error: "this node serves Slurm's jobs (jobs = \"slurm\") and runs none of the schedd's queue".into(),
+                node_failure: true,
+                ..Default::default()
+            }));
+            return;
+        }
         {
             let mut t = self.table();
             if t.contains_key(&run.job_id) {
@@ -127,6 +153,7 @@ impl Jobs {
                 run.job_id,
                 Entry {
                     host_seed: host_seed(),
+                    owner_uid: run.uid,
                     ..Entry::default()
                 },
             );
@@ -277,12 +304,20 @@ impl Jobs {
         let limits = Limits {
             millicpus: spec.millicpus,
             memory_bytes: spec.memory_bytes,
+            pids: self.pids_max,
         };
-        let cgroup = match (&self.cgroups, limits == Limits::default()) {
-            (Some(tree), _) => match tree.create(id, limits) {
-                Ok(c) => Some(Arc::new(c)),
-                Err(e) => return node_failed(format!("node could not make the job's cgroup: {e}")),
-            },
+        let asks_limits = limits.millicpus > 0 || limits.memory_bytes > 0;
+        let cgroup = match (&self.cgroups, !asks_limits) {
+            (Some(tree), _) => {
+                let tree = tree.clone();
+                match tokio::task::spawn_blocking(move || tree.create(id, limits)).await {
+                    Ok(Ok(c)) => Some(Arc::new(c)),
+                    Ok(Err(e)) => {
+                        return node_failed(format!("node could not make the job's cgroup: {e}"))
+                    }
+                    Err(e) => return node_failed(format!("node could not make the job's cgroup: {e}")),
+                }
+            }
             (None, true) => None,
             (None, false) => {
                 return node_failed(
@@ -297,11 +332,14 @@ impl Jobs {
         let Some(cgroup) = cgroup else { return exit };
         let exit = with_oom_kills(exit, cgroup.oom_kills(), limits.memory_bytes);
         // What the job left (nothing, normally: its PID namespace is gone)
-        // goes with it, then its cgroup.
+        // goes with it, then its cgroup — before the job's end is reported,
+        // so a run of the same job that follows never meets this one's.
         tokio::task::spawn_blocking(move || {
             cgroup.kill();
             cgroup.remove(Duration::from_secs(10));
-        });
+        })
+        .await
+        .ok();
         exit
     }
 
@@ -392,20 +430,29 @@ fn with_oom_kills(mut exit: Exit, kills: u64, limit: u64) -> Exit {
 /// The starter's own containers: a job is here from its RunJob until it
 /// exits, and enterable once its container's init is up.
 impl JobLocator for Jobs {
-    fn locate(&self, id: u64) -> Located {
+    fn locate(&self, id: u64, step: Option<Step>) -> Located {
         let t = self.table();
+        // Steps are Slurm's; ours have one, the job itself.
+        if let (Some(step), Some(_)) = (step, t.get(&id)) {
+            return Located::NoSuchStep(step, vec![]);
+        }
         match t.get(&id) {
             Some(Entry {
                 init: Some(init),
                 spec: Some(spec),
                 host_seed,
                 cgroup,
+                owner_uid,
                 ..
             }) => Located::Here(JobTarget {
                 init: init.clone(),
                 spec: spec.clone(),
+                owner_uid: *owner_uid,
                 host_seed: *host_seed,
                 cgroups: cgroup.as_ref().map(|c| c.dirs()).unwrap_or_default(),
+                members: Members::DescendantsOf(init.pid),
+                outer_view: OuterView::Spec,
+                ends_with: None,
             }),
             Some(e) if e.init.is_none() && !e.kill_requested => Located::Starting,
             _ => Located::NotHere,

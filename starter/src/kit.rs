@@ -119,6 +119,19 @@ pub fn build(work_dir: &Path, sshd: &Path, preload: &Path) -> Result<Kit> {
             sshd.display()
         );
     }
+    // OpenSSH 9.8 split sshd: `sshd -i` execs /usr/lib/openssh/sshd-session
+    // by its node path, which a job's view need not have and the kit would
+    // not provide. Refused here, where the admin looks, not per session.
+    let binary = fs::read(sshd).with_context(|| format!("cannot read {}", sshd.display()))?;
+    if binary
+        .windows(b"sshd-session".len())
+        .any(|w| w == b"sshd-session")
+    {
+        bail!(
+            "{} is OpenSSH 9.8 or later, which runs a separate sshd-session program the sshd kit does not carry yet; point sshd_path at an OpenSSH 9.7 or older sshd",
+            sshd.display()
+        );
+    }
     if !preload.is_file() {
         bail!("{PRELOAD_NAME} not found at {} (build it with `cargo build --workspace`, or set preload_path)", preload.display());
     }

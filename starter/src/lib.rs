@@ -13,6 +13,7 @@ mod link;
 mod report;
 mod session;
 pub mod slots;
+pub mod slurm;
 pub mod tls;
 
 pub use session::environ_main;
@@ -73,6 +74,11 @@ fn sshd_policy(config: &StarterConfig) -> Vec<String> {
         format!("AllowTcpForwarding {}", yn(config.allow_tcp_forwarding)),
         format!("X11Forwarding {}", yn(config.allow_x11_forwarding)),
         format!("AllowAgentForwarding {}", yn(config.allow_agent_forwarding)),
+        // ssh -L/-R with UNIX sockets is port forwarding too.
+        format!(
+            "AllowStreamLocalForwarding {}",
+            yn(config.allow_tcp_forwarding)
+        ),
     ];
     v.extend(config.sshd_extra_config.iter().cloned());
     v
@@ -149,6 +155,11 @@ fn job_cgroups(config: &StarterConfig, name: &str) -> Result<Option<cgroup::Cgro
             tracing::info!(cgroups = %tree.describe(), left_over_jobs_removed = swept, "jobs get a cgroup each");
             Ok(Some(tree))
         }
+        // A parent the admin named must work: running jobs uncontained
+        // instead would be a typo changing behaviour silently.
+        Err(e) if config.cgroup_parent.is_some() => Err(e).context(format!(
+            "cannot use cgroup_parent {parent:?} from the [starter] config (or --cgroup-parent)"
+        )),
         Err(e) => {
             tracing::warn!(error = %e, "jobs run without a cgroup of their own; jobs that ask for --cpus or --memory are refused");
             Ok(None)
@@ -217,11 +228,20 @@ pub async fn run(
         (None, Some(t)) => t.ca_sha256,
         (None, None) => unreachable!("read_token requires a token before enrolment"),
     };
-    let slots = config.slots.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1)
-    });
+    let slurm = config.jobs == config::Jobs::Slurm;
+    // Beside slurmd the starter runs no job of its own: no slot to offer.
+    let slots = match slurm {
+        true => 0,
+        false => config.slots.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1)
+        }),
+    };
+    anyhow::ensure!(
+        !(slurm && config.slot_users.is_some()),
+        "slot_users is for the jobs this starter runs itself; with jobs = \"slurm\" Slurm runs them: remove slot_users from the [starter] config (or --slot-users)"
+    );
     let name = node_name(&config);
     let slot_users = config
         .slot_users
@@ -239,19 +259,32 @@ pub async fn run(
         None => None,
     };
     let kit = build_kit(&config);
-    let cgroups = job_cgroups(&config, &name)?;
+    let cgroups = match slurm {
+        true => None,
+        false => job_cgroups(&config, &name)?,
+    };
     let (jobs, events) = jobs::Jobs::new(jobs::JobsConfig {
         work_dir: config.work_dir.clone(),
         kill_grace: Duration::from_secs(config.kill_grace_secs),
         kit: kit.as_ref().ok().cloned(),
         slot_users,
         cgroups,
+        runs_none: slurm,
+        pids_max: config.job_pids_max,
     });
+    // Where sessions find jobs: ours, or Slurm's (DESIGN §12).
+    let locator: Arc<dyn job_locator::JobLocator> = match slurm {
+        true => {
+            tracing::info!(node = %name, "serving sessions into Slurm's jobs on this node (its Slurm NodeName must be {name})");
+            slurm::SlurmJobs::new(name.clone(), config.work_dir.clone())?
+        }
+        false => jobs.clone(),
+    };
     let key = Arc::new(session::StarterKey::default());
     let sessions = session::Sessions::new(
         name.clone(),
         key.clone(),
-        jobs.clone(),
+        locator,
         jobs.reporter(),
         session::SshdConfig {
             extra: sshd_policy(&config),

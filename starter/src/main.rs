@@ -50,6 +50,11 @@ struct Cli {
     /// Where job cgroups go, under each cgroup hierarchy [config: cgroup_parent; default stj_NAME].
     #[arg(long)]
     cgroup_parent: Option<String>,
+    /// Whose jobs: queue (run the schedd's jobs here) or slurm (beside
+    /// slurmd: sessions into Slurm's jobs; --name must be Slurm's NodeName)
+    /// [config: jobs; default queue].
+    #[arg(long, value_parser = ["queue", "slurm"])]
+    jobs: Option<String>,
     /// Log at debug level (never logs secrets).
     #[arg(long)]
     debug: bool,
@@ -87,6 +92,10 @@ enum Cmd {
     Placeholder {
         #[arg(long)]
         idle_timeout_secs: u64,
+        /// Count sessions in this process's cgroup (a Slurm job's batch
+        /// step) instead of its PID namespace (our containers).
+        #[arg(long)]
+        in_cgroup: bool,
     },
 }
 
@@ -97,8 +106,12 @@ fn main() {
         Some(Cmd::ContainerInit { spec }) => stj_starter::container::init_main(spec),
         Some(Cmd::SessionEnter { spec }) => stj_starter::container::enter::main(spec),
         Some(Cmd::Environ { pid }) => stj_starter::environ_main(*pid),
-        Some(Cmd::Placeholder { idle_timeout_secs }) => stj_starter::container::placeholder::main(
+        Some(Cmd::Placeholder {
+            idle_timeout_secs,
+            in_cgroup,
+        }) => stj_starter::container::placeholder::main(
             std::time::Duration::from_secs(*idle_timeout_secs),
+            *in_cgroup,
         ),
         Some(Cmd::GenerateDocs { dir }) => {
             if let Err(e) = stj_cli::generate(<Cli as clap::CommandFactory>::command(), dir) {
@@ -187,6 +200,12 @@ fn real_main(cli: Cli) -> Result<()> {
     }
     if let Some(v) = cli.cgroup_parent {
         c.cgroup_parent = Some(v);
+    }
+    if let Some(v) = cli.jobs {
+        c.jobs = match v.as_str() {
+            "slurm" => stj_starter::config::Jobs::Slurm,
+            _ => stj_starter::config::Jobs::Queue,
+        };
     }
     stj_cli::daemon::raise_fd_limit();
     let rt = tokio::runtime::Runtime::new()?;

@@ -77,6 +77,11 @@ impl Cluster {
         Cluster::build("", Some(crate::netns::Net::new()))
     }
 
+    /// `with_net`, with extra `[schedd]` config lines (TOML).
+    pub fn with_net_and_schedd_config(schedd_toml: &str) -> Cluster {
+        Cluster::build(schedd_toml, Some(crate::netns::Net::new()))
+    }
+
     /// Like `new`, with extra `[schedd]` config lines (TOML).
     pub fn with_schedd_config(schedd_toml: &str) -> Cluster {
         Cluster::build(schedd_toml, None)
@@ -388,7 +393,10 @@ impl Cluster {
     pub fn job_cgroups(&self, name: &str, id: u64) -> Vec<PathBuf> {
         cgroup_mounts()
             .into_iter()
-            .map(|m| m.join(self.cgroup_parent(name)).join(format!("job_{id}")))
+            .map(|m| {
+                m.join(self.cgroup_parent(name))
+                    .join(format!("stj-job-{id}"))
+            })
             .filter(|d| d.is_dir())
             .collect()
     }
@@ -454,7 +462,9 @@ impl Cluster {
     }
 
     /// `program` as `user` (root when None), inside network namespace `ns`
-    /// if given (via `ip netns exec` and `setpriv`).
+    /// if given (via `nsenter --net` and `setpriv`: only the network
+    /// changes; `ip netns exec` would also remount /sys, hiding the cgroup
+    /// filesystems a node's starter works with).
     pub fn command(&self, ns: Option<&str>, user: Option<&TestUser>, program: &Path) -> Command {
         match ns {
             None => {
@@ -465,8 +475,8 @@ impl Cluster {
                 c
             }
             Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]);
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/var/run/netns/{ns}"));
                 if let Some(u) = user {
                     c.arg("setpriv")
                         .arg(format!("--reuid={}", u.uid))

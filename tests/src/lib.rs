@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod netns;
 pub mod rootfs;
 pub mod sim_starter;
+pub mod slurm;
 pub mod users;
 pub mod wait;
 

@@ -101,6 +101,7 @@ fn every_session_leaves_one_record_with_path_times_bytes_and_exit_status() {
             cl.request_session(stj_proto::user::RequestSessionRequest {
                 job_id: job,
                 client_pubkey: vec![7; 31],
+                ..Default::default()
             })
             .await
             .unwrap_err()
@@ -312,6 +313,7 @@ fn sigterm_loses_no_audit_record() {
                     .request_session(stj_proto::user::RequestSessionRequest {
                         job_id: 900_000 + i,
                         client_pubkey: vec![7; 32],
+                        ..Default::default()
                     })
                     .await;
                 assert!(r.is_err());
@@ -382,6 +384,7 @@ fn the_schedd_runs_in_process_and_drains_on_its_shutdown_future() {
                 .request_session(stj_proto::user::RequestSessionRequest {
                     job_id: 77,
                     client_pubkey: vec![7; 32],
+                    ..Default::default()
                 })
                 .await
                 .unwrap_err();

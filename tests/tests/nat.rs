@@ -133,7 +133,7 @@ fn a_third_party_with_the_relay_session_id_gets_nothing_and_disturbs_nothing() {
     let rt = stj_tests::rt();
     // Root may open sessions into any job; the test plays both the real client and the intruder.
     let grant = rt
-        .block_on(attach::request(&c.socket, id, [7; 32]))
+        .block_on(attach::request(&c.socket, &id.into(), [7; 32]))
         .unwrap();
     let sid = stj_proto::capability::Capability::decode(&grant.capability)
         .unwrap()
@@ -193,7 +193,7 @@ fn routing_names_that_could_escape_or_impersonate_are_refused() {
     let bob = TestUser::bob();
     let rt = stj_tests::rt();
     let grant = rt
-        .block_on(attach::request(&c.socket, id, [7; 32]))
+        .block_on(attach::request(&c.socket, &id.into(), [7; 32]))
         .unwrap();
     let sid = stj_proto::capability::Capability::decode(&grant.capability)
         .unwrap()

@@ -192,7 +192,7 @@ fn no_secret_reaches_any_log_even_with_debug() {
     // A session whose k and relay token this test knows, through the relay.
     let rt = stj_tests::rt();
     let grant = rt
-        .block_on(attach::request(&c.socket, job, [7; 32]))
+        .block_on(attach::request(&c.socket, &job.into(), [7; 32]))
         .unwrap();
     let token = std::fs::read_to_string(&c.token_file).unwrap();
     let join_secret = token.trim().rsplit('.').next().unwrap().to_string();

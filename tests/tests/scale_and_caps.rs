@@ -45,6 +45,7 @@ fn big_jobs_and_a_flood_of_denials_leave_q_and_audit_working() {
                     .request_session(stj_proto::user::RequestSessionRequest {
                         job_id: target,
                         client_pubkey: vec![7; 32],
+                        ..Default::default()
                     })
                     .await;
                 assert!(r.is_err());

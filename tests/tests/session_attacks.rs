@@ -139,7 +139,7 @@ fn an_expired_capability_is_refused() {
     let (c, _alice, id) = pool("capability_ttl_secs = 1");
     let rt = rt();
     let grant = rt
-        .block_on(attach::request(&c.socket, id, [7; 32]))
+        .block_on(attach::request(&c.socket, &id.into(), [7; 32]))
         .unwrap();
     let expiry = Capability::decode(&grant.capability).unwrap().expiry;
     wait_until("the capability to expire", T, || {
@@ -161,7 +161,7 @@ fn a_session_id_is_accepted_once() {
     let (c, _alice, id) = pool("");
     let rt = rt();
     let grant = rt
-        .block_on(attach::request(&c.socket, id, [7; 32]))
+        .block_on(attach::request(&c.socket, &id.into(), [7; 32]))
         .unwrap();
     rt.block_on(try_handshake(&grant))
         .expect("first use succeeds");
@@ -176,7 +176,7 @@ fn a_capability_with_one_byte_changed_gets_no_session() {
     let (c, _alice, id) = pool("");
     let rt = rt();
     let grant = rt
-        .block_on(attach::request(&c.socket, id, [7; 32]))
+        .block_on(attach::request(&c.socket, &id.into(), [7; 32]))
         .unwrap();
     for pos in 0..grant.capability.len() {
         let mut forged = grant.clone();
@@ -378,7 +378,9 @@ fn one_users_stalled_handshakes_do_not_lock_others_out() {
     let stalled = rt.block_on(async {
         let mut v = Vec::new();
         for _ in 0..40 {
-            let grant = attach::request(&c.socket, bobs, [7; 32]).await.unwrap();
+            let grant = attach::request(&c.socket, &bobs.into(), [7; 32])
+                .await
+                .unwrap();
             let k = grant.k;
             let mut s = tokio::net::TcpStream::connect(grant.direct_addr.as_deref().unwrap())
                 .await
@@ -536,7 +538,7 @@ fn one_capability_buys_one_dial_back() {
     let (c, _alice, id) = pool("");
     let rt = rt();
     let grant = rt
-        .block_on(attach::request(&c.socket, id, [7; 32]))
+        .block_on(attach::request(&c.socket, &id.into(), [7; 32]))
         .unwrap();
     let sid = Capability::decode(&grant.capability).unwrap().session_id;
     // Root asked for the session, so root's sockets are the session's own.
@@ -575,4 +577,115 @@ fn one_capability_buys_one_dial_back() {
         1
     );
     drop(listeners);
+}
+
+/// sshd runs in the job's mount namespace and reads what the job put there:
+/// a container whose OpenSSL config loads a module of the job's gets that
+/// code run inside the session's sshd. It must find nothing of the node
+/// through sshd's handles: the session files and the kit reach sshd as
+/// read-only copies whose roots are their own (`..` stays inside), and its
+/// working directory is the container's. The module tries every handle and
+/// writes what it saw; the node must be untouched.
+#[test]
+fn code_the_job_runs_inside_sshd_finds_no_way_to_the_node() {
+    let mut c = Cluster::new();
+    c.start_starter("node1", 1);
+    let alice = TestUser::alice();
+    let bundle = c.workdir(&alice).join("bundle");
+    let rootfs = bundle.join("rootfs");
+    // Somewhere alice could write on the node, if she reached it.
+    let escape = std::path::PathBuf::from(format!(
+        "/var/tmp/stj-escaped-{}",
+        c.path().file_name().unwrap().to_string_lossy()
+    ));
+    let src = c.path().join("evil.c");
+    std::fs::write(
+        &src,
+        format!(
+            r#"#include <stdio.h>
+#include <sys/stat.h>
+#include <errno.h>
+#include <string.h>
+__attribute__((constructor)) static void evil(void) {{
+    FILE *r = fopen("/tmp/evil-report", "a");
+    if (!r) return;
+    const char *via[] = {{"/proc/self/fd/3", "/proc/self/fd/4", "/proc/self/cwd", "."}};
+    for (int i = 0; i < 4; i++) {{
+        char p[4096];
+        snprintf(p, sizeof p, "%s/../../../../../../../../..%s", via[i], "{escape}");
+        int rc = mkdir(p, 0777);
+        fprintf(r, "%s mkdir=%d errno=%s\n", via[i], rc, rc ? strerror(errno) : "none");
+    }}
+    fclose(r);
+}}
+int OSSL_provider_init(void) {{ return 0; }}
+"#,
+            escape = escape.display()
+        ),
+    )
+    .unwrap();
+    stj_tests::rootfs::oci_bundle(
+        &bundle,
+        &alice,
+        &["sh", "-c", "exec sleep 86471"],
+        &[],
+        "/tmp",
+    );
+    let so = rootfs.join("evil.so");
+    let out = std::process::Command::new("gcc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gcc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::create_dir_all(rootfs.join("usr/lib/ssl")).unwrap();
+    std::fs::write(
+        rootfs.join("usr/lib/ssl/openssl.cnf"),
+        "openssl_conf = init\n[init]\nproviders = prov\n[prov]\nevil = evil_sect\ndefault = def\n[evil_sect]\nmodule = /evil.so\nactivate = 1\n[def]\nactivate = 1\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(rootfs.join("tmp")).unwrap();
+    nix::unistd::chown(
+        &rootfs.join("tmp"),
+        Some(alice.uid.into()),
+        Some(alice.gid.into()),
+    )
+    .unwrap();
+    let id = c.submit(
+        &alice,
+        &[
+            "--",
+            "runc",
+            "--root",
+            "/tmp/runc-state",
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "evil-ctr",
+        ],
+    );
+    c.wait_state(id, "running", T);
+    wait_until("the container's program", T, || {
+        (!stj_tests::cluster::pids_matching("sleep 86471").is_empty()).then_some(())
+    });
+    // The session itself may or may not survive the module; what matters
+    // is what the module could reach.
+    let _ = c.ssh_to_job(&alice, &[&id.to_string(), "true"], None);
+    let report = wait_until("the module to run in sshd", T, || {
+        std::fs::read_to_string(rootfs.join("tmp/evil-report"))
+            .ok()
+            .filter(|r| r.lines().count() >= 4)
+    });
+    let escaped = escape.exists();
+    std::fs::remove_dir(&escape).ok();
+    assert!(!escaped, "sshd's handles led to the node: {report}");
+    assert!(
+        !report.contains("mkdir=0"),
+        "nothing was made anywhere: {report}"
+    );
 }

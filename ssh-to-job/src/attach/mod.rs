@@ -21,6 +21,7 @@ pub use stj_proto::handshake::Asks;
 use stj_proto::handshake::{
     read_message, write_message, ClientHandshake, HandshakeError, DEADLINE, NONCE_LEN,
 };
+use stj_proto::job_ref::JobRef;
 use stj_proto::session_id::SessionId;
 use stj_proto::user::{RequestSessionReply, RequestSessionRequest};
 use tokio::net::TcpStream;
@@ -101,31 +102,59 @@ impl Grant {
 /// refused, and a cap that stays full is still an error, after this.
 pub const ROOM_WAIT: Duration = Duration::from_secs(30);
 
-/// [`request_waiting`] with the default wait.
-pub async fn request(socket: &Path, job_id: u64, client_pubkey: [u8; 32]) -> Result<Grant> {
-    request_waiting(socket, job_id, client_pubkey, ROOM_WAIT).await
+/// Which job a session goes into, as the user named it, and on which node
+/// of its allocation (None: its batch host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub job: JobRef,
+    pub node: Option<String>,
 }
 
-/// Asks the schedd for a capability into `job_id` for the holder of
+/// Our queue's job `id`, on its node.
+impl From<u64> for Target {
+    fn from(id: u64) -> Target {
+        Target::job(JobRef::plain(id))
+    }
+}
+
+impl Target {
+    pub fn job(job: JobRef) -> Target {
+        Target { job, node: None }
+    }
+
+    fn request(&self, client_pubkey: [u8; 32]) -> RequestSessionRequest {
+        RequestSessionRequest {
+            job_id: self.job.id,
+            client_pubkey: client_pubkey.to_vec(),
+            job: match self.job.part {
+                None => String::new(),
+                Some(_) => self.job.to_string(),
+            },
+            node: self.node.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// [`request_waiting`] with the default wait.
+pub async fn request(socket: &Path, target: &Target, client_pubkey: [u8; 32]) -> Result<Grant> {
+    request_waiting(socket, target, client_pubkey, ROOM_WAIT).await
+}
+
+/// Asks the schedd for a capability into `target` for the holder of
 /// `client_pubkey`, waiting up to `room_wait` (jittered backoff) while the
 /// user's caps are full.
 pub async fn request_waiting(
     socket: &Path,
-    job_id: u64,
+    target: &Target,
     client_pubkey: [u8; 32],
     room_wait: Duration,
 ) -> Result<Grant> {
     let mut c = crate::schedd_client::connect(socket).await?;
     let deadline = tokio::time::Instant::now() + room_wait;
     let mut pause = Duration::from_millis(50);
+    let job_id = target.job.id;
     loop {
-        let refused = match c
-            .request_session(RequestSessionRequest {
-                job_id,
-                client_pubkey: client_pubkey.to_vec(),
-            })
-            .await
-        {
+        let refused = match c.request_session(target.request(client_pubkey)).await {
             Ok(reply) => return Grant::decode(reply.into_inner()),
             Err(s) => ClientError::from_status(s),
         };
@@ -268,7 +297,7 @@ impl Mode {
 pub struct Dial<'a> {
     /// The schedd's user socket.
     pub socket: &'a Path,
-    pub job_id: u64,
+    pub target: &'a Target,
     /// The daemon_sock dir the user named; None: the schedd's.
     pub daemon_sock: Option<&'a Path>,
     /// Certify the session's host key with this CA (host_ca.rs), for an
@@ -295,7 +324,7 @@ async fn finish(
     )
     .await
     .map_err(|_| ClientError::TimedOut(format!("handshake with node {} timed out", grant.node)))?
-    .map_err(|e| explain(e, dial.job_id, &grant.node))?;
+    .map_err(|e| explain(e, grant.job_id, &grant.node))?;
     let std = stream.into_std()?;
     std.set_nonblocking(false)?;
     Ok((std, session))
@@ -368,7 +397,7 @@ pub async fn connect(
     // A path that failed may have got as far as burning the capability (a
     // handshake that timed out on our side but completed on the starter's):
     // every further path starts from a fresh one.
-    let fresh = || request(dial.socket, dial.job_id, grant.client_pubkey);
+    let fresh = || request(dial.socket, dial.target, grant.client_pubkey);
     let mut grant = if grant.direct_addr.is_none() {
         grant.clone()
     } else {

@@ -7,6 +7,7 @@ use ssh_to_job::schedd_client::socket_path;
 use ssh_to_job::session::{self, Options};
 use ssh_to_job::ssh_command::Program;
 use ssh_to_job::{attach, ssh_config};
+use stj_proto::job_ref::JobRef;
 
 /// Open a real OpenSSH session inside a running job: same container,
 /// environment and working directory.
@@ -70,6 +71,14 @@ struct Cli {
     /// runs in (the default, when the job started a container of its own).
     #[arg(long)]
     outer: bool,
+    /// A node of the job's allocation to open the session on (Slurm
+    /// multi-node jobs) [default: the node its program started on].
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// The step of a Slurm job to enter: batch (the default), extern, or a
+    /// step number (squeue -s lists them).
+    #[arg(long, value_name = "STEP")]
+    step: Option<stj_proto::handshake::Step>,
     /// While your own caps are full (max_sessions_per_user,
     /// max_pending_per_user), wait this long for room before giving up
     /// (0: do not wait).
@@ -100,8 +109,9 @@ struct Cli {
     /// An ssh option (ssh -o), repeatable.
     #[arg(short = 'o', value_name = "OPTION")]
     option: Vec<String>,
-    /// The job id.
-    job: Option<u64>,
+    /// The job id (Slurm: also 42_7 for an array task, 42+1 for a
+    /// heterogeneous job's component).
+    job: Option<JobRef>,
     /// Command to run in the job (for scp/sftp: their arguments; `remote:` names the job's side).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -176,7 +186,7 @@ enum Sub {
         #[arg(long)]
         socket: Option<PathBuf>,
         #[arg(required = true)]
-        jobs: Vec<u64>,
+        jobs: Vec<JobRef>,
     },
     /// KnownHostsCommand of that block (`%n %H`); prints the session's host key.
     KnownHosts {
@@ -192,7 +202,7 @@ enum Sub {
 /// What an rsh-style caller (rsync -e, GIT_SSH_COMMAND) passes us:
 /// `[ssh options] [user@]JOBID command...`.
 struct RshArgs {
-    job: u64,
+    job: JobRef,
     options: Vec<String>,
     command: Vec<String>,
 }
@@ -389,8 +399,19 @@ fn options(cli: Cli) -> Result<Options> {
             cli.ssh
         );
     }
+    if cli
+        .node
+        .as_deref()
+        .is_some_and(|n| !stj_proto::valid_node_name(n))
+    {
+        bail!("--node {:?}: not a node name", cli.node.unwrap_or_default());
+    }
     Ok(Options {
-        job,
+        target: attach::Target {
+            job,
+            node: cli.node,
+        },
+        step: cli.step,
         mode,
         program,
         ssh_binary: cli.ssh.clone(),

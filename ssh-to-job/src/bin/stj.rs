@@ -237,6 +237,25 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     .to_string_lossy()
                     .into_owned(),
             };
+            if interactive {
+                if let Some(placeholder) = slurm_placeholder(&socket).await? {
+                    if !image.is_empty() {
+                        bail!("--image is for the schedd's own queue; this pool's jobs are Slurm's (sbatch --container runs a job in an OCI bundle)");
+                    }
+                    let req = ssh_to_job::slurm_interactive::Request {
+                        placeholder,
+                        idle_timeout,
+                        cwd,
+                        env: parse_env(&env)?
+                            .into_iter()
+                            .map(|e| (e.name, e.value))
+                            .collect(),
+                        millicpus: cpus.unwrap_or(0),
+                        memory_bytes: memory.unwrap_or(0),
+                    };
+                    return ssh_to_job::slurm_interactive::run(req, socket).await;
+                }
+            }
             let spec = JobSpec {
                 args: command,
                 env: parse_env(&env)?,
@@ -342,7 +361,7 @@ async fn interactive_session(id: u64, socket: PathBuf) -> Result<ExitCode> {
     let o = Options {
         auto_retry: true,
         remove_on_interrupt: true,
-        ..Options::ssh(id, socket.clone())
+        ..Options::ssh(stj_proto::job_ref::JobRef::plain(id), socket.clone())
     };
     let result = session::run(&o).await;
     // The placeholder ends by itself once the session is gone; removing it
@@ -363,6 +382,19 @@ async fn interactive_session(id: u64, socket: PathBuf) -> Result<ExitCode> {
             Ok(ExitCode::from(255))
         }
     }
+}
+
+/// When the pool's jobs are Slurm's, the placeholder its interactive jobs
+/// run (the schedd's `slurm_placeholder`); None for the schedd's own queue.
+async fn slurm_placeholder(socket: &std::path::Path) -> Result<Option<String>> {
+    use stj_proto::user::info_reply::Jobs;
+    let mut c = connect(socket).await?;
+    let info = c
+        .info(stj_proto::user::InfoRequest {})
+        .await
+        .map_err(ssh_to_job::schedd_client::status_error)?
+        .into_inner();
+    Ok((info.jobs == Jobs::Slurm as i32).then_some(info.slurm_placeholder))
 }
 
 fn nix_user_uid(name: &str) -> Option<u32> {

@@ -14,19 +14,21 @@ use ssh_key::PublicKey;
 
 use super::{account_home, followed, persistent_key, ssh_dir_made};
 use crate::attach;
+use stj_proto::job_ref::JobRef;
 
 /// `stj-job-N ssh-ed25519 AAAA...` for `job`.
-pub async fn line(socket: &Path, job: u64) -> Result<String> {
+pub async fn line(socket: &Path, job: JobRef) -> Result<String> {
     let (_, public) = persistent_key()?;
-    let grant = attach::request(socket, job, public).await?;
+    let target = attach::Target::job(job);
+    let grant = attach::request(socket, &target, public).await?;
     let dial = attach::Dial {
         socket,
-        job_id: job,
+        target: &target,
         daemon_sock: None,
         host_ca: None,
         asks: attach::Asks {
             job_host_key: true,
-            outer: false,
+            ..attach::Asks::default()
         },
     };
     // Only the handshake is wanted, for the job's own key: the connection
@@ -39,7 +41,7 @@ pub async fn line(socket: &Path, job: u64) -> Result<String> {
 
 /// Prints the lines; with `add`, also puts them in ~/.ssh/known_hosts in
 /// place of any older line for the same job.
-pub async fn run(socket: &Path, jobs: &[u64], add: bool) -> Result<()> {
+pub async fn run(socket: &Path, jobs: &[JobRef], add: bool) -> Result<()> {
     let mut lines = Vec::new();
     for &job in jobs {
         let l = line(socket, job)
@@ -57,7 +59,7 @@ pub async fn run(socket: &Path, jobs: &[u64], add: bool) -> Result<()> {
 /// Puts `lines` into ~/.ssh/known_hosts in place of older lines that name
 /// exactly these jobs; every other line is kept byte for byte (hashed
 /// lines, markers, lines naming several hosts, non-UTF-8 text).
-fn add_lines(jobs: &[u64], lines: &[String]) -> Result<()> {
+fn add_lines(jobs: &[JobRef], lines: &[String]) -> Result<()> {
     let dir = account_home()?.join(".ssh");
     ssh_dir_made(&dir)?;
     let file = add_lines_to(&dir.join("known_hosts"), jobs, lines)?;
@@ -71,7 +73,7 @@ fn add_lines(jobs: &[u64], lines: &[String]) -> Result<()> {
 
 /// [`add_lines`] into the known_hosts file `file` (followed if a
 /// symlink); returns the file written.
-fn add_lines_to(file: &Path, jobs: &[u64], lines: &[String]) -> Result<std::path::PathBuf> {
+fn add_lines_to(file: &Path, jobs: &[JobRef], lines: &[String]) -> Result<std::path::PathBuf> {
     let file = followed(file)?;
     // Only a missing file is an empty one: anything else unreadable must
     // not be replaced by our lines alone.
@@ -118,7 +120,12 @@ mod tests {
         std::fs::write(&real, old).unwrap();
         let link = dir.path().join("known_hosts");
         std::os::unix::fs::symlink(&real, &link).unwrap();
-        let written = add_lines_to(&link, &[7], &["stj-job-7 ssh-ed25519 NEW".into()]).unwrap();
+        let written = add_lines_to(
+            &link,
+            &[JobRef::plain(7)],
+            &["stj-job-7 ssh-ed25519 NEW".into()],
+        )
+        .unwrap();
         assert_eq!(written, std::fs::canonicalize(&real).unwrap());
         assert!(std::fs::symlink_metadata(&link)
             .unwrap()
@@ -132,7 +139,7 @@ mod tests {
         // Unreadable (here: a directory): an error, and nothing written.
         let not_a_file = dir.path().join("dir");
         std::fs::create_dir(&not_a_file).unwrap();
-        assert!(add_lines_to(&not_a_file, &[7], &["x".into()]).is_err());
+        assert!(add_lines_to(&not_a_file, &[JobRef::plain(7)], &["x".into()]).is_err());
         assert!(std::fs::read_dir(&not_a_file).unwrap().next().is_none());
     }
 }

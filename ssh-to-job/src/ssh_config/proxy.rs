@@ -12,10 +12,12 @@ use ssh_key::PublicKey;
 
 use super::{account_home, host_ca, persistent_key};
 use crate::attach;
+use stj_proto::job_ref::JobRef;
 
-/// The job a host name names: `stj-job-N`, also as `user@stj-job-N` or
-/// with a domain a tool appended (`stj-job-N.example.org`).
-fn job_of(host: &str) -> Result<u64> {
+/// The job a host name names: `stj-job-N` (N as users name jobs: `42`,
+/// Slurm's `42_7`, `42+1`), also as `user@stj-job-N` or with a domain a
+/// tool appended (`stj-job-N.example.org`).
+fn job_of(host: &str) -> Result<JobRef> {
     let name = host.rsplit('@').next().unwrap_or(host);
     let name = name.split('.').next().unwrap_or(name);
     name.strip_prefix("stj-job-")
@@ -33,7 +35,7 @@ fn private_dir_of(dir: &Path, uid: u32) -> bool {
 /// in $XDG_RUNTIME_DIR when it is ours and private, else under the home
 /// directory of our account — never a predictable name in a shared /tmp,
 /// which another user could create first.
-fn host_key_file(job: u64) -> Result<PathBuf> {
+fn host_key_file(job: JobRef) -> Result<PathBuf> {
     let uid = nix::unistd::getuid().as_raw();
     let runtime = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
@@ -144,19 +146,20 @@ pub async fn proxy(
     // For another machine's ssh, which cannot ask us for the exact key, the
     // key comes certified by the user's CA; ours checks it exactly.
     let ca = client_key.map(|_| host_ca()).transpose()?;
-    let grant = attach::request(socket, job, public).await?;
+    let target = attach::Target::job(job);
+    let grant = attach::request(socket, &target, public).await?;
     let dial = attach::Dial {
         socket,
-        job_id: job,
+        target: &target,
         daemon_sock,
         host_ca: ca.as_ref(),
         asks: attach::Asks {
             job_host_key,
-            outer: false,
+            ..attach::Asks::default()
         },
     };
     let (stream, session, path) = attach::connect(attach::Mode::Auto, &dial, &grant).await?;
-    tracing::debug!(job_id = job, path = path.as_str(), ?handoff, "connected");
+    tracing::debug!(%job, job_id = grant.job_id, path = path.as_str(), ?handoff, "connected");
     let file = host_key_file(job)?;
     if let Some(dir) = file.parent() {
         prune(dir);
@@ -219,9 +222,14 @@ mod tests {
 
     #[test]
     fn host_names_that_name_a_job() {
-        assert_eq!(job_of("stj-job-42").unwrap(), 42);
-        assert_eq!(job_of("alice@stj-job-7").unwrap(), 7);
-        assert_eq!(job_of("stj-job-9.cluster.example").unwrap(), 9);
+        assert_eq!(job_of("stj-job-42").unwrap(), JobRef::plain(42));
+        assert_eq!(job_of("alice@stj-job-7").unwrap(), JobRef::plain(7));
+        assert_eq!(
+            job_of("stj-job-9.cluster.example").unwrap(),
+            JobRef::plain(9)
+        );
+        assert_eq!(job_of("stj-job-9_3").unwrap().to_string(), "9_3");
+        assert!(job_of("stj-job-9_3;x").is_err());
         assert!(job_of("stj-job-").is_err());
         assert!(job_of("login1").is_err());
         assert!(job_of("[stj-job-1]:2222").is_err());

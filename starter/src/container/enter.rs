@@ -1,12 +1,19 @@
 //! `stj-starter session-enter SPEC`: the single-threaded helper that puts a
 //! session into a running job. fd 0/1 are the session socket, fd 3 is a
 //! pidfd of the process the session lands beside (the job's init, or the
-//! program of a container the job made). It joins the job's cgroup, then
-//! all of that process's namespaces but its user namespace at once (setns
-//! on the pidfd), forks so the PID namespace applies, makes the session's
-//! directory on the node its working directory (sshd reaches the kit and
-//! its files through it: see sshd.rs), becomes the job's user and execs
-//! sshd; it exits with sshd's status.
+//! program of a container the job made). It takes read-only detached
+//! copies of the session's directory and of the sshd kit (open_tree), joins
+//! the job's cgroup, then all of that process's namespaces but its user
+//! namespace at once (setns on the pidfd), forks so the PID namespace
+//! applies, hands sshd the two copies as fds 3 and 4 (sshd reaches its
+//! files and the kit through them: see sshd.rs), becomes the job's user and
+//! execs sshd; it exits with sshd's status.
+//!
+//! Why copies: sshd runs in the job's mount namespace and reads what is
+//! there (OpenSSL's config, NSS modules), so code the job chose can run
+//! inside it. A handle on a directory of the node's own mount tree would
+//! let that code walk `..` to the node's `/`; the root of a detached copy
+//! is a root of its own, `..` stays inside it, and it is read-only.
 
 use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -23,8 +30,10 @@ pub struct EnterSpec {
     pub uid: u32,
     pub gid: u32,
     pub user: String,
-    /// The session's files on the node: sshd's working directory.
+    /// The session's files on the node (sshd's fd 3).
     pub session_dir: std::path::PathBuf,
+    /// The sshd kit on the node (sshd's fd 4 until it starts).
+    pub kit_dir: std::path::PathBuf,
     pub job_id: u64,
     /// sshd's command line as the job sees it (through the kit's loader).
     pub argv: Vec<String>,
@@ -69,14 +78,9 @@ fn enter(spec_path: &Path) -> Result<i32> {
     // Opened on the node: inside the job's mount namespace a root process
     // opens nothing (an image's /dev may be the job user's to shape).
     let null = std::fs::File::open("/dev/null")?;
-    let session_dir = nix::fcntl::open(
-        &spec.session_dir,
-        nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .with_context(|| format!("cannot open {}", spec.session_dir.display()))?;
-    // SAFETY: a fresh fd from open(), owned by nobody else.
-    let session_dir = unsafe { OwnedFd::from_raw_fd(session_dir) };
+    let nothing_runs = libc::MOUNT_ATTR_NOEXEC as u64;
+    let session_dir = detached_copy(&spec.session_dir, nothing_runs)?;
+    let kit = detached_copy(&spec.kit_dir, 0)?;
     // Accounted, limited and ended with the job, like its own processes.
     crate::cgroup::join(&spec.cgroups).context("cannot join the job's cgroup")?;
     // SAFETY: fd 3 was placed here by the starter and is ours alone.
@@ -95,12 +99,13 @@ fn enter(spec_path: &Path) -> Result<i32> {
     )
     .context("setns into the job (has it ended?)")?;
     drop(pidfd);
+    ptys_for_a_non_root_sshd()?;
     let passwd = spec.passwd.clone();
 
     // SAFETY: single-threaded process.
     match unsafe { fork() }? {
         ForkResult::Child => {
-            let e = exec_sshd(&spec, &groups, &passwd, &session_dir);
+            let e = exec_sshd(&spec, &groups, &passwd, &session_dir, &kit);
             eprintln!("cannot start sshd in the job: {e:#}");
             // SAFETY: leave without running atexit handlers.
             unsafe { libc::_exit(1) }
@@ -122,7 +127,85 @@ fn enter(spec_path: &Path) -> Result<i32> {
     }
 }
 
-fn exec_sshd(spec: &EnterSpec, groups: &[Gid], passwd: &str, dir: &OwnedFd) -> anyhow::Error {
+/// sshd, not being root, can give the session's pty to its user only if
+/// the devpts it comes from makes ptys with the tty group (gid=5), as the
+/// job's own devpts in our containers does. A job in the node's namespaces
+/// (Slurm's) may have a devpts without it; the session then gets a devpts
+/// instance of its own, in a copy of the job's mount namespace that sees
+/// the job's mounts come and go (slave) and shares nothing back.
+fn ptys_for_a_non_root_sshd() -> Result<()> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let usable = info
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some("/dev/pts"))
+        .last()
+        .and_then(|l| l.split_once(" - "))
+        .is_some_and(|(_, fs)| {
+            fs.starts_with("devpts ") && fs.split([',', ' ']).any(|o| o == "gid=5")
+        });
+    if usable {
+        return Ok(());
+    }
+    use nix::mount::{mount, MsFlags};
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS).context("unshare for the session's ptys")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .context("cannot make the session's mounts one-way")?;
+    mount(
+        Some("devpts"),
+        "/dev/pts",
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=620,gid=5"),
+    )
+    .context("cannot mount the session's devpts")?;
+    mount(
+        Some("/dev/pts/ptmx"),
+        "/dev/ptmx",
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .context("cannot bind the session's ptmx")?;
+    Ok(())
+}
+
+/// A read-only (nosuid, nodev, and `extra`) copy of the directory `path`,
+/// detached from every mount tree: its root is its own.
+fn detached_copy(path: &Path, extra: u64) -> Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: a NUL-terminated path; open_tree returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot copy the mount of {}", path.display()));
+    }
+    // SAFETY: a fresh fd from the kernel, owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let attrs = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+    super::view::set_mount_attrs_at(Some(&fd), path, attrs as u64 | extra, 0, false)?;
+    Ok(fd)
+}
+
+fn exec_sshd(
+    spec: &EnterSpec,
+    groups: &[Gid],
+    passwd: &str,
+    dir: &OwnedFd,
+    kit: &OwnedFd,
+) -> anyhow::Error {
     let r = (|| -> Result<std::convert::Infallible> {
         if spec.uid == 0 {
             bail!("refusing to run a session as root");
@@ -145,12 +228,13 @@ fn exec_sshd(spec: &EnterSpec, groups: &[Gid], passwd: &str, dir: &OwnedFd) -> a
                 );
             }
         }
-        // After setns, which moved it to the job's root: the kit is exec'd
-        // through it, and the session files are read through fd 3 (sshd.rs;
-        // the shim keeps it for sshd and from what sshd runs).
-        let dir = std::os::fd::AsRawFd::as_raw_fd(dir);
-        nix::unistd::fchdir(dir).context("fchdir")?;
-        nix::unistd::dup2(dir, stj_preload::SESSION_FD).context("dup2")?;
+        // Where sshd finds its files and the kit (sshd.rs); the shim keeps
+        // fd 3 for sshd's life and from what sshd runs; fd 4 goes at sshd's
+        // start-up, once the loader has loaded the kit's libraries.
+        let raw = std::os::fd::AsRawFd::as_raw_fd;
+        nix::unistd::dup2(raw(dir), stj_preload::SESSION_FD).context("dup2")?;
+        nix::unistd::dup2(raw(kit), stj_preload::SESSION_FD + 1).context("dup2")?;
+        nix::unistd::chdir("/").context("chdir")?;
         // A container whose /proc does not show this process cannot work.
         if std::fs::metadata("/proc/self/fd/3/sshd_config").is_err() {
             bail!("the container the session lands in has no /proc showing its processes (sshd reads its files through /proc/self/fd); `ssh-to-job --outer` lands in the job's own container");

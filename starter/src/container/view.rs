@@ -45,7 +45,7 @@ fn set_mount_attrs(path: &Path, set: u64, clear: u64, recursive: bool) -> Result
 
 /// `set_mount_attrs` on the mount `fd` is on (when given; `path` then only
 /// names it in messages).
-fn set_mount_attrs_at(
+pub(super) fn set_mount_attrs_at(
     fd: Option<&OwnedFd>,
     path: &Path,
     set: u64,

@@ -142,8 +142,36 @@ async fn exchange(s: &Sessions, stream: &mut TcpStream, unheard: Option<UnheardC
                 .into(),
         );
     }
-    let target = match s.jobs.locate(cap.job_id) {
+    let target = match s.jobs.locate(cap.job_id, hs.asks.step) {
+        Located::Here(t) if t.owner_uid != cap.owner_uid => {
+            return refuse(
+                ErrorCode::JobNotHere,
+                format!(
+                    "job {} on node {} belongs to uid {}, not to uid {} whom the capability names",
+                    cap.job_id, s.node, t.owner_uid, cap.owner_uid
+                ),
+            )
+        }
         Located::Here(t) => t,
+        Located::NoSuchStep(step, have) => {
+            let have = match have.is_empty() {
+                true => "it has no steps to choose from (--step is for Slurm jobs)".to_string(),
+                false => format!("its steps here: {}", have.join(", ")),
+            };
+            return refuse(
+                ErrorCode::JobNotHere,
+                format!(
+                    "job {} has no step {step} on node {}; {have}",
+                    cap.job_id, s.node
+                ),
+            );
+        }
+        Located::Unrecognised(why) => {
+            return refuse(
+                ErrorCode::NodeMisconfigured,
+                format!("node {} cannot find job {}: {why}", s.node, cap.job_id),
+            )
+        }
         Located::Starting => {
             return refuse(
                 ErrorCode::NotReady,

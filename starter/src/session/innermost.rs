@@ -4,9 +4,11 @@
 //! --mount …`, an apptainer-style wrapper) gets sessions inside that
 //! container, seeing its processes and its private mounts.
 //!
-//! The rule: among the processes descending from the job's init, those in
-//! the deepest PID namespace (the length of `NSpid` in /proc/PID/status);
-//! of several, the oldest. The init itself when nothing went deeper. The
+//! The rule: among the job's processes (those descending from its init in
+//! our containers; the owner's processes in the step's cgroup in Slurm),
+//! those in the deepest PID namespace (the length of `NSpid` in
+//! /proc/PID/status); of several, the oldest. The job's outer process when
+//! nothing went deeper. The
 //! session joins that process's mount, PID, UTS, IPC and cgroup namespaces
 //! but not its user namespace, and runs as the job's owner: a rootless
 //! container maps only its root to the owner, and sshd cannot run as root
@@ -25,70 +27,112 @@
 
 use std::collections::HashMap;
 
-/// The pid (as the node sees it) whose namespaces a session into the job
-/// whose init is `init` enters, and its start time (to tell it from a
-/// process that took its pid later).
-pub fn innermost(init: i32) -> (i32, u64) {
-    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-    let mut started: HashMap<i32, u64> = HashMap::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        if let Some((ppid, start)) = ppid_and_start(&stat) {
-            children.entry(ppid).or_default().push(pid);
-            started.insert(pid, start);
-        }
-    }
+use crate::job_locator::Members;
+
+/// The process (as the node numbers it) a session into a job lands beside,
+/// and its start time (to tell it from a process that takes its pid
+/// later): of the job's processes, one in the deepest PID namespace, the
+/// oldest of several; `outer` itself when none went deeper.
+pub fn innermost(outer: i32, members: &Members) -> (i32, u64) {
+    let pids = match members {
+        Members::DescendantsOf(init) => descendants(*init),
+        Members::InCgroup { dir, uid } => crate::cgroup::procs_under(dir)
+            .into_iter()
+            .filter(|&p| real_uid(p) == Some(*uid))
+            .collect(),
+    };
     let depth = |pid: i32| {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()
             .and_then(|s| nspid_depth(&s))
             .unwrap_or(0)
     };
-    let mut best = (depth(init), started.get(&init).copied().unwrap_or(0), init);
-    let mut stack = children.get(&init).cloned().unwrap_or_default();
-    while let Some(pid) = stack.pop() {
-        let d = depth(pid);
-        let start = started.get(&pid).copied().unwrap_or(u64::MAX);
-        // Deeper wins; at the same depth, the one that started first.
-        if d > best.0 || (d == best.0 && best.2 != init && start < best.1) {
-            best = (d, start, pid);
+    let mut best = (depth(outer), start_of(outer).unwrap_or(0), outer);
+    for pid in pids {
+        if pid == outer {
+            continue;
         }
-        if let Some(c) = children.get(&pid) {
-            stack.extend(c);
+        let d = depth(pid);
+        let start = start_of(pid).unwrap_or(u64::MAX);
+        // Deeper wins; at the same depth, the one that started first.
+        if d > best.0 || (d == best.0 && best.2 != outer && start < best.1) {
+            best = (d, start, pid);
         }
     }
     (best.2, best.1)
 }
 
+/// `init` and every process below it.
+fn descendants(init: i32) -> Vec<i32> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Some((ppid, _)) = stat(pid) {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut out = Vec::new();
+    let mut stack = children.get(&init).cloned().unwrap_or_default();
+    while let Some(pid) = stack.pop() {
+        out.push(pid);
+        if let Some(c) = children.get(&pid) {
+            stack.extend(c);
+        }
+    }
+    out
+}
+
+fn stat(pid: i32) -> Option<(i32, u64)> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| ppid_and_start(&s))
+}
+
+/// When `pid` started (clock ticks since boot).
+pub fn start_of(pid: i32) -> Option<u64> {
+    stat(pid).map(|(_, s)| s)
+}
+
+/// The real uid of `pid` (a process cannot change it without privilege).
+pub fn real_uid(pid: i32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Whether `pid` is still the process `innermost` chose: the same start
-/// time, and a parent chain that still leads to `init` (checked after a
-/// pidfd of it was taken, so the pid cannot change hands afterwards).
-pub fn still_ours(pid: i32, start: u64, init: i32) -> bool {
-    let stat = |p: i32| {
-        std::fs::read_to_string(format!("/proc/{p}/stat"))
-            .ok()
-            .and_then(|s| ppid_and_start(&s))
-    };
-    if stat(pid).map(|(_, s)| s) != Some(start) {
+/// time, and still one of the job's (checked after a pidfd of it was
+/// taken, so the pid cannot change hands afterwards).
+pub fn still_ours(pid: i32, start: u64, members: &Members) -> bool {
+    if start_of(pid) != Some(start) {
         return false;
     }
-    let mut p = pid;
-    // A chain longer than the pid space is a loop: not ours.
-    for _ in 0..4_194_304 {
-        if p == init {
-            return true;
+    match members {
+        Members::DescendantsOf(init) => {
+            let mut p = pid;
+            // A chain longer than the pid space is a loop: not ours.
+            for _ in 0..4_194_304 {
+                if p == *init {
+                    return true;
+                }
+                match stat(p) {
+                    Some((ppid, _)) if ppid > 0 => p = ppid,
+                    _ => return false,
+                }
+            }
+            false
         }
-        match stat(p) {
-            Some((ppid, _)) if ppid > 0 => p = ppid,
-            _ => return false,
+        Members::InCgroup { dir, uid } => {
+            real_uid(pid) == Some(*uid) && crate::cgroup::procs_under(dir).contains(&pid)
         }
     }
-    false
 }
 
 /// The parent pid and start time (clock ticks since boot) in a
@@ -150,12 +194,14 @@ mod tests {
     fn a_process_with_no_deeper_descendant_is_its_own_innermost() {
         // This test process has no child in a deeper PID namespace.
         let me = std::process::id() as i32;
-        let (pid, start) = innermost(me);
+        let members = Members::DescendantsOf(me);
+        let (pid, start) = innermost(me, &members);
         assert_eq!(pid, me);
-        assert!(still_ours(pid, start, me));
+        assert!(still_ours(pid, start, &members));
         assert!(
-            !still_ours(pid, start + 1, me),
+            !still_ours(pid, start + 1, &members),
             "another start time: another process"
         );
+        assert_eq!(real_uid(me), Some(nix::unistd::getuid().as_raw()));
     }
 }

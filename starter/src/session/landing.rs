@@ -14,7 +14,7 @@ use tokio::io::AsyncReadExt;
 use super::home::{self, Home};
 use super::innermost;
 use crate::container::Init;
-use crate::job_locator::JobTarget;
+use crate::job_locator::{JobTarget, Members, OuterView};
 
 /// At most this much of a process's environment is taken into a session:
 /// the job chooses it, and it ends up on one line of sshd's config.
@@ -28,6 +28,8 @@ const ENVIRON_DEADLINE: Duration = Duration::from_secs(2);
 pub struct Landing {
     /// The process whose namespaces the session joins.
     pub at: Arc<Init>,
+    /// The cgroups the session joins: that process's, inside the job's.
+    pub cgroups: Vec<std::path::PathBuf>,
     /// An inner container the job made (its mount namespace is the job's
     /// to shape: sessions run with no_new_privs there).
     pub inner: bool,
@@ -42,22 +44,34 @@ pub struct Landing {
 pub async fn decide(target: &JobTarget, outer: bool) -> Result<Landing, home::Unsafe> {
     let spec = &target.spec;
     let passwd_home = super::passwd_home(spec);
-    let init = target.init.clone();
+    let (init, members) = (target.init.clone(), target.members.clone());
     let inner = match outer {
         true => None,
         // /proc walks are quick but blocking.
-        false => tokio::task::spawn_blocking(move || innermost_container(&init))
+        false => tokio::task::spawn_blocking(move || innermost_container(&init, &members))
             .await
             .ok()
             .flatten(),
     };
     let Some((at, cwd)) = inner else {
-        let home = home::choose(&target.init, spec.uid, passwd_home.as_deref(), None)?;
+        let at = target.init.clone();
+        let (cwd, env) = match target.outer_view {
+            OuterView::Spec => (spec.cwd.clone(), crate::container::job_env(spec)),
+            OuterView::Process => (
+                innermost::cwd(at.pid).unwrap_or_else(|| spec.cwd.clone()),
+                environ(&at).await.unwrap_or_else(|why| {
+                    tracing::warn!(job_id = spec.job_id, pid = at.pid, %why, "the job's environment cannot be read; the session starts from an empty one");
+                    Vec::new()
+                }),
+            ),
+        };
+        let home = home::choose(&at, spec.uid, passwd_home.as_deref(), None)?;
         return Ok(Landing {
-            at: target.init.clone(),
+            cgroups: joined(&at, &target.cgroups),
+            at,
             inner: false,
-            cwd: spec.cwd.clone(),
-            env: crate::container::job_env(spec),
+            cwd,
+            env,
             home,
         });
     };
@@ -82,6 +96,7 @@ pub async fn decide(target: &JobTarget, outer: bool) -> Result<Landing, home::Un
         }),
     )?;
     Ok(Landing {
+        cgroups: joined(&at, &target.cgroups),
         at,
         inner: true,
         cwd,
@@ -90,10 +105,20 @@ pub async fn decide(target: &JobTarget, outer: bool) -> Result<Landing, home::Un
     })
 }
 
+/// The cgroups a session beside `at` joins: its own, inside the job's
+/// (read by pid, so valid only while the pidfd shows it alive).
+fn joined(at: &Init, job: &[std::path::PathBuf]) -> Vec<std::path::PathBuf> {
+    let dirs = crate::cgroup::cgroups_of(at.pid, job);
+    match at.alive() {
+        true => dirs,
+        false => Vec::new(),
+    }
+}
+
 /// The job's innermost container, when it has one (innermost.rs): its
 /// process, held by a pidfd, and the working directory it has.
-fn innermost_container(init: &Init) -> Option<(Arc<Init>, String)> {
-    let (pid, start) = innermost::innermost(init.pid);
+fn innermost_container(init: &Init, members: &Members) -> Option<(Arc<Init>, String)> {
+    let (pid, start) = innermost::innermost(init.pid, members);
     if pid == init.pid {
         return None;
     }
@@ -101,7 +126,7 @@ fn innermost_container(init: &Init) -> Option<(Arc<Init>, String)> {
     // The pidfd pins whatever process has the pid now: it must still be the
     // one chosen (same start, still the job's), or a process that took the
     // pid meanwhile would stand in.
-    if !innermost::still_ours(pid, start, init.pid) {
+    if !innermost::still_ours(pid, start, members) {
         return None;
     }
     let cwd = innermost::cwd(pid)?;

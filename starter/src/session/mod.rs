@@ -5,7 +5,7 @@ mod admission;
 mod handshake;
 mod home;
 mod host_cert;
-mod innermost;
+pub(crate) mod innermost;
 mod landing;
 mod replay;
 mod sshd;

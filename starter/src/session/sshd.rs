@@ -15,7 +15,6 @@ use anyhow::{Context, Result};
 use ssh_key::private::{Ed25519Keypair, KeypairData};
 use ssh_key::public::{Ed25519PublicKey, KeyData};
 use ssh_key::{LineEnding, PrivateKey, PublicKey};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::handshake::Accepted;
 use super::home::Home;
@@ -113,16 +112,15 @@ pub fn config_text(
     c
 }
 
-/// Where sshd finds its session files: the helper (enter.rs) gives sshd the
-/// session's directory on the node as its working directory (through which
-/// it execs the kit: `..` from a directory outside the process's root walks
-/// the node's tree) and as fd 3, which the shim keeps open for sshd's life
-/// (sshd moves to `/` at start-up and reads authorized_keys only later).
-/// So the kit and the files are reached whatever the job's root is — also
-/// in a container that pivoted into a root of its own (runc), which sees
-/// neither the node's paths nor /.stj — and nothing is added to the
-/// container's filesystem.
+/// Where sshd finds its session files and the kit: the helper (enter.rs)
+/// gives sshd read-only detached copies of the session's directory as fd 3
+/// (which the shim keeps open for sshd's life: sshd reads authorized_keys
+/// long after start-up) and of the kit as fd 4 (for the loader). So both
+/// are reached whatever the job's root is — also in a container that
+/// pivoted into a root of its own (runc), which sees neither the node's
+/// paths nor /.stj — and nothing is added to the container's filesystem.
 const SESSION_FILES: &str = "/proc/self/fd/3";
+const KIT: &str = "/proc/self/fd/4";
 
 pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
     let spec = &a.target.spec;
@@ -220,11 +218,7 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
         spec.gid,
     )?;
 
-    // The kit, named from the session dir (sshd's working directory) up to
-    // the node's root and down again: `..` from a directory outside the
-    // process's root walks the node's tree.
-    let kit_from_dir = from_dir_to(&fs::canonicalize(&dir)?, &fs::canonicalize(&kit.dir)?);
-    let mut argv = kit.command(&kit_from_dir, "sshd", true);
+    let mut argv = kit.command(Path::new(KIT), "sshd", true);
     argv.extend(["-i".into(), "-e".into(), "-f".into()]);
     argv.push(files.join("sshd_config").to_string_lossy().into_owned());
     argv.push("-h".into());
@@ -234,13 +228,14 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
         gid: spec.gid,
         user: spec.user_name.clone(),
         session_dir: dir.clone(),
+        kit_dir: kit.dir.clone(),
         job_id: spec.job_id,
         argv,
         passwd,
         umask: spec.umask,
         confined: spec.confined,
         no_new_privs: landing.inner,
-        cgroups: a.target.cgroups.clone(),
+        cgroups: landing.cgroups.clone(),
     };
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -264,10 +259,31 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
     let mut child = cmd.spawn().context("cannot start the session helper")?;
     // The helper holds the socket now; our copies went with `cmd`.
     drop(cmd);
-    if let Some(err) = child.stderr.take() {
-        let mut lines = BufReader::new(err).lines();
-        while let Ok(Some(l)) = lines.next_line().await {
-            tracing::info!(session_id = %sid, job_id = spec.job_id, "sshd: {l}");
+    let helper = child.id();
+    let logs = async {
+        if let Some(err) = child.stderr.take() {
+            // sshd's lines are short; code the job runs in sshd (its
+            // mount namespace is the job's) could write endless ones.
+            let codec = tokio_util::codec::LinesCodec::new_with_max_length(4096);
+            let mut lines = tokio_util::codec::FramedRead::new(err, codec);
+            while let Some(l) = futures::StreamExt::next(&mut lines).await {
+                match l {
+                    Ok(l) => tracing::info!(session_id = %sid, job_id = spec.job_id, "sshd: {l}"),
+                    Err(tokio_util::codec::LinesCodecError::MaxLineLengthExceeded) => {
+                        tracing::warn!(session_id = %sid, job_id = spec.job_id, "sshd wrote a line over 4 KiB; left out")
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = logs => {}
+        () = job_ended(a.target.ends_with.clone()) => {
+            tracing::info!(session_id = %sid, job_id = spec.job_id, "the job ended (Slurm's slurmstepd for it is gone): ending its session");
+            if let Some(pid) = helper {
+                tokio::task::spawn_blocking(move || kill_tree(pid as i32)).await.ok();
+            }
         }
     }
     let status = child.wait().await?;
@@ -294,14 +310,64 @@ fn passwd_line(spec: &crate::container::ContainerSpec, cwd: &str) -> String {
     )
 }
 
-/// A relative path from the directory `from` to `to` (both absolute,
-/// without symlinks): up to the root, then down.
-fn from_dir_to(from: &Path, to: &Path) -> PathBuf {
-    let mut p = PathBuf::new();
-    for _ in from.components().skip(1) {
-        p.push("..");
+/// Resolves when a job whose life is its slurmstepd's (`ends_with`) has
+/// ended; never for our own containers, whose sessions end with them.
+async fn job_ended(ends_with: Option<PathBuf>) {
+    let Some(track) = ends_with else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let t = track.clone();
+        if !tokio::task::spawn_blocking(move || crate::slurm::stepd_alive(&t))
+            .await
+            .unwrap_or(true)
+        {
+            return;
+        }
     }
-    p.join(to.strip_prefix("/").unwrap_or(to))
+}
+
+/// SIGKILL to `root` and every process below it, until none is left (a
+/// process forked meanwhile is found on the next round).
+fn kill_tree(root: i32) {
+    for _ in 0..50 {
+        let mut parent_of = std::collections::HashMap::new();
+        for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let ppid = fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s.get(s.rfind(')')? + 2..)?.to_string();
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                });
+            if let Some(ppid) = ppid {
+                parent_of.insert(pid, ppid);
+            }
+        }
+        let mut tree = vec![root];
+        let mut grew = true;
+        while grew {
+            grew = false;
+            for (&pid, ppid) in &parent_of {
+                if tree.contains(ppid) && !tree.contains(&pid) {
+                    tree.push(pid);
+                    grew = true;
+                }
+            }
+        }
+        tree.retain(|p| parent_of.contains_key(p));
+        if tree.is_empty() {
+            return;
+        }
+        for p in tree {
+            // SAFETY: kill(2) with a pid read from /proc just now.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Removes the session's files on every exit path.
@@ -322,18 +388,6 @@ impl Drop for Cleanup {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_kit_is_named_from_the_session_dir() {
-        assert_eq!(
-            from_dir_to(
-                Path::new("/var/lib/stj/jobs/7/sessions/ab"),
-                Path::new("/var/lib/stj/kit")
-            ),
-            Path::new("../../../../../../../var/lib/stj/kit")
-        );
-        assert_eq!(from_dir_to(Path::new("/"), Path::new("/k")), Path::new("k"));
-    }
 
     #[test]
     fn config_quotes_env_and_skips_unrepresentable_values() {

@@ -4,7 +4,7 @@
 //!   cargo build --workspace --release && target/release/stj-bench [--quick]
 //!   target/release/stj-bench --only relay,issuance    # some sections only
 //!
-//! Sections: attach, bulk, relay, issuance, scale.
+//! Sections: attach, slurm, bulk, relay, issuance, scale.
 //!
 //! Needs root (it makes users, namespaces and a pool like the tests do).
 
@@ -141,6 +141,64 @@ fn timed(c: &Cluster, user: &TestUser, script: &str) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
+/// `ssh-to-job J true` into a Slurm job (a real slurmctld and slurmd, a
+/// starter beside slurmd) against `srun --overlap --jobid J true` and its
+/// `--pty` form (on a pty from script(1), as a person runs it), interleaved.
+fn slurm_attach(stj: &str, user: &TestUser, runs: usize) -> Result<Vec<Row>> {
+    let s = stj_tests::slurm::slurm();
+    let mut c = Cluster::with_schedd_config("jobs = \"slurm\"\n");
+    c.start_starter_with(&s.node, 1, &["--jobs", "slurm"]);
+    let out = Command::new("sbatch")
+        .args(["--parsable", "-o", "/dev/null", "--wrap", "sleep 86399"])
+        .current_dir(c.workdir(user))
+        .uid(user.uid)
+        .gid(user.gid)
+        .output()?;
+    let job: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .split(';')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("sbatch: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stj_tests::cluster::pids_matching("sleep 86399").is_empty() {
+        if Instant::now() > deadline {
+            bail!("Slurm did not start the benchmark's job");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The first session also waits for the node's starter to see the job.
+    timed(&c, user, &format!("{stj} --retry 20 {job} true"))?;
+    let (mut a, mut b, mut p) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        a.push(timed(&c, user, &format!("{stj} {job} true"))? * 1000.0);
+        b.push(timed(&c, user, &format!("srun --overlap --jobid {job} true"))? * 1000.0);
+        p.push(
+            timed(
+                &c,
+                user,
+                &format!("script -qec 'srun --overlap --jobid {job} --pty true' /dev/null"),
+            )? * 1000.0,
+        );
+    }
+    let _ = Command::new("scancel").arg(job.to_string()).status();
+    let ma = median(&mut a);
+    let row = |name: &str, base: &mut Vec<f64>, target: &str| {
+        let mb = median(base);
+        Row {
+            what: format!("attach into a Slurm job: `ssh-to-job J true` vs `{name}` (ms, median of {runs}; range)"),
+            stj: format!("{ma:.0} ({})", spread(&a)),
+            baseline: format!("{mb:.0} ({})", spread(base)),
+            ratio: format!("{:.2}×", ma / mb),
+            target: target.into(),
+        }
+    };
+    Ok(vec![
+        row("srun --overlap --jobid J true", &mut b, "–"),
+        row("srun --overlap --jobid J --pty true", &mut p, "≤ 1.3×"),
+    ])
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -150,7 +208,7 @@ fn main() -> Result<()> {
         .map(|i| {
             args.get(i + 1)
                 .map(|v| v.split(',').map(String::from).collect())
-                .context("--only needs a list: attach,bulk,relay,issuance,scale")
+                .context("--only needs a list: attach,slurm,bulk,relay,issuance,scale")
         })
         .transpose()?;
     let run = |section: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == section));
@@ -192,6 +250,11 @@ fn main() -> Result<()> {
             ratio: format!("{:.2}×", ma / mb),
             target: "≤ 1.3×".into(),
         });
+    }
+
+    // 1b. attach into a Slurm job against Slurm's own way in
+    if run("slurm") {
+        rows.extend(slurm_attach(&stj, &alice, attach_runs)?);
     }
 
     // 2. bulk throughput per path, up and down, against plain ssh
@@ -292,7 +355,7 @@ async fn relay_pair(
     job: u64,
     sim: &mut sim_starter::SimStarter,
 ) -> Result<(tokio::net::TcpStream, tokio::net::TcpStream)> {
-    let grant = ssh_to_job::attach::request(&c.socket, job, [7; 32]).await?;
+    let grant = ssh_to_job::attach::request(&c.socket, &job.into(), [7; 32]).await?;
     let sid = grant.session_id;
     let token = grant.relay_token;
     let mut client = tokio::net::TcpStream::connect(&grant.broker_addr).await?;
@@ -520,6 +583,7 @@ async fn issuance(
                         .request_session(stj_proto::user::RequestSessionRequest {
                             job_id: job,
                             client_pubkey: vec![7; 32],
+                            ..Default::default()
                         })
                         .await?;
                     n += 1;
