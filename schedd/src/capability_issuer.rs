@@ -98,6 +98,7 @@ pub async fn issue(
         },
     };
     let source = schedd.jobs();
+    let t0 = std::time::Instant::now();
     let looked_up = match source.job(job_ref).await {
         Ok(found) => found,
         // Slurm unreachable, or several jobs by that name: the user is told
@@ -255,6 +256,11 @@ pub async fn issue(
         ),
         ));
     }
+    tracing::debug!(
+        job_id = job.id,
+        audited_us = t0.elapsed().as_micros() as u64,
+        "session audited"
+    );
     let relay_token = schedd.rendezvous.grant(session_id, &node, uid, cap.expiry);
     tracing::info!(session_id = %sid, job_id = job.id, uid, %node, "session granted");
     Ok(RequestSessionReply {

@@ -150,6 +150,49 @@ pub async fn run(o: &Options) -> Result<u8> {
     let rt = RuntimeDir::create()?;
     let key = user_key::generate(rt.path())?;
 
+    // ssh starts as soon as the schedd granted the session, so that its
+    // start-up (exec, options, the ProxyCommand's shell and stj-proxy)
+    // overlaps the handshake with the node: it reads the known_hosts file
+    // only once it holds the socket, which it gets after the handshake
+    // wrote that file.
+    let host = alias(o.target.job);
+    let known_hosts = rt.path().join("known_hosts");
+    let sock_path = rt.path().join("p");
+    let listener = fd_pass::bind(&sock_path)?;
+    let proxy = proxy_path();
+    let spawn_ssh = |user: &str| -> Result<tokio::process::Child> {
+        let cmd = SshCommand {
+            program: o.program,
+            binary: o.ssh_binary.clone(),
+            host: host.clone(),
+            user,
+            key: &key.path,
+            known_hosts: &known_hosts,
+            proxy: &proxy,
+            socket: &sock_path,
+            copy: o.copy,
+            use_ssh_config: o.use_ssh_config,
+            debug: o.debug,
+            tty: o.tty,
+            extra_options: o.ssh_options.clone(),
+            flags: o.ssh_flags.clone(),
+            args: o.args.clone(),
+        };
+        let argv = cmd.argv();
+        tracing::debug!(?argv, "running");
+        tokio::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            // The ProxyCommand's shell: a plain sh starts faster than a
+            // login shell like bash, and ssh uses SHELL for nothing else.
+            .env("SHELL", "/bin/sh")
+            // Until it has its socket, an ssh whose session did not come
+            // about must not outlive this run.
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot run {} (is openssh-client installed?)", argv[0]))
+    };
+    let mut ssh: Option<(tokio::process::Child, String)> = None;
+
     let mut attempt = 0;
     let (stream, session, path, job_id) = loop {
         let step = async {
@@ -159,6 +202,9 @@ pub async fn run(o: &Options) -> Result<u8> {
             let grant =
                 attach::request_waiting(&o.socket, &o.target, key.public, o.room_wait).await?;
             tracing::debug!(job = %o.target.job, job_id = grant.job_id, session_id = %grant.session_id, node = %grant.node, direct = ?grant.direct_addr, "capability granted");
+            if ssh.as_ref().map(|(_, u)| u.as_str()) != Some(grant.user.as_str()) {
+                ssh = Some((spawn_ssh(&grant.user)?, grant.user.clone()));
+            }
             let started = std::time::Instant::now();
             let (stream, session, path) = attach::connect(
                 o.mode,
@@ -216,34 +262,13 @@ pub async fn run(o: &Options) -> Result<u8> {
         }
     };
 
-    let known_hosts = user_key::write_known_hosts(rt.path(), &alias(job_id), session.host_pubkey)?;
-    let sock_path = rt.path().join("p");
-    let listener = fd_pass::bind(&sock_path)?;
-    let proxy = proxy_path();
-    let cmd = SshCommand {
-        program: o.program,
-        binary: o.ssh_binary.clone(),
-        job_id,
-        user: &session.user,
-        key: &key.path,
-        known_hosts: &known_hosts,
-        proxy: &proxy,
-        socket: &sock_path,
-        copy: o.copy,
-        use_ssh_config: o.use_ssh_config,
-        debug: o.debug,
-        tty: o.tty,
-        extra_options: o.ssh_options.clone(),
-        flags: o.ssh_flags.clone(),
-        args: o.args.clone(),
+    // The account the node's Ready names is the one to log in as (a slot
+    // user's, where the schedd knew only the owner's).
+    let mut child = match ssh {
+        Some((child, user)) if user == session.user => child,
+        _ => spawn_ssh(&session.user)?,
     };
-    let argv = cmd.argv();
-    tracing::debug!(?argv, "running");
-    let mut child = tokio::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .spawn()
-        .with_context(|| format!("cannot run {} (is openssh-client installed?)", argv[0]))?;
-
+    user_key::write_known_hosts(&known_hosts, &host, session.host_pubkey)?;
     let serve = fd_pass::serve(listener, stream);
     tokio::pin!(serve);
     let mut served = false;

@@ -27,7 +27,8 @@ pub struct SshCommand<'a> {
     pub program: Program,
     /// The binary to run (`ssh`, or a path given with --ssh).
     pub binary: String,
-    pub job_id: u64,
+    /// The name ssh knows the job by (`stj-job-…`, see [`alias`]).
+    pub host: String,
     pub user: &'a str,
     pub key: &'a Path,
     pub known_hosts: &'a Path,
@@ -45,8 +46,10 @@ pub struct SshCommand<'a> {
     pub args: Vec<String>,
 }
 
-pub fn alias(job_id: u64) -> String {
-    format!("stj-job-{job_id}")
+/// The host name a session's ssh uses for job `job` (its known_hosts line
+/// names it too): the job as the user named it.
+pub fn alias(job: impl std::fmt::Display) -> String {
+    format!("stj-job-{job}")
 }
 
 /// Single-quotes for the shell ssh runs the ProxyCommand with.
@@ -56,7 +59,7 @@ fn sh_quote(p: &Path) -> String {
 
 impl SshCommand<'_> {
     pub fn argv(&self) -> Vec<String> {
-        let host = alias(self.job_id);
+        let host = self.host.clone();
         let mut v = vec![self.binary.clone()];
         if !self.use_ssh_config {
             // A user's ~/.ssh/config (IdentityFile, User, Port, ControlMaster...)
@@ -142,7 +145,7 @@ mod tests {
         SshCommand {
             program,
             binary: "x".into(),
-            job_id: 42,
+            host: alias(42),
             user: "alice",
             key: Path::new("/r/k"),
             known_hosts: Path::new("/r/kh"),

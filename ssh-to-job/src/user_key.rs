@@ -42,10 +42,8 @@ pub fn generate(dir: &Path) -> Result<UserKey> {
 
 /// The known_hosts line pinning the session's one-time host key to the alias
 /// ssh is told to use, so StrictHostKeyChecking=yes accepts exactly it.
-pub fn write_known_hosts(dir: &Path, alias: &str, host_pubkey: [u8; 32]) -> Result<PathBuf> {
+pub fn write_known_hosts(path: &Path, alias: &str, host_pubkey: [u8; 32]) -> Result<()> {
     let key = PublicKey::new(KeyData::Ed25519(Ed25519PublicKey(host_pubkey)), "");
     let line = format!("{alias} {}\n", key.to_openssh()?.trim_end());
-    let path = dir.join("known_hosts");
-    write_private(&path, line.as_bytes())?;
-    Ok(path)
+    write_private(path, line.as_bytes())
 }

@@ -16,8 +16,6 @@ pub mod slots;
 pub mod slurm;
 pub mod tls;
 
-pub use session::environ_main;
-
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -68,10 +68,6 @@ enum Cmd {
     /// Internal: puts a session's sshd into a running job.
     #[command(hide = true)]
     SessionEnter { spec: PathBuf },
-    /// Internal: prints (part of) a process's environment, for a session
-    /// that lands beside it; killed by the starter if the read stalls.
-    #[command(hide = true)]
-    Environ { pid: i32 },
     /// Write this program's man page and shell completions into DIR.
     #[command(hide = true)]
     GenerateDocs { dir: PathBuf },
@@ -105,7 +101,6 @@ fn main() {
     match &cli.cmd {
         Some(Cmd::ContainerInit { spec }) => stj_starter::container::init_main(spec),
         Some(Cmd::SessionEnter { spec }) => stj_starter::container::enter::main(spec),
-        Some(Cmd::Environ { pid }) => stj_starter::environ_main(*pid),
         Some(Cmd::Placeholder {
             idle_timeout_secs,
             in_cgroup,

@@ -529,3 +529,48 @@ fn stj_q_shows_slurm_jobs_and_rm_says_to_use_scancel() {
     );
     scancel(id);
 }
+
+/// Faults name their fix: Slurm's commands failing (the command and its
+/// stderr, as the user sees them), and a node whose starter is not there.
+#[test]
+fn faults_say_which_command_failed_and_which_node_is_missing() {
+    let s = slurm();
+    let alice = TestUser::alice();
+    // squeue as it fails when slurmctld cannot be reached.
+    let bin = std::env::temp_dir().join(format!("stj-broken-slurm-{}", std::process::id()));
+    std::fs::create_dir_all(&bin).unwrap();
+    let squeue = bin.join("squeue");
+    std::fs::write(
+        &squeue,
+        "#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller (connect failure)' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&squeue, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let c = Cluster::with_schedd_config(&format!(
+        "jobs = \"slurm\"\nslurm_bin_dir = \"{}\"\n",
+        bin.display()
+    ));
+    let out = c.ssh_to_job(&alice, &["5", "true"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("Slurm is not reachable")
+            && err.contains("squeue")
+            && err.contains("Unable to contact slurm controller"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&bin).ok();
+
+    // A running job whose node has no starter registered.
+    let c = Cluster::with_schedd_config("jobs = \"slurm\"\n");
+    let id = sbatch(&c, &alice, &["-o", "/dev/null", "--wrap", "sleep 86509"]);
+    running(s, id, "sleep 86509");
+    let out = c.ssh_to_job(&alice, &[&id.to_string(), "true"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("node {}", s.node)) && err.contains("registered under Slurm's name"),
+        "{err}"
+    );
+    scancel(id);
+}

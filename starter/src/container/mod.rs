@@ -179,7 +179,8 @@ pub async fn launch(spec: &ContainerSpec, job_dir: &Path) -> Result<Launch> {
         .mode(0o600)
         .open(&spec_path)
         .with_context(|| format!("cannot write {}", spec_path.display()))?;
-    serde_json::to_writer(&mut f, spec)?;
+    // One write, not one per JSON token.
+    std::io::Write::write_all(&mut f, &serde_json::to_vec(spec)?)?;
     drop(f);
 
     let mut child = tokio::process::Command::new("/proc/self/exe")

@@ -142,6 +142,7 @@ async fn exchange(s: &Sessions, stream: &mut TcpStream, unheard: Option<UnheardC
                 .into(),
         );
     }
+    let t0 = std::time::Instant::now();
     let target = match s.jobs.locate(cap.job_id, hs.asks.step) {
         Located::Here(t) if t.owner_uid != cap.owner_uid => {
             return refuse(
@@ -191,10 +192,17 @@ async fn exchange(s: &Sessions, stream: &mut TcpStream, unheard: Option<UnheardC
 
     // The Hello's `outer` is bound by the proofs below: a session lands
     // where its client asked, or nowhere.
+    let located_us = t0.elapsed().as_micros() as u64;
     let landing = match landing::decide(&target, hs.asks.outer).await {
         Ok(l) => l,
         Err(home::Unsafe(why)) => return refuse(ErrorCode::UnsafeHome, why),
     };
+    tracing::debug!(
+        job_id = cap.job_id,
+        located_us,
+        landed_us = t0.elapsed().as_micros() as u64,
+        "session target found"
+    );
 
     let rng = SystemRandom::new();
     let mut nonce = [0u8; NONCE_LEN];

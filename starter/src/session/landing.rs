@@ -134,33 +134,64 @@ fn innermost_container(init: &Init, members: &Members) -> Option<(Arc<Init>, Str
     at.alive().then(|| (Arc::new(at), cwd))
 }
 
-/// The environment of the process `at`, read by a helper (`stj-starter
-/// environ PID`) that is killed if it takes longer than ENVIRON_DEADLINE.
+/// The environment of the process `at`, read by a forked child of the
+/// starter that is killed if it takes longer than ENVIRON_DEADLINE (the
+/// memory behind it may be a FUSE file that never answers). The child
+/// only makes system calls — open, read, write, _exit — which is what a
+/// child of a multi-threaded process may do; a fresh exec of a helper
+/// would cost a few milliseconds more on every session.
 async fn environ(at: &Init) -> Result<Vec<(String, String)>, String> {
-    let mut child = tokio::process::Command::new("/proc/self/exe")
-        .arg("environ")
-        .arg(at.pid.to_string())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start the reader: {e}"))?;
-    let mut out = child.stdout.take().ok_or("no pipe")?;
-    let mut raw = Vec::new();
-    let read = async {
-        (&mut out)
-            .take(MAX_ENVIRON as u64 + 1)
-            .read_to_end(&mut raw)
-            .await
-            .map_err(|e| e.to_string())?;
-        child.wait().await.map_err(|e| e.to_string())
+    let path =
+        std::ffi::CString::new(format!("/proc/{}/environ", at.pid)).map_err(|e| e.to_string())?;
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; MAX_ENVIRON];
+    // SAFETY: the child calls only async-signal-safe functions on memory
+    // allocated before the fork, and leaves with _exit.
+    let child = match unsafe { nix::unistd::fork() }.map_err(|e| e.to_string())? {
+        nix::unistd::ForkResult::Child => unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                libc::_exit(1);
+            }
+            let mut n = 0usize;
+            while n < MAX_ENVIRON {
+                let r = libc::read(fd, buf.as_mut_ptr().add(n).cast(), MAX_ENVIRON - n);
+                if r <= 0 {
+                    break;
+                }
+                n += r as usize;
+            }
+            let w = std::os::fd::AsRawFd::as_raw_fd(&wr);
+            let mut done = 0usize;
+            while done < n {
+                let r = libc::write(w, buf.as_ptr().add(done).cast(), n - done);
+                if r <= 0 {
+                    libc::_exit(1);
+                }
+                done += r as usize;
+            }
+            libc::_exit(0)
+        },
+        nix::unistd::ForkResult::Parent { child } => child,
     };
-    let status = tokio::time::timeout(ENVIRON_DEADLINE, read)
+    drop(wr);
+    drop(buf);
+    let mut out = tokio::fs::File::from_std(std::fs::File::from(rd));
+    let mut raw = Vec::new();
+    let mut limited = (&mut out).take(MAX_ENVIRON as u64);
+    let read = tokio::time::timeout(ENVIRON_DEADLINE, limited.read_to_end(&mut raw)).await;
+    if read.is_err() {
+        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+    }
+    let status = tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(child, None))
         .await
-        .map_err(|_| format!("not read within {ENVIRON_DEADLINE:?}"))??;
-    if !status.success() {
-        return Err(format!("the reader failed ({status})"));
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    match (read, status) {
+        (Err(_), _) => return Err(format!("not read within {ENVIRON_DEADLINE:?}")),
+        (Ok(Err(e)), _) => return Err(e.to_string()),
+        (Ok(Ok(_)), nix::sys::wait::WaitStatus::Exited(_, 0)) => {}
+        (Ok(Ok(_)), s) => return Err(format!("the reader failed ({s:?})")),
     }
     // Read by pid: only a process that is still alive now had that pid
     // all along (the pidfd pins it), so the environment is its own.
@@ -170,26 +201,12 @@ async fn environ(at: &Init) -> Result<Vec<(String, String)>, String> {
     Ok(parse_environ(&raw))
 }
 
-/// `stj-starter environ PID`: writes at most MAX_ENVIRON bytes of the
-/// process's environment on stdout (a variable cut there is left out).
-pub fn environ_main(pid: i32) -> ! {
-    use std::io::{Read, Write};
-    let mut raw = Vec::new();
-    let r = std::fs::File::open(format!("/proc/{pid}/environ"))
-        .and_then(|f| f.take(MAX_ENVIRON as u64).read_to_end(&mut raw));
-    if r.is_err() {
-        std::process::exit(1);
-    }
-    if raw.len() == MAX_ENVIRON {
-        let end = raw.iter().rposition(|&b| b == 0).map_or(0, |p| p + 1);
-        raw.truncate(end);
-    }
-    let ok = std::io::stdout().write_all(&raw).is_ok();
-    std::process::exit(if ok { 0 } else { 1 })
-}
-
+/// A variable cut at MAX_ENVIRON is left out.
 fn parse_environ(raw: &[u8]) -> Vec<(String, String)> {
-    let raw = &raw[..raw.len().min(MAX_ENVIRON)];
+    let mut raw = &raw[..raw.len().min(MAX_ENVIRON)];
+    if raw.len() == MAX_ENVIRON {
+        raw = &raw[..raw.iter().rposition(|&b| b == 0).map_or(0, |p| p + 1)];
+    }
     raw.split(|&b| b == 0)
         .filter_map(|kv| {
             let kv = std::str::from_utf8(kv).ok()?;

@@ -11,8 +11,6 @@ mod replay;
 mod sshd;
 mod traffic;
 
-pub use landing::environ_main;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};

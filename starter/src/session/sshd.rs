@@ -242,7 +242,8 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
         .create_new(true)
         .mode(0o600)
         .open(&enter_path)?;
-    serde_json::to_writer(&mut f, &enter)?;
+    // One write, not one per JSON token.
+    f.write_all(&serde_json::to_vec(&enter)?)?;
     drop(f);
 
     let socket: OwnedFd = a.stream.into_std()?.into();
