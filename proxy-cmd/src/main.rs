@@ -39,6 +39,13 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // Without its ssh there is nothing to do: end with it, quietly (an ssh
+    // that ssh-to-job started for the wrong account is stopped so).
+    let parent = nix::unistd::getppid();
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    if nix::unistd::getppid() != parent {
+        return ExitCode::FAILURE;
+    }
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

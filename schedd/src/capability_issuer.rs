@@ -138,12 +138,16 @@ pub async fn issue(
     };
     let deny = |status: Status| deny(job.id, &job.node, status);
     if uid != 0 && uid != job.owner_uid {
+        let whose = match source.names_owners() {
+            true => format!("belongs to {} (uid {})", job.owner_name, job.owner_uid),
+            false => "is not yours".to_string(),
+        };
         return deny(refuse(
             Code::PermissionDenied,
             Refusal::NotOwner,
             format!(
-                "job {} belongs to {} (uid {}); only its owner or root can open a session in it",
-                job.id, job.owner_name, job.owner_uid
+                "job {} {whose}; only its owner or root can open a session in it",
+                job.id
             ),
         ));
     }

@@ -89,6 +89,26 @@ impl Default for ScheddConfig {
     }
 }
 
+/// Checks what the file and the flags set together.
+pub fn validate(c: &ScheddConfig) -> Result<()> {
+    anyhow::ensure!(
+        c.slurm_cache_secs <= 60,
+        "slurm_cache_secs = {} in [schedd]: at most 60 (answers older than that would let sessions into jobs Slurm has moved on from)",
+        c.slurm_cache_secs
+    );
+    if c.jobs == Jobs::Slurm {
+        for cmd in ["squeue", "scontrol"] {
+            let p = c.slurm_bin_dir.join(cmd);
+            anyhow::ensure!(
+                p.is_file(),
+                "jobs = \"slurm\" in [schedd], but {} does not exist: install Slurm's client commands on this host, or set slurm_bin_dir",
+                p.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Reads the `[schedd]` section of `path` (default [`DEFAULT_CONFIG`],
 /// which may be missing; a file the caller named may not).
 pub fn load(path: Option<&Path>) -> Result<ScheddConfig> {
@@ -109,6 +129,25 @@ fn check(c: ScheddConfig) -> Result<ScheddConfig> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn slurm_knobs_are_checked_at_start() {
+        let mut c = ScheddConfig {
+            slurm_cache_secs: 61,
+            ..ScheddConfig::default()
+        };
+        assert!(format!("{:#}", validate(&c).unwrap_err()).contains("slurm_cache_secs"));
+        c.slurm_cache_secs = 2;
+        c.jobs = Jobs::Slurm;
+        c.slurm_bin_dir = "/nonexistent".into();
+        let e = format!("{:#}", validate(&c).unwrap_err());
+        assert!(
+            e.contains("/nonexistent/squeue") && e.contains("slurm_bin_dir"),
+            "{e}"
+        );
+        c.jobs = Jobs::Queue;
+        validate(&c).unwrap();
+    }
     use super::*;
 
     #[test]

@@ -36,6 +36,12 @@ pub trait JobSource: Send + Sync {
 
     /// The command that lists this source's jobs, for messages.
     fn lists_with(&self) -> &'static str;
+
+    /// Whether a refusal may name a job's owner: our queue shows owners to
+    /// everyone (as `stj q` does); Slurm may hide them (PrivateData).
+    fn names_owners(&self) -> bool {
+        true
+    }
 }
 
 impl JobSource for crate::queue::Queue {

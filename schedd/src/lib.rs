@@ -73,6 +73,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    config::validate(&config)?;
     let identity = pki::Identity::load_or_create(&config.state_dir)?;
     let tls = identity.tls_config()?;
     let db_path = config.state_dir.join(queue::DB_FILE);

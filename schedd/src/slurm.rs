@@ -29,8 +29,15 @@ const AT_ONCE: usize = 8;
 /// `stj submit --no-ssh` (`sbatch --comment=stj:no-ssh`).
 pub const NO_SSH: &str = "stj:no-ssh";
 
-/// squeue's fields, `|`-separated; the comment (free text) comes last.
-const FORMAT: &str = "%A|%i|%U|%u|%T|%r|%B|%N|%C|%j|%k";
+/// squeue's fields, `|`-separated: only what Slurm itself writes (ids,
+/// uid, account name, state, reason code, node names). A job's name and
+/// comment are the user's free text — a newline there would make a row of
+/// the user's own making — so they are asked for apart (`names`,
+/// `no_ssh`), where nothing depends on how they split into lines.
+const FORMAT: &str = "%A|%i|%U|%u|%T|%r|%B|%N|%C";
+/// How long a caller waits for one of the AT_ONCE turns before being told
+/// Slurm is busy (a user flooding the schedd starves nobody for long).
+const TURN_WAIT: Duration = Duration::from_secs(10);
 
 /// One job as squeue shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,36 +54,38 @@ pub struct SlurmJob {
     /// The allocation in Slurm's compressed form (`n[1-3],m4`).
     pub nodelist: String,
     pub cpus: u32,
+    /// The job's name (`stj q`), when squeue's answer about names could be
+    /// matched to the jobs line by line; else empty.
     pub name: String,
-    pub comment: String,
 }
 
 impl SlurmJob {
     fn parse(line: &str) -> Option<SlurmJob> {
-        let f: Vec<&str> = line.splitn(11, '|').collect();
-        if f.len() != 11 {
+        let f: Vec<&str> = line.split('|').map(str::trim).collect();
+        if f.len() != 9 {
             return None;
         }
-        let none = |s: &str| {
-            if s == "(null)" || s == "n/a" {
-                String::new()
-            } else {
-                s.to_string()
-            }
+        let none = |s: &str| match s {
+            "(null)" | "n/a" => String::new(),
+            s => s.to_string(),
         };
-        Some(SlurmJob {
-            id: f[0].trim().parse().ok()?,
-            display: f[1].trim().to_string(),
-            uid: f[2].trim().parse().ok()?,
-            user: f[3].trim().to_string(),
-            state: f[4].trim().to_string(),
-            reason: none(f[5].trim()),
-            batch_host: none(f[6].trim()),
-            nodelist: none(f[7].trim()),
-            cpus: f[8].trim().parse().unwrap_or(0),
-            name: f[9].to_string(),
-            comment: none(f[10].trim_end_matches('\n')),
-        })
+        let plain = |s: &str| s.bytes().all(|b| b.is_ascii_graphic());
+        let job = SlurmJob {
+            id: f[0].parse().ok()?,
+            display: f[1].to_string(),
+            uid: f[2].parse().ok()?,
+            user: f[3].to_string(),
+            state: f[4].to_string(),
+            reason: none(f[5]),
+            batch_host: none(f[6]),
+            nodelist: none(f[7]),
+            cpus: f[8].parse().unwrap_or(0),
+            name: String::new(),
+        };
+        // Nothing here is free text; anything that looks like it is not a
+        // row of squeue's.
+        let host_ok = job.batch_host.is_empty() || stj_proto::valid_node_name(&job.batch_host);
+        (plain(&job.display) && plain(&job.user) && plain(&job.state) && host_ok).then_some(job)
     }
 
     /// Slurm's state as ours: running, pending (idle), or ended.
@@ -130,10 +139,9 @@ impl SlurmSource {
     /// command, its exit status and its stderr. `Ok(None)`: Slurm says it
     /// knows no such job.
     async fn run(&self, program: &str, args: &[String]) -> Result<Option<String>, JobSourceError> {
-        let _turn = self
-            .running
-            .acquire()
+        let _turn = tokio::time::timeout(TURN_WAIT, self.running.acquire())
             .await
+            .map_err(|_| JobSourceError(format!("Slurm is busy: {AT_ONCE} questions to it are waiting for answers; retry shortly")))?
             .map_err(|_| JobSourceError("shutting down".into()))?;
         let path = self.bin_dir.join(program);
         let shown = format!("{} {}", path.display(), args.join(" "));
@@ -142,6 +150,10 @@ impl SlurmSource {
             COMMAND_DEADLINE,
             tokio::process::Command::new(&path)
                 .args(args)
+                // What a caller's environment would make squeue show
+                // instead of what is asked (SQUEUE_FORMAT, SQUEUE_STATES...).
+                .env_clear()
+                .envs(std::env::vars_os().filter(|(k, _)| !k.to_string_lossy().starts_with("SQUEUE_")))
                 .stdin(std::process::Stdio::null())
                 .kill_on_drop(true)
                 .output(),
@@ -164,17 +176,16 @@ impl SlurmSource {
         Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()))
     }
 
-    /// Jobs as squeue lists them: these (as users name them), or every job
-    /// Slurm still knows; ended ones too with `all_states`.
-    pub async fn list(
-        &self,
+    fn squeue_args(
+        format: &str,
         jobs: &[String],
+        user: Option<&str>,
         all_states: bool,
-    ) -> Result<Vec<SlurmJob>, JobSourceError> {
+    ) -> Vec<String> {
         let mut args = vec![
             "--noheader".to_string(),
             "--array".into(),
-            format!("--format={FORMAT}"),
+            format!("--format={format}"),
         ];
         if all_states {
             args.push("--states=all".into());
@@ -182,10 +193,66 @@ impl SlurmSource {
         if !jobs.is_empty() {
             args.push(format!("--jobs={}", jobs.join(",")));
         }
+        if let Some(u) = user {
+            args.push(format!("--user={u}"));
+        }
+        args
+    }
+
+    /// Jobs as squeue lists them: these (as users name them), or every job
+    /// Slurm still knows (of `user` only, when given); ended ones too with
+    /// `all_states`.
+    pub async fn list(
+        &self,
+        jobs: &[String],
+        user: Option<&str>,
+        all_states: bool,
+    ) -> Result<Vec<SlurmJob>, JobSourceError> {
+        let args = Self::squeue_args(FORMAT, jobs, user, all_states);
         let Some(out) = self.run("squeue", &args).await? else {
             return Ok(Vec::new());
         };
         Ok(out.lines().filter_map(SlurmJob::parse).collect())
+    }
+
+    /// `list`, with each job's name where squeue's answer about names lines
+    /// up with the jobs exactly (a name with a newline in it makes it not,
+    /// and then no name is shown rather than one a user could forge).
+    pub async fn list_named(
+        &self,
+        jobs: &[String],
+        user: Option<&str>,
+        all_states: bool,
+    ) -> Result<Vec<SlurmJob>, JobSourceError> {
+        let mut listed = self.list(jobs, user, all_states).await?;
+        let args = Self::squeue_args("%A|%j", jobs, user, all_states);
+        let names = self.run("squeue", &args).await?.unwrap_or_default();
+        let lines: Vec<&str> = names.lines().collect();
+        let lined_up = lines.len() == listed.len()
+            && lines.iter().zip(&listed).all(|(l, j)| {
+                l.split_once('|')
+                    .is_some_and(|(id, _)| id.trim() == j.id.to_string())
+            });
+        if lined_up {
+            for (l, j) in lines.iter().zip(listed.iter_mut()) {
+                j.name = l
+                    .split_once('|')
+                    .map(|(_, n)| n.to_string())
+                    .unwrap_or_default();
+            }
+        }
+        Ok(listed)
+    }
+
+    /// Whether job `id`'s comment turns sessions off (`NO_SSH`). The
+    /// comment is the user's free text: the answer is searched whole, so
+    /// a newline in it can only turn sessions off, never on.
+    async fn no_ssh(&self, id: u64) -> Result<bool, JobSourceError> {
+        let args = Self::squeue_args("%k", &[id.to_string()], None, true);
+        Ok(self
+            .run("squeue", &args)
+            .await?
+            .is_some_and(|out| out.contains(NO_SSH)))
     }
 
     /// The nodes of a compressed node list (`scontrol show hostnames`).
@@ -204,14 +271,24 @@ impl SlurmSource {
     }
 
     async fn look_up(&self, job: JobRef) -> Result<Option<JobFacts>, JobSourceError> {
-        let rows = self.list(&[job.to_string()], true).await?;
+        let rows = self.list(&[job.to_string()], None, true).await?;
         let Some(j) = pick(job, &rows)? else {
             return Ok(None);
         };
-        let nodes = match j.nodelist.as_str() {
-            "" => Vec::new(),
-            list => self.hostnames(list).await?,
-        };
+        let (nodes, no_ssh) = tokio::join!(
+            async {
+                match j.nodelist.as_str() {
+                    "" => Ok(Vec::new()),
+                    list => self.hostnames(list).await,
+                }
+            },
+            self.no_ssh(j.id)
+        );
+        let nodes: Vec<String> = nodes?
+            .into_iter()
+            .filter(|n| stj_proto::valid_node_name(n))
+            .collect();
+        let no_ssh = no_ssh?;
         let state = j.job_state();
         Ok(Some(JobFacts {
             id: j.id,
@@ -224,38 +301,30 @@ impl SlurmSource {
                 String::new()
             },
             nodes,
-            ssh_enabled: !j.comment.contains(NO_SSH),
+            ssh_enabled: !no_ssh,
             detail: j.detail(),
         }))
     }
 }
 
-/// The row a ref names: a plain id names the job with that id (an array's
-/// own id, a heterogeneous job's component 0); otherwise, the one row.
+/// The row a ref names, and only that: a plain id the job with that id
+/// (an array's own id is its first task's, a heterogeneous job's its
+/// component 0's); `42_7` and `42+1` the row Slurm displays so. Two rows
+/// for one name is an answer nobody should act on.
 fn pick(job: JobRef, rows: &[SlurmJob]) -> Result<Option<&SlurmJob>, JobSourceError> {
-    if job.part.is_none() {
-        if let Some(j) = rows.iter().find(|j| j.id == job.id) {
-            return Ok(Some(j));
-        }
-    }
     let named: Vec<&SlurmJob> = match job.part {
+        None => rows.iter().filter(|j| j.id == job.id).collect(),
         Some(Part::ArrayTask(_)) | Some(Part::HetComponent(_)) => rows
             .iter()
             .filter(|j| j.display == job.to_string())
             .collect(),
-        None => rows.iter().collect(),
     };
     match named.as_slice() {
         [] => Ok(None),
         [one] => Ok(Some(one)),
         many => Err(JobSourceError(format!(
-            "job {job} is {} jobs in Slurm ({}): name one",
-            many.len(),
-            many.iter()
-                .take(5)
-                .map(|j| j.display.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            "Slurm's answer names job {job} {} times; not acting on it",
+            many.len()
         ))),
     }
 }
@@ -286,6 +355,10 @@ impl JobSource for SlurmSource {
     fn lists_with(&self) -> &'static str {
         "squeue"
     }
+
+    fn names_owners(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
@@ -298,37 +371,40 @@ mod tests {
 
     #[test]
     fn squeue_lines_and_states() {
-        let j = row("17|17|1001|alice|RUNNING|None|n1|n[1-2]|4|sim|stj:no-ssh and more|x");
+        let j = row("17|17|1001|alice|RUNNING|None|n1|n[1-2]|4");
         assert_eq!(j.id, 17);
         assert_eq!(j.uid, 1001);
         assert_eq!(j.batch_host, "n1");
         assert_eq!(j.nodelist, "n[1-2]");
-        assert_eq!(
-            j.comment, "stj:no-ssh and more|x",
-            "the comment may hold the separator"
-        );
         assert_eq!(j.job_state(), JobState::Running);
-        let p = row("18|18|1001|alice|PENDING|Priority|(null)|||1|sim|(null)");
+        let p = row("18|18|1001|alice|PENDING|Priority|(null)||1");
         assert_eq!(p.job_state(), JobState::Idle);
         assert_eq!(p.detail(), "PENDING in Slurm (Priority)");
         assert_eq!(p.batch_host, "");
         assert_eq!(
-            row("19|19|1|a|CANCELLED|None|n1|n1|1|x|").job_state(),
+            row("19|19|1|a|CANCELLED|None|n1|n1|1").job_state(),
             JobState::Removed
         );
         assert_eq!(
-            row("19|19|1|a|COMPLETING|None|n1|n1|1|x|").job_state(),
+            row("19|19|1|a|COMPLETING|None|n1|n1|1").job_state(),
             JobState::Completed
         );
-        assert!(SlurmJob::parse("garbage").is_none());
-        assert!(SlurmJob::parse("x|17|1|a|RUNNING|None|n1|n1|1|x|").is_none());
+        for bad in [
+            "garbage",
+            "x|17|1|a|RUNNING|None|n1|n1|1",
+            "17|17|1|a|RUNNING|None|n1|n1|1|extra",
+            "17|17|1|a b|RUNNING|None|n1|n1|1",
+            "17|17|1|a|RUNNING|None|../n1|n1|1",
+        ] {
+            assert!(SlurmJob::parse(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]
-    fn refs_pick_their_row() {
+    fn refs_pick_their_row_and_nothing_else() {
         let rows = vec![
-            row("30|30_0|1|a|RUNNING|None|n1|n1|1|x|"),
-            row("31|30_1|1|a|RUNNING|None|n1|n1|1|x|"),
+            row("30|30_0|1|a|RUNNING|None|n1|n1|1"),
+            row("31|30_1|1|a|RUNNING|None|n1|n1|1"),
         ];
         assert_eq!(pick("30".parse().unwrap(), &rows).unwrap().unwrap().id, 30);
         assert_eq!(
@@ -336,13 +412,19 @@ mod tests {
             31
         );
         assert!(pick("30_2".parse().unwrap(), &rows).unwrap().is_none());
-        // A plain id none of the rows has, among several: ambiguous.
         let het = vec![
-            row("40|40+0|1|a|RUNNING|None|n1|n1|1|x|"),
-            row("41|40+1|1|a|RUNNING|None|n2|n2|1|x|"),
+            row("40|40+0|1|a|RUNNING|None|n1|n1|1"),
+            row("41|40+1|1|a|RUNNING|None|n2|n2|1"),
         ];
         assert_eq!(pick("40+1".parse().unwrap(), &het).unwrap().unwrap().id, 41);
-        let e = pick("39".parse().unwrap(), &het).unwrap_err();
-        assert!(e.0.contains("name one"), "{e}");
+        // A lone row for another job is not this job's (a row a user made
+        // with a newline in a name would be such a row).
+        let other = vec![row("600|600|1001|alice|RUNNING|None|nodeV|nodeV|1")];
+        assert!(pick("500".parse().unwrap(), &other).unwrap().is_none());
+        let twice = vec![
+            row("500|500|1001|alice|RUNNING|None|n1|n1|1"),
+            row("500|500|1002|bob|RUNNING|None|n2|n2|1"),
+        ];
+        assert!(pick("500".parse().unwrap(), &twice).is_err());
     }
 }

@@ -214,7 +214,9 @@ fn from_slurm(j: crate::slurm::SlurmJob) -> Job {
         },
         spec: Some(JobSpec {
             args: vec![j.name.clone()],
-            ssh_enabled: !j.comment.contains(crate::slurm::NO_SSH),
+            // Known per job only when a session is asked for (the
+            // comment is asked apart); listings do not say.
+            ssh_enabled: true,
             millicpus: j.cpus.saturating_mul(1000),
             ..Default::default()
         }),
@@ -299,14 +301,20 @@ impl ScheddApi for UserApi {
             )));
         }
         if let Some(slurm) = &self.schedd.slurm {
-            // One squeue, no paging: Slurm keeps few ended jobs.
+            // No paging: Slurm keeps few ended jobs. squeue runs as root
+            // here, so it would show what Slurm's PrivateData may hide from
+            // users: they are shown their own jobs only (root all).
             let ids: Vec<String> = req.job_ids.iter().map(u64::to_string).collect();
+            let user = (who.uid != 0).then(|| owner_name(who.uid));
             let jobs = slurm
-                .list(&ids, req.include_ended)
+                .list_named(&ids, user.as_deref(), req.include_ended)
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;
             let mut reply = Reply::new();
-            for j in jobs {
+            for j in jobs
+                .into_iter()
+                .filter(|j| who.uid == 0 || j.uid == who.uid)
+            {
                 if !reply.add(visible_to(who.uid, from_slurm(j))) {
                     break;
                 }
@@ -464,22 +472,27 @@ impl ScheddApi for UserApi {
                 .map_err(internal)?;
             let last_page = page.len() < PAGE_ROWS;
             for (r, cursor) in page {
-                let visible = who.uid == 0 || r.uid == who.uid || {
-                    let owner = match owners.get(&r.job_id) {
-                        Some(o) => *o,
-                        None => {
-                            let o = self
-                                .schedd
-                                .queue
-                                .get(r.job_id)
-                                .map_err(internal)?
-                                .map(|j| j.owner_uid);
-                            owners.insert(r.job_id, o);
-                            o
-                        }
+                // On Slurm the queue holds no jobs: whose job a record is
+                // about is not known here, so users see their own requests.
+                let slurm = self.schedd.slurm.is_some();
+                let visible = who.uid == 0
+                    || r.uid == who.uid
+                    || !slurm && {
+                        let owner = match owners.get(&r.job_id) {
+                            Some(o) => *o,
+                            None => {
+                                let o = self
+                                    .schedd
+                                    .queue
+                                    .get(r.job_id)
+                                    .map_err(internal)?
+                                    .map(|j| j.owner_uid);
+                                owners.insert(r.job_id, o);
+                                o
+                            }
+                        };
+                        owner == Some(who.uid)
                     };
-                    owner == Some(who.uid)
-                };
                 if visible && !reply.add(r) {
                     return Ok(Response::new(AuditReply {
                         records: reply.items,

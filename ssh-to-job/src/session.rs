@@ -142,6 +142,35 @@ async fn report_exit(socket: &std::path::Path, session_id: SessionId, exit_statu
     }
 }
 
+/// An ssh started before its session was ready, with the socket its
+/// ProxyCommand will ask for the session on.
+struct EarlySsh {
+    child: tokio::process::Child,
+    /// Who it logs in as.
+    user: String,
+    listener: tokio::net::UnixListener,
+}
+
+impl EarlySsh {
+    /// Ends an ssh that turned out to be for the wrong account (a slot
+    /// user's job, where the schedd knew only the owner's name): SIGTERM
+    /// first, so that ssh takes its ProxyCommand with it, quietly.
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if tokio::time::timeout(Duration::from_secs(2), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
 /// Runs the session; returns the exit status to exit with.
 pub async fn run(o: &Options) -> Result<u8> {
     let mut signals = Signals::new()?;
@@ -157,10 +186,14 @@ pub async fn run(o: &Options) -> Result<u8> {
     // wrote that file.
     let host = alias(o.target.job);
     let known_hosts = rt.path().join("known_hosts");
-    let sock_path = rt.path().join("p");
-    let listener = fd_pass::bind(&sock_path)?;
     let proxy = proxy_path();
-    let spawn_ssh = |user: &str| -> Result<tokio::process::Child> {
+    let mut spawned = 0;
+    // Each ssh gets a socket of its own: a stale one's ProxyCommand must
+    // never be the one handed the session.
+    let mut spawn_ssh = |user: &str| -> Result<EarlySsh> {
+        spawned += 1;
+        let sock_path = rt.path().join(format!("p{spawned}"));
+        let listener = fd_pass::bind(&sock_path)?;
         let cmd = SshCommand {
             program: o.program,
             binary: o.ssh_binary.clone(),
@@ -180,7 +213,7 @@ pub async fn run(o: &Options) -> Result<u8> {
         };
         let argv = cmd.argv();
         tracing::debug!(?argv, "running");
-        tokio::process::Command::new(&argv[0])
+        let child = tokio::process::Command::new(&argv[0])
             .args(&argv[1..])
             // The ProxyCommand's shell: a plain sh starts faster than a
             // login shell like bash, and ssh uses SHELL for nothing else.
@@ -189,9 +222,14 @@ pub async fn run(o: &Options) -> Result<u8> {
             // about must not outlive this run.
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("cannot run {} (is openssh-client installed?)", argv[0]))
+            .with_context(|| format!("cannot run {} (is openssh-client installed?)", argv[0]))?;
+        Ok(EarlySsh {
+            child,
+            user: user.to_string(),
+            listener,
+        })
     };
-    let mut ssh: Option<(tokio::process::Child, String)> = None;
+    let mut ssh: Option<EarlySsh> = None;
 
     let mut attempt = 0;
     let (stream, session, path, job_id) = loop {
@@ -202,8 +240,11 @@ pub async fn run(o: &Options) -> Result<u8> {
             let grant =
                 attach::request_waiting(&o.socket, &o.target, key.public, o.room_wait).await?;
             tracing::debug!(job = %o.target.job, job_id = grant.job_id, session_id = %grant.session_id, node = %grant.node, direct = ?grant.direct_addr, "capability granted");
-            if ssh.as_ref().map(|(_, u)| u.as_str()) != Some(grant.user.as_str()) {
-                ssh = Some((spawn_ssh(&grant.user)?, grant.user.clone()));
+            if ssh.as_ref().map(|s| s.user.as_str()) != Some(grant.user.as_str()) {
+                if let Some(old) = ssh.take() {
+                    old.stop().await;
+                }
+                ssh = Some(spawn_ssh(&grant.user)?);
             }
             let started = std::time::Instant::now();
             let (stream, session, path) = attach::connect(
@@ -264,9 +305,18 @@ pub async fn run(o: &Options) -> Result<u8> {
 
     // The account the node's Ready names is the one to log in as (a slot
     // user's, where the schedd knew only the owner's).
-    let mut child = match ssh {
-        Some((child, user)) if user == session.user => child,
-        _ => spawn_ssh(&session.user)?,
+    let EarlySsh {
+        mut child,
+        listener,
+        ..
+    } = match ssh {
+        Some(s) if s.user == session.user => s,
+        other => {
+            if let Some(old) = other {
+                old.stop().await;
+            }
+            spawn_ssh(&session.user)?
+        }
     };
     user_key::write_known_hosts(&known_hosts, &host, session.host_pubkey)?;
     let serve = fd_pass::serve(listener, stream);

@@ -61,8 +61,24 @@ impl Request {
     }
 }
 
+/// Variables through which a user's environment would change what these
+/// commands do (SBATCH_ARRAY_INX makes an array of the placeholder,
+/// SLURM_CLUSTERS sends scancel to another cluster's job of that number).
+fn steers(name: &str) -> bool {
+    ["SBATCH_", "SQUEUE_", "SCANCEL_", "SALLOC_"]
+        .iter()
+        .any(|p| name.starts_with(p))
+        || name == "SLURM_CLUSTERS"
+}
+
 async fn slurm(program: &str, args: &[String], env: &[(String, String)]) -> Result<String> {
-    let out = Command::new(program)
+    let mut cmd = Command::new(program);
+    for (k, _) in std::env::vars_os() {
+        if steers(&k.to_string_lossy()) {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
         .args(args)
         .envs(env.iter().cloned())
         .stdin(Stdio::null())

@@ -532,34 +532,36 @@ fn node_swaps() -> bool {
     fs::read_to_string("/proc/swaps").is_ok_and(|s| s.lines().count() > 1)
 }
 
-/// Most cgroups below one job's that are walked: a job may make its own
-/// (a rootless container in a delegated Slurm step), and no job makes the
-/// starter walk without end.
-const MAX_WALK: usize = 4096;
+/// Most entries (cgroups and pids) below one job's that are looked at: a
+/// job may make cgroups of its own (a rootless container in a delegated
+/// Slurm step), and no job makes the starter walk or hold without end.
+const MAX_WALK: usize = 65_536;
 
-/// The pids in the cgroup `dir` and every cgroup below it (at most
-/// MAX_WALK directories, without following symlinks).
+/// The pids in the cgroup `dir` and every cgroup below it, breadth first
+/// (the job's own levels before what it made below them), at most
+/// MAX_WALK entries, without following symlinks.
 pub fn procs_under(dir: &Path) -> Vec<i32> {
     let mut pids = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    let mut seen = 0;
-    while let Some(d) = todo.pop() {
-        seen += 1;
-        if seen > MAX_WALK {
-            tracing::warn!(dir = %dir.display(), "more than {MAX_WALK} cgroups below a job's; the rest are not looked into");
-            break;
-        }
+    let mut todo = std::collections::VecDeque::from([dir.to_path_buf()]);
+    let mut seen = 0usize;
+    while let Some(d) = todo.pop_front() {
         for l in fs::read_to_string(d.join("cgroup.procs"))
             .unwrap_or_default()
             .lines()
         {
             if let Ok(p) = l.trim().parse::<i32>() {
                 pids.push(p);
+                seen += 1;
             }
         }
         for e in fs::read_dir(&d).into_iter().flatten().flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
-                todo.push(e.path());
+                todo.push_back(e.path());
+                seen += 1;
+            }
+            if seen > MAX_WALK {
+                tracing::warn!(dir = %dir.display(), "more than {MAX_WALK} cgroups and processes below a job's; the rest are not looked into");
+                return pids;
             }
         }
     }

@@ -59,9 +59,12 @@ pub struct StarterConfig {
     pub jobs: Jobs,
     /// Processes and threads one job (its sessions included) may have at
     /// once, by its cgroup's pids controller: a fork bomb stays in its job.
-    /// 0: no cap.
-    pub job_pids_max: u32,
+    /// 0: no cap. Default [`DEFAULT_JOB_PIDS_MAX`].
+    pub job_pids_max: Option<u32>,
 }
+
+/// Processes and threads one job may have at once unless the admin says.
+pub const DEFAULT_JOB_PIDS_MAX: u32 = 32768;
 
 impl Default for StarterConfig {
     fn default() -> Self {
@@ -84,7 +87,7 @@ impl Default for StarterConfig {
             allow_agent_forwarding: true,
             cgroup_parent: None,
             jobs: Jobs::Queue,
-            job_pids_max: 32768,
+            job_pids_max: None,
         }
     }
 }

@@ -236,10 +236,21 @@ pub async fn run(
                 .unwrap_or(1)
         }),
     };
-    anyhow::ensure!(
-        !(slurm && config.slot_users.is_some()),
-        "slot_users is for the jobs this starter runs itself; with jobs = \"slurm\" Slurm runs them: remove slot_users from the [starter] config (or --slot-users)"
-    );
+    if slurm {
+        // Knobs for the jobs this starter runs itself: with Slurm they
+        // would do nothing, and an admin who set one expects them to.
+        for (set, knob) in [
+            (config.slot_users.is_some(), "slot_users"),
+            (config.slots.is_some(), "slots"),
+            (config.cgroup_parent.is_some(), "cgroup_parent"),
+            (config.job_pids_max.is_some(), "job_pids_max"),
+        ] {
+            anyhow::ensure!(
+                !set,
+                "{knob} is for the jobs this starter runs itself; with jobs = \"slurm\" Slurm runs them (its own cgroup.conf limits them): remove {knob} from the [starter] config (or its flag)"
+            );
+        }
+    }
     let name = node_name(&config);
     let slot_users = config
         .slot_users
@@ -268,7 +279,7 @@ pub async fn run(
         slot_users,
         cgroups,
         runs_none: slurm,
-        pids_max: config.job_pids_max,
+        pids_max: config.job_pids_max.unwrap_or(config::DEFAULT_JOB_PIDS_MAX),
     });
     // Where sessions find jobs: ours, or Slurm's (DESIGN §12).
     let locator: Arc<dyn job_locator::JobLocator> = match slurm {

@@ -57,12 +57,22 @@ fn looked_for(mounts: &[Mount], node: &str, job: u64) -> String {
     v.join(", ")
 }
 
-/// Job `job`'s directories on this node, if Slurm runs it here.
+/// A directory only root can have made and changed: slurmd's own levels
+/// of the tree (a step's directory may be the job's user's, to delegate).
+fn roots(d: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(d).is_ok_and(|m| m.is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0)
+}
+
+/// Job `job`'s directories on this node, if Slurm runs it here; None also
+/// when the tree disagrees with itself (two owners, a directory on the
+/// way that is not root's), which nothing is entered on.
 pub fn find(mounts: &[Mount], node: &str, job: u64) -> Option<JobDirs> {
     let name = format!("job_{job}");
     let mut dirs = Vec::new();
-    let mut uid = None;
-    let mut track = None;
+    let mut uids = Vec::new();
+    let mut v1_track = None;
+    let mut v2_track = None;
     for m in mounts {
         match &m.v1 {
             Some(ctrls) => {
@@ -75,29 +85,44 @@ pub fn find(mounts: &[Mount], node: &str, job: u64) -> Option<JobDirs> {
                             continue;
                         };
                         let d = e.path().join(&name);
-                        if d.is_dir() {
-                            uid = Some(u);
-                            if ctrls.iter().any(|c| c == "freezer") || track.is_none() {
-                                track = Some(d.clone());
-                            }
-                            dirs.push(d);
+                        if !d.is_dir() {
+                            continue;
                         }
+                        if !(roots(&base) && roots(&e.path()) && roots(&d)) {
+                            return None;
+                        }
+                        uids.push(u);
+                        if ctrls.iter().any(|c| c == "freezer") || v1_track.is_none() {
+                            v1_track = Some(d.clone());
+                        }
+                        dirs.push(d);
                     }
                 }
             }
             None => {
                 let d = m.point.join("system.slice/slurmstepd.scope").join(&name);
-                if d.is_dir() {
-                    track = Some(d.clone());
+                if d.is_dir() && roots(&d) {
+                    v2_track = Some(d.clone());
                     dirs.push(d);
                 }
             }
         }
     }
+    uids.sort_unstable();
+    uids.dedup();
+    if uids.len() > 1 {
+        tracing::warn!(
+            job,
+            ?uids,
+            "Slurm's cgroup tree names several owners for one job; not entering it"
+        );
+        return None;
+    }
     Some(JobDirs {
-        uid,
+        uid: uids.first().copied(),
         dirs,
-        track: track?,
+        // v1's freezer when Slurm tracks with it; v2's only without v1.
+        track: v1_track.or(v2_track)?,
     })
 }
 
@@ -137,16 +162,46 @@ fn choose(have: &[String], want: Option<Step>) -> Option<String> {
 }
 
 /// Whether the job's slurmstepd still runs: the job lives while it does.
+/// Looked for only where only root can put a process — v1's job level
+/// (`job_<id>/cgroup.procs`, where slurmd starts it), v2's `step_*/slurm`
+/// — and only a process that is root's through and through and runs a
+/// program named slurmstepd: a process of the job's own, whatever it
+/// calls itself, keeps no session alive.
 pub fn stepd_alive(track: &Path) -> bool {
-    procs_under(track).into_iter().any(|p| {
-        real_uid(p) == Some(0)
-            && std::fs::read_to_string(format!("/proc/{p}/comm"))
-                .is_ok_and(|c| c.trim_end() == "slurmstepd")
+    let mut levels = vec![track.to_path_buf()];
+    for e in std::fs::read_dir(track).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with("step_") {
+            levels.push(e.path().join("slurm"));
+        }
+    }
+    levels.iter().filter(|d| roots(d)).any(|d| {
+        std::fs::read_to_string(d.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+            .any(is_slurmstepd)
     })
+}
+
+fn is_slurmstepd(pid: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let all_root = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .is_some_and(|v| v.split_whitespace().all(|u| u == "0"))
+    };
+    all_root("Uid:")
+        && all_root("Gid:")
+        && std::fs::read_link(format!("/proc/{pid}/exe"))
+            .is_ok_and(|e| e.file_name().is_some_and(|n| n == "slurmstepd"))
 }
 
 struct Known {
     host_seed: Option<[u8; 32]>,
+    /// The job's cgroup (device, inode): a job of the same id later (Slurm
+    /// restarted its numbering) is another job, with a key of its own.
+    run: (u64, u64),
 }
 
 /// The locator for Slurm's jobs on this node.
@@ -174,17 +229,28 @@ impl SlurmJobs {
         }))
     }
 
-    fn seed(&self, job: u64) -> Option<[u8; 32]> {
+    fn seed(&self, job: u64, track: &Path) -> Option<[u8; 32]> {
+        use std::os::unix::fs::MetadataExt;
+        let run = std::fs::metadata(track).map(|m| (m.dev(), m.ino())).ok()?;
         let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        // Forget jobs that ended here (a bounded table, whatever runs).
-        if k.len() > 1024 {
-            k.retain(|id, _| find(&self.mounts, &self.node, *id).is_some());
+        // A bounded table, whatever runs: the lower half of the ids goes
+        // (those jobs get new keys if they are asked for again).
+        if k.len() >= 1024 {
+            let mut ids: Vec<u64> = k.keys().copied().collect();
+            ids.sort_unstable();
+            for id in &ids[..ids.len() / 2] {
+                k.remove(id);
+            }
         }
-        k.entry(job)
-            .or_insert_with(|| Known {
-                host_seed: crate::jobs::host_seed(),
-            })
-            .host_seed
+        let fresh = || Known {
+            host_seed: crate::jobs::host_seed(),
+            run,
+        };
+        let e = k.entry(job).or_insert_with(fresh);
+        if e.run != run {
+            *e = fresh();
+        }
+        e.host_seed
     }
 
     /// The job's outer process: the step's oldest process of its owner.
@@ -220,13 +286,28 @@ impl JobLocator for SlurmJobs {
         };
         let step_dir = dirs.track.join(format!("step_{chosen}"));
         let all = procs_under(&step_dir);
-        // v1 says whose job it is in its path; v2 by its processes' uid.
+        // v1 says whose job it is in its path; v2 by its processes' uid,
+        // which must be one (slurmstepd starts the job's tasks as its owner).
         let uid = match dirs.uid {
             Some(u) => u,
-            None => match all.iter().filter_map(|&p| real_uid(p)).find(|&u| u != 0) {
-                Some(u) => u,
-                None => return Located::Starting,
-            },
+            None => {
+                let mut uids: Vec<u32> = all
+                    .iter()
+                    .filter_map(|&p| real_uid(p))
+                    .filter(|&u| u != 0)
+                    .collect();
+                uids.sort_unstable();
+                uids.dedup();
+                match uids.as_slice() {
+                    [u] => *u,
+                    [] => return Located::Starting,
+                    _ => {
+                        return Located::Unrecognised(format!(
+                            "the step's processes belong to several users ({uids:?}); whose job it is cannot be told"
+                        ))
+                    }
+                }
+            }
         };
         let pids: Vec<i32> = all
             .into_iter()
@@ -289,7 +370,7 @@ impl JobLocator for SlurmJobs {
             init: Arc::new(init),
             spec: Arc::new(spec),
             owner_uid: uid,
-            host_seed: self.seed(job),
+            host_seed: self.seed(job, &dirs.track),
             cgroups: dirs.dirs.clone(),
             members: Members::InCgroup { dir: step_dir, uid },
             outer_view: OuterView::Process,

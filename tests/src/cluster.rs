@@ -356,20 +356,18 @@ impl Cluster {
         cmd.args(["--schedd", self.addr.as_deref().expect("schedd address")])
             .arg("--token-file")
             .arg(token_file)
-            .args([
-                "--name",
-                name,
-                "--slots",
-                &slots.to_string(),
-                "--kill-grace-secs",
-                "2",
-            ])
+            .args(["--name", name, "--kill-grace-secs", "2"])
             .arg("--work-dir")
-            .arg(work_dir)
-            .arg("--cgroup-parent")
-            // Another machine claiming a name has cgroups of its own.
-            .arg(self.cgroup_parent(log_name))
-            .args(extra)
+            .arg(work_dir);
+        // Beside slurmd a starter runs no job of its own: no slots, no
+        // cgroups of its own to place (it refuses knobs for them).
+        if !extra.windows(2).any(|w| w == ["--jobs", "slurm"]) {
+            cmd.args(["--slots", &slots.to_string()])
+                .arg("--cgroup-parent")
+                // Another machine claiming a name has cgroups of its own.
+                .arg(self.cgroup_parent(log_name));
+        }
+        cmd.args(extra)
             .args(if self.debug {
                 &["--debug"][..]
             } else {

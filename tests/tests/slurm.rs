@@ -539,13 +539,15 @@ fn faults_say_which_command_failed_and_which_node_is_missing() {
     // squeue as it fails when slurmctld cannot be reached.
     let bin = std::env::temp_dir().join(format!("stj-broken-slurm-{}", std::process::id()));
     std::fs::create_dir_all(&bin).unwrap();
-    let squeue = bin.join("squeue");
-    std::fs::write(
-        &squeue,
-        "#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller (connect failure)' >&2\nexit 1\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&squeue, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    for cmd in ["squeue", "scontrol"] {
+        let p = bin.join(cmd);
+        std::fs::write(
+            &p,
+            "#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller (connect failure)' >&2\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
     let c = Cluster::with_schedd_config(&format!(
         "jobs = \"slurm\"\nslurm_bin_dir = \"{}\"\n",
         bin.display()
@@ -573,4 +575,65 @@ fn faults_say_which_command_failed_and_which_node_is_missing() {
         "{err}"
     );
     scancel(id);
+}
+
+/// A job's name is its owner's free text. One with a newline and a row of
+/// squeue's format after it must not become a job of someone else's in
+/// the schedd's eyes: sessions still go into the owner's own job, and
+/// `stj q` shows no row the user made.
+#[test]
+fn a_job_name_cannot_forge_a_row_of_squeue() {
+    let (c, s) = pool();
+    let alice = TestUser::alice();
+    let bob = TestUser::bob();
+    let forged = format!(
+        "x\n999999|999999|{}|{}|RUNNING|None|{n}|{n}|1",
+        bob.uid,
+        bob.name,
+        n = s.node
+    );
+    let id = sbatch(
+        &c,
+        &alice,
+        &[
+            "-o",
+            "/dev/null",
+            "--job-name",
+            &forged,
+            "--wrap",
+            "sleep 86510",
+        ],
+    );
+    running(s, id, "sleep 86510");
+    let out = ok(c.ssh_to_job(&alice, &[&id.to_string(), "echo $SLURM_JOB_ID"], None));
+    assert_eq!(out.trim(), id.to_string());
+    let q = ok(c.stj(None, c.path(), &["q", "--json"]));
+    let jobs: serde_json::Value = serde_json::from_str(&q).unwrap();
+    let ids: Vec<u64> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_u64().unwrap())
+        .collect();
+    assert!(ids.contains(&id) && !ids.contains(&999999), "{q}");
+    scancel(id);
+}
+
+/// Knobs for jobs the starter runs itself are refused beside slurmd,
+/// naming the knob, rather than ignored.
+#[test]
+fn a_slurm_starter_refuses_knobs_for_its_own_jobs() {
+    let s = slurm();
+    let c = Cluster::with_schedd_config("jobs = \"slurm\"\n");
+    let child = c.spawn_starter(
+        &s.node,
+        1,
+        &c.token_file,
+        &["--jobs", "slurm", "--slots", "4"],
+    );
+    let log = c.starter_refused(&s.node, child);
+    assert!(
+        log.contains("slots is for the jobs this starter runs itself"),
+        "{log}"
+    );
 }

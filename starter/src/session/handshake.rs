@@ -143,7 +143,12 @@ async fn exchange(s: &Sessions, stream: &mut TcpStream, unheard: Option<UnheardC
         );
     }
     let t0 = std::time::Instant::now();
-    let target = match s.jobs.locate(cap.job_id, hs.asks.step) {
+    // Reading a job's cgroup tree and /proc: quick, but blocking.
+    let (jobs, step) = (s.jobs.clone(), hs.asks.step);
+    let located = tokio::task::spawn_blocking(move || jobs.locate(cap.job_id, step))
+        .await
+        .map_err(|e| Err(HandshakeError::Io(std::io::Error::other(e))))?;
+    let target = match located {
         Located::Here(t) if t.owner_uid != cap.owner_uid => {
             return refuse(
                 ErrorCode::JobNotHere,

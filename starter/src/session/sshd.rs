@@ -329,8 +329,17 @@ async fn job_ended(ends_with: Option<PathBuf>) {
     }
 }
 
+/// The parent of `pid`, from /proc/PID/stat.
+fn parent(pid: i32) -> Option<i32> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = s.get(s.rfind(')')? + 2..)?;
+    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+}
+
 /// SIGKILL to `root` and every process below it, until none is left (a
-/// process forked meanwhile is found on the next round).
+/// process forked meanwhile is found on the next round). Each is pinned by
+/// a pidfd and checked to have the parent the walk saw before it is
+/// signalled: a pid reused meanwhile is left alone.
 fn kill_tree(root: i32) {
     for _ in 0..50 {
         let mut parent_of = std::collections::HashMap::new();
@@ -338,13 +347,7 @@ fn kill_tree(root: i32) {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
                 continue;
             };
-            let ppid = fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let rest = s.get(s.rfind(')')? + 2..)?.to_string();
-                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
-                });
-            if let Some(ppid) = ppid {
+            if let Some(ppid) = parent(pid) {
                 parent_of.insert(pid, ppid);
             }
         }
@@ -364,8 +367,12 @@ fn kill_tree(root: i32) {
             return;
         }
         for p in tree {
-            // SAFETY: kill(2) with a pid read from /proc just now.
-            unsafe { libc::kill(p, libc::SIGKILL) };
+            let Ok(fd) = crate::container::pidfd_open(p) else {
+                continue;
+            };
+            if parent(p) == parent_of.get(&p).copied() {
+                crate::container::signal_pidfd(&fd, libc::SIGKILL);
+            }
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
