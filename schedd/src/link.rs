@@ -22,6 +22,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use crate::audit::Event;
 use crate::enrolment::{Admitted, EnrolmentError};
+use crate::queue::now;
 use crate::registry::StarterHandle;
 use crate::state::Schedd;
 
@@ -83,6 +84,8 @@ struct Link<S> {
     rx: mpsc::Receiver<Box<ScheddMessage>>,
     name: String,
     conn_id: u64,
+    /// Unix time of the last frame from the starter (`stj nodes`).
+    last_heard: Arc<std::sync::atomic::AtomicI64>,
 }
 
 fn out(msg: Out) -> bytes::Bytes {
@@ -164,6 +167,7 @@ where
     // an idle link's outbox small.
     let (tx, rx) = mpsc::channel::<Box<ScheddMessage>>(OUTBOX);
     let conn_id = schedd.registry.next_conn_id();
+    let last_heard = Arc::new(std::sync::atomic::AtomicI64::new(now()));
     {
         let _pool = schedd.pool_lock.lock().await;
         schedd.registry.disconnect(&name);
@@ -187,6 +191,9 @@ where
                 key: starter_key,
                 session_addr: hello.session_addr.clone(),
             },
+            peer.to_string(),
+            hello.software_version.chars().take(64).collect(),
+            last_heard.clone(),
         );
     }
     tracing::info!(%peer, node = %name, slots = hello.slots, running = hello.running_jobs.len(), "starter registered");
@@ -197,6 +204,7 @@ where
         rx,
         name,
         conn_id,
+        last_heard,
     })
 }
 
@@ -212,6 +220,7 @@ where
             mut rx,
             name,
             conn_id,
+            last_heard,
         } = self;
         let (mut sink, mut stream) = framed.split();
         let heartbeat = Duration::from_secs(schedd.config.heartbeat_secs.into());
@@ -244,6 +253,7 @@ where
                     Ok(None) | Ok(Some(Err(_))) => return Ok(End::PeerClosed),
                     Ok(Some(Ok(f))) => f,
                 };
+                last_heard.store(now(), std::sync::atomic::Ordering::Relaxed);
                 match decode::<StarterMessage>(frame)?.msg {
                     Some(In::Exited(exit)) => job_exited(&schedd, &name, exit)?,
                     Some(In::Started(s)) => {
@@ -266,7 +276,11 @@ where
             r = writer => r.map(|()| End::Replaced).or(Ok(End::PeerClosed)),
             r = reader => r,
         };
-        schedd.registry.remove_if(&name, conn_id);
+        let how = match result {
+            Ok(End::Silent) => crate::registry::Lost::Silent,
+            _ => crate::registry::Lost::Closed,
+        };
+        schedd.registry.remove_if(&name, conn_id, how);
         match result? {
             End::Replaced => {}
             End::Silent => {

@@ -1,8 +1,9 @@
-//! The starters connected right now, and when the others were last seen.
+//! The starters connected right now, when the others were last seen, and
+//! what `stj nodes` says of each.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use stj_proto::starter::ScheddMessage;
@@ -24,10 +25,46 @@ pub struct SessionTarget {
     pub session_addr: String,
 }
 
+/// How a starter's link stands, for `stj nodes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    Connected,
+    /// No heartbeat for three periods.
+    Silent,
+    /// Closed or reset.
+    Gone,
+}
+
+/// What the registry keeps of a starter it has seen since start.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    pub state: LinkState,
+    /// Unix time the state began.
+    pub since: i64,
+    pub slots: u32,
+    pub version: String,
+    pub address: String,
+    /// Unix time anything was last heard on its link (shared with the link,
+    /// which bumps it on every frame).
+    pub last_heard: Arc<AtomicI64>,
+}
+
+/// Why a link ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lost {
+    Silent,
+    Closed,
+}
+
 #[derive(Default)]
 struct Inner {
     connected: HashMap<String, StarterHandle>,
     gone_since: HashMap<String, Instant>,
+    seen: HashMap<String, NodeView>,
+}
+
+fn unix_now() -> i64 {
+    stj_proto::capability::unix_now() as i64
 }
 
 #[derive(Default)]
@@ -55,19 +92,56 @@ impl Registry {
         }
     }
 
-    pub fn insert(&self, name: &str, handle: StarterHandle) {
+    /// `name` registered: connected from `address`, running `version`;
+    /// `last_heard` is the link's, bumped on every frame.
+    pub fn insert(
+        &self,
+        name: &str,
+        handle: StarterHandle,
+        address: String,
+        version: String,
+        last_heard: Arc<AtomicI64>,
+    ) {
         let mut g = self.lock();
         g.gone_since.remove(name);
+        g.seen.insert(
+            name.to_string(),
+            NodeView {
+                state: LinkState::Connected,
+                since: unix_now(),
+                slots: handle.slots,
+                version,
+                address,
+                last_heard,
+            },
+        );
         g.connected.insert(name.to_string(), handle);
     }
 
-    /// Removes `name` only if it is still the connection `conn_id`.
-    pub fn remove_if(&self, name: &str, conn_id: u64) {
+    /// Removes `name` only if it is still the connection `conn_id`, which
+    /// ended as `how`.
+    pub fn remove_if(&self, name: &str, conn_id: u64, how: Lost) {
         let mut g = self.lock();
         if g.connected.get(name).map(|h| h.conn_id) == Some(conn_id) {
             g.connected.remove(name);
             g.gone_since.insert(name.to_string(), Instant::now());
+            if let Some(v) = g.seen.get_mut(name) {
+                (v.state, v.since) = match how {
+                    // Silent since it was last heard, not since we noticed.
+                    Lost::Silent => (LinkState::Silent, v.last_heard.load(Ordering::Relaxed)),
+                    Lost::Closed => (LinkState::Gone, unix_now()),
+                };
+            }
         }
+    }
+
+    /// Every starter seen since start, by name.
+    pub fn views(&self) -> Vec<(String, NodeView)> {
+        let g = self.lock();
+        let mut v: Vec<(String, NodeView)> =
+            g.seen.iter().map(|(n, s)| (n.clone(), s.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     /// Queues a message for a connected starter. False if it is not connected

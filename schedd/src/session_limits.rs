@@ -166,6 +166,15 @@ impl SessionLimits {
         self.lock().remove(id);
     }
 
+    /// Sessions open on `node` now, as its reports say (`stj nodes`).
+    pub fn open_on(&self, node: &str) -> usize {
+        self.lock()
+            .by_id
+            .values()
+            .filter(|e| e.node == node && e.state == State::Open)
+            .count()
+    }
+
     /// `node` says the session ended.
     pub fn ended(&self, node: &str, id: &SessionId) {
         let mut inner = self.lock();

@@ -8,9 +8,9 @@ use stj_proto::starter::{schedd_message::Msg as Out, KillJob, ScheddMessage};
 use stj_proto::user::schedd_server::Schedd as ScheddApi;
 use stj_proto::user::{
     AuditReply, AuditRequest, ConnectBackReply, ConnectBackRequest, InfoReply, InfoRequest, Job,
-    JobSpec, JobState, QueryReply, QueryRequest, RemoveOutcome, RemoveReply, RemoveRequest,
-    ReportExitReply, ReportExitRequest, RequestSessionReply, RequestSessionRequest, SubmitReply,
-    SubmitRequest, WaitReply, WaitRequest,
+    JobSpec, JobState, Node, NodesReply, NodesRequest, QueryReply, QueryRequest, RemoveOutcome,
+    RemoveReply, RemoveRequest, ReportExitReply, ReportExitRequest, RequestSessionReply,
+    RequestSessionRequest, SubmitReply, SubmitRequest, WaitReply, WaitRequest,
 };
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
@@ -243,6 +243,72 @@ impl ScheddApi for UserApi {
                 ..Default::default()
             },
         }))
+    }
+
+    async fn nodes(&self, req: Request<NodesRequest>) -> Result<Response<NodesReply>, Status> {
+        use std::sync::atomic::Ordering;
+        use stj_proto::user::node::State;
+        let req = req.into_inner();
+        if req.names.len() > MAX_QUERY_IDS {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_QUERY_IDS} node names per query"
+            )));
+        }
+        let wanted = |n: &str| req.names.is_empty() || req.names.iter().any(|w| w == n);
+        let mut nodes = Vec::new();
+        let seen = self.schedd.registry.views();
+        for (name, v) in &seen {
+            if !wanted(name) {
+                continue;
+            }
+            let jobs: Vec<u64> = self
+                .schedd
+                .queue
+                .running_on(name)
+                .map_err(internal)?
+                .iter()
+                .map(|j| j.id)
+                .collect();
+            nodes.push(Node {
+                name: name.clone(),
+                state: match v.state {
+                    crate::registry::LinkState::Connected => State::Connected,
+                    crate::registry::LinkState::Silent => State::Silent,
+                    crate::registry::LinkState::Gone => State::Gone,
+                } as i32,
+                since: v.since,
+                slots_total: v.slots,
+                slots_used: jobs.len() as u32,
+                jobs,
+                sessions_open: self.schedd.limits.open_on(name) as u32,
+                version: v.version.clone(),
+                address: v.address.clone(),
+                last_heard: v.last_heard.load(Ordering::Relaxed),
+            });
+        }
+        // Enrolled nodes not seen since this schedd started.
+        let enrolled = self.schedd.enrolment.list().map_err(internal)?;
+        for e in enrolled {
+            if wanted(&e.name) && !seen.iter().any(|(n, _)| *n == e.name) {
+                nodes.push(Node {
+                    name: e.name,
+                    state: State::NotSeen as i32,
+                    since: e.enrolled_at,
+                    address: e.enrolled_from,
+                    ..Default::default()
+                });
+            }
+        }
+        for n in &req.names {
+            if !nodes.iter().any(|x| x.name == *n) {
+                return Err(Status::not_found(format!(
+                    "no node {:?} has enrolled with this schedd (stj nodes lists them)",
+                    n.chars().take(64).collect::<String>()
+                )));
+            }
+        }
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(NodesReply { nodes }))
     }
 
     async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<SubmitReply>, Status> {

@@ -9,6 +9,7 @@ pub mod host_ca;
 pub mod jobs_view;
 pub mod key_file;
 pub mod limits;
+pub mod nodes_view;
 pub mod runtime_dir;
 pub mod schedd_client;
 pub mod session;

@@ -262,6 +262,7 @@ async fn session(
             session_addr,
             open_sessions,
             finished_sessions: state.pending_session_ends.values().cloned().collect(),
+            software_version: env!("CARGO_PKG_VERSION").into(),
         })),
     };
     framed.send(encode(&hello)).await.map_err(retry)?;

@@ -94,6 +94,21 @@ enum Cmd {
         /// Only these jobs.
         ids: Vec<u64>,
     },
+    /// The pool's nodes: each starter the schedd knows, its state
+    /// (connected; silent since; gone since), slots, jobs, open sessions,
+    /// version, the address it registered from, when it was last heard.
+    ///
+    /// Examples:
+    ///   stj nodes
+    ///   stj nodes node17 --json
+    #[command(verbatim_doc_comment)]
+    Nodes {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Only these nodes.
+        names: Vec<String>,
+    },
     /// Remove jobs (the owner's, or any as root); running ones are killed.
     Rm {
         #[arg(required = true)]
@@ -281,6 +296,24 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             eprintln!("stj: interactive job {id} submitted; Ctrl-C while it waits removes it");
             return interactive_session(id, socket).await;
+        }
+        Cmd::Nodes { json, names } => {
+            let mut c = connect(&socket).await?;
+            let nodes = c
+                .nodes(stj_proto::user::NodesRequest { names })
+                .await
+                .map_err(ssh_to_job::schedd_client::status_error)?
+                .into_inner()
+                .nodes;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&ssh_to_job::nodes_view::json(&nodes))?
+                );
+            } else {
+                let now = stj_proto::capability::unix_now() as i64;
+                print!("{}", ssh_to_job::nodes_view::table(&nodes, now));
+            }
         }
         Cmd::Q { json, all, ids } => {
             let mut c = connect(&socket).await?;

@@ -108,6 +108,15 @@ async fn exchange(s: &Sessions, stream: &mut TcpStream, unheard: Option<UnheardC
         Err(e) => return refuse(ErrorCode::BadMessage, format!("bad hello: {e}")),
     };
     let cap = hs.capability.clone();
+    // Before the in-flight claim: a session id already used is "replayed"
+    // even while the connection that used it is still winding down.
+    if s.replay.contains(&cap.session_id) {
+        return refuse(
+            ErrorCode::Replayed,
+            "this session id was already used; every ssh-to-job run needs a fresh capability"
+                .into(),
+        );
+    }
     let Some(_in_flight) = s.admission.claim(cap.session_id) else {
         return refuse(
             ErrorCode::InUse,
@@ -133,13 +142,6 @@ async fn exchange(s: &Sessions, stream: &mut TcpStream, unheard: Option<UnheardC
         return refuse(
             ErrorCode::NodeMisconfigured,
             format!("ssh-to-job is unavailable on node {}: {why}", s.node),
-        );
-    }
-    if s.replay.contains(&cap.session_id) {
-        return refuse(
-            ErrorCode::Replayed,
-            "this session id was already used; every ssh-to-job run needs a fresh capability"
-                .into(),
         );
     }
     let t0 = std::time::Instant::now();
