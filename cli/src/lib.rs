@@ -7,8 +7,10 @@
 //! `STJ_LOG`. `fd_passing`: one socket to another process. `paths`: where
 //! an installed pool keeps things.
 //! `private_file`: secrets on disk, written and read so others cannot.
-//! `shares`: what peers may hold of a daemon's capacity.
+//! `shares`: what peers may hold of a daemon's capacity. `backoff`: when a
+//! starter calls its schedd again.
 
+pub mod backoff;
 pub mod config_file;
 pub mod daemon;
 pub mod expiring;

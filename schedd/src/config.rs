@@ -61,6 +61,9 @@ pub struct ScheddConfig {
     /// The stj-starter binary on the nodes, which `stj submit --interactive`
     /// runs as the placeholder of an interactive Slurm job.
     pub slurm_placeholder: PathBuf,
+    /// Starter registrations admitted a second (TLS handshake and
+    /// reconciliation each); more wait their turn, or call back later.
+    pub max_registrations_per_sec: u32,
 }
 
 impl Default for ScheddConfig {
@@ -85,12 +88,17 @@ impl Default for ScheddConfig {
             slurm_bin_dir: PathBuf::from("/usr/bin"),
             slurm_cache_secs: 2,
             slurm_placeholder: PathBuf::from("/usr/bin/stj-starter"),
+            max_registrations_per_sec: 2000,
         }
     }
 }
 
 /// Checks what the file and the flags set together.
 pub fn validate(c: &ScheddConfig) -> Result<()> {
+    anyhow::ensure!(
+        c.max_registrations_per_sec > 0,
+        "max_registrations_per_sec = 0 in [schedd] would admit no starter: give a rate (default 2000)"
+    );
     anyhow::ensure!(
         c.slurm_cache_secs <= 60,
         "slurm_cache_secs = {} in [schedd]: at most 60 (answers older than that would let sessions into jobs Slurm has moved on from)",

@@ -13,6 +13,7 @@ mod job_source;
 mod link;
 mod listener;
 mod matchmaker;
+mod pace;
 pub mod pki;
 pub mod queue;
 mod registry;
@@ -40,6 +41,10 @@ use state::Schedd;
 /// File in the state dir holding the address the schedd listens on, so that
 /// tools (and tests that bind port 0) can find it.
 pub const ADDR_FILE: &str = "schedd.addr";
+
+/// How long a registration may wait for its moment (pace.rs) before the
+/// starter is turned away to call back later.
+const REGISTRATION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The schedd's two sockets, bound before it runs (so that a caller, a
 /// test for instance, can bind port 0 and learn the address first).
@@ -115,6 +120,7 @@ pub async fn run(
         relays: Arc::new(tokio::sync::Semaphore::new(budget.relays)),
         denials: denials::Denials::default(),
         stopping: tokio_util::sync::CancellationToken::new(),
+        registrations: pace::Pace::new(config.max_registrations_per_sec, REGISTRATION_WAIT),
         slurm: (config.jobs == config::Jobs::Slurm).then(|| {
             slurm::SlurmSource::new(
                 config.slurm_bin_dir.clone(),

@@ -99,6 +99,13 @@ async fn dispatch(
     }
     drop(silent);
     if first[0] == TLS_HANDSHAKE_RECORD {
+        // A restart's storm of registrations comes in at a bounded rate;
+        // a starter turned away calls back later, at a random moment.
+        let Some(wait) = schedd.registrations.slot(std::time::Instant::now()) else {
+            tracing::debug!(%peer, "registrations are coming faster than max_registrations_per_sec; turned away");
+            return;
+        };
+        tokio::time::sleep(wait).await;
         // Until its hello is checked, a link holds one of few slots.
         let Ok(share) = tokio::time::timeout(TLS_DEADLINE, preauth.acquire(peer.ip())).await else {
             tracing::warn!(%peer, "too many TLS handshakes in progress; dropped");

@@ -39,6 +39,8 @@ pub struct Schedd {
     pub(crate) stopping: tokio_util::sync::CancellationToken,
     /// Slurm, when the pool's jobs are Slurm's (`jobs = "slurm"`).
     pub(crate) slurm: Option<crate::slurm::SlurmSource>,
+    /// Starter registrations at a bounded rate (a restart's storm).
+    pub(crate) registrations: crate::pace::Pace,
 }
 
 /// The schedd's fd limit, divided among what peers can make it hold, so

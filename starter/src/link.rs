@@ -123,7 +123,8 @@ pub async fn run(params: LinkParams, jobs: Arc<Jobs>, events: Reports) -> anyhow
         pending_session_ends: BTreeMap::new(),
         events,
     };
-    let mut backoff = Duration::from_secs(1);
+    // The first call comes at once; after that, spread and backed off.
+    let mut backoff = stj_cli::backoff::Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
     loop {
         let mut registered = false;
         let result = session(
@@ -136,19 +137,21 @@ pub async fn run(params: LinkParams, jobs: Arc<Jobs>, events: Reports) -> anyhow
         )
         .await;
         if registered {
-            backoff = Duration::from_secs(1);
+            backoff.reset();
         }
+        let delay = backoff.next_delay();
+        let retry_in_ms = delay.as_millis() as u64;
         match result {
             Err(LinkError::Fatal(msg)) => anyhow::bail!(msg),
             Err(LinkError::Retry(msg)) => {
-                tracing::warn!(schedd = %params.schedd, retry_in_secs = backoff.as_secs(), "{msg}")
+                tracing::warn!(schedd = %params.schedd, retry_in_ms, "{msg}")
             }
             Ok(()) => {
-                tracing::warn!(schedd = %params.schedd, retry_in_secs = backoff.as_secs(), "schedd closed the link")
+                tracing::warn!(schedd = %params.schedd, retry_in_ms, "schedd closed the link")
             }
         }
         // Jobs keep running and ending meanwhile; remember their exits.
-        let sleep = tokio::time::sleep(backoff);
+        let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         loop {
             tokio::select! {
@@ -156,7 +159,6 @@ pub async fn run(params: LinkParams, jobs: Arc<Jobs>, events: Reports) -> anyhow
                 Some(ev) = state.events.recv() => { state.absorb(ev); }
             }
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 

@@ -116,3 +116,78 @@ pub async fn register(
         relays: want_relays.then_some(rx),
     })
 }
+
+/// A simulated starter that stays registered the way a real one does: it
+/// calls back after losing its link, at the moments `stj_cli::backoff`
+/// gives (the starter's own policy), with its one key. Each registration's
+/// time goes into `registered_at` (milliseconds since `base`).
+pub async fn stay_registered(
+    schedd: String,
+    token: JoinToken,
+    name: String,
+    base: std::time::Instant,
+    registered_at: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let Ok(key) = rcgen::KeyPair::generate() else {
+        return;
+    };
+    let Ok(cert) = rcgen::CertificateParams::new(vec!["stj-starter".to_string()])
+        .and_then(|p| p.self_signed(&key))
+    else {
+        return;
+    };
+    let mut backoff =
+        stj_cli::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        let identity = (
+            vec![rustls::pki_types::CertificateDer::from(cert.der().to_vec())],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+                key.serialize_der(),
+            )),
+        );
+        let linked = async {
+            let (cfg, _) = stj_starter::tls::client_config(token.ca_sha256, identity)?;
+            let tcp = TcpStream::connect(schedd.as_str()).await?;
+            let tls = TlsConnector::from(cfg)
+                .connect(stj_starter::tls::server_name(), tcp)
+                .await?;
+            let mut framed = Framed::new(tls, link_codec());
+            let hello = StarterMessage {
+                msg: Some(Out::Hello(StarterHello {
+                    protocol_version: stj_proto::STARTER_PROTOCOL_VERSION,
+                    name: name.clone(),
+                    join_secret: token.secret.to_vec(),
+                    ..Default::default()
+                })),
+            };
+            framed.send(encode(&hello)).await?;
+            match tokio::time::timeout(Duration::from_secs(30), framed.next()).await {
+                Ok(Some(Ok(f))) => match decode::<ScheddMessage>(f)?.msg {
+                    Some(In::Welcome(_)) => Ok::<_, anyhow::Error>(framed),
+                    other => bail!("not welcomed: {other:?}"),
+                },
+                _ => bail!("link closed during registration"),
+            }
+        };
+        if let Ok(mut framed) = linked.await {
+            registered_at.store(
+                base.elapsed().as_millis() as u64,
+                std::sync::atomic::Ordering::SeqCst,
+            );
+            backoff.reset();
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    f = framed.next() => if !matches!(f, Some(Ok(_))) { break },
+                    _ = tick.tick() => {
+                        let hb = StarterMessage { msg: Some(Out::Heartbeat(Heartbeat { seq: 0 })) };
+                        if framed.send(encode(&hb)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}

@@ -752,3 +752,80 @@ fn a_flooded_starter_still_starts_jobs_and_a_broken_one_hands_them_back() {
         "node2 failed it first"
     );
 }
+
+/// A schedd restart brings every starter back at once. Registrations are
+/// admitted at a bounded rate (here 200 a second, for 600 simulated
+/// starters: a storm of seconds); starters call back at random moments
+/// and, turned away, later. Meanwhile a real node that is back serves its
+/// sessions as ever, and every starter is registered again in the end.
+#[test]
+fn a_reconnect_storm_after_a_schedd_restart_keeps_sessions_going() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let mut c =
+        Cluster::with_schedd_config("max_registrations_per_sec = 200\nheartbeat_secs = 1\n");
+    c.start_starter("node1", 1);
+    let alice = TestUser::alice();
+    let job = c.submit(&alice, &["--", "sleep", "86433"]);
+    c.wait_state(job, "running", T);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let token =
+        stj_proto::token::JoinToken::parse(&std::fs::read_to_string(&c.token_file).unwrap())
+            .unwrap();
+    let addr = c.addr.clone().unwrap();
+    let base = std::time::Instant::now();
+    let marks: Vec<Arc<AtomicU64>> = (0..600).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    for (i, m) in marks.iter().enumerate() {
+        rt.spawn(stj_tests::sim_starter::stay_registered(
+            addr.clone(),
+            token.clone(),
+            format!("storm-{i}"),
+            base,
+            m.clone(),
+        ));
+    }
+    wait_until(
+        "600 simulated starters to register",
+        Duration::from_secs(120),
+        || {
+            marks
+                .iter()
+                .all(|m| m.load(Ordering::SeqCst) > 0)
+                .then_some(())
+        },
+    );
+    c.kill_schedd();
+    let restart = base.elapsed().as_millis() as u64;
+    c.start_schedd();
+    // node1 is back (it calls back like the rest) and serves its job's
+    // sessions while the storm goes on.
+    let out = wait_until(
+        "a session into the job on a node that is back",
+        Duration::from_secs(60),
+        || {
+            let o = c.ssh_to_job(&alice, &[&job.to_string(), "echo back"], None);
+            o.status
+                .success()
+                .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+        },
+    );
+    assert_eq!(out, "back\n");
+    let during = marks
+        .iter()
+        .filter(|m| m.load(Ordering::SeqCst) <= restart)
+        .count();
+    wait_until(
+        "every simulated starter to register again",
+        Duration::from_secs(120),
+        || {
+            marks
+                .iter()
+                .all(|m| m.load(Ordering::SeqCst) > restart)
+                .then_some(())
+        },
+    );
+    assert!(
+        during > 0,
+        "the storm was paced: some starters were still away when the session ran"
+    );
+    rt.shutdown_background();
+}

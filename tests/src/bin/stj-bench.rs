@@ -4,13 +4,14 @@
 //!   cargo build --workspace --release && target/release/stj-bench [--quick]
 //!   target/release/stj-bench --only relay,issuance    # some sections only
 //!
-//! Sections: attach, slurm, bulk, relay, issuance, scale.
+//! Sections: attach, slurm, bulk, relay, issuance, scale, storm.
 //!
 //! Needs root (it makes users, namespaces and a pool like the tests do).
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -234,7 +235,7 @@ fn main() -> Result<()> {
         .map(|i| {
             args.get(i + 1)
                 .map(|v| v.split(',').map(String::from).collect())
-                .context("--only needs a list: attach,slurm,bulk,relay,issuance,scale")
+                .context("--only needs a list: attach,slurm,bulk,relay,issuance,scale,storm")
         })
         .transpose()?;
     let run = |section: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == section));
@@ -364,6 +365,11 @@ fn main() -> Result<()> {
         rows.extend(rt.block_on(scale(&mut sim, &token, &addr, starters, sessions))?);
     }
 
+    if run("storm") {
+        let n = if quick { 500 } else { 10_000 };
+        rows.push(storm(n)?);
+    }
+
     println!("| measurement | ssh-to-job | baseline | ratio | target |");
     println!("|---|---|---|---|---|");
     for r in rows {
@@ -373,6 +379,62 @@ fn main() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A reconnect storm: `n` simulated starters (the real link protocol, the
+/// starter's own backoff) registered, the schedd killed and started again;
+/// how long until all are registered again, and how long the median and the
+/// last one waited.
+fn storm(n: usize) -> Result<Row> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let rt = tokio::runtime::Runtime::new()?;
+    let mut c = Cluster::new();
+    let token = JoinToken::parse(&std::fs::read_to_string(&c.token_file)?)?;
+    let addr = c.addr.clone().context("schedd address")?;
+    let base = Instant::now();
+    let marks: Vec<Arc<AtomicU64>> = (0..n).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    for (i, m) in marks.iter().enumerate() {
+        rt.spawn(sim_starter::stay_registered(
+            addr.clone(),
+            token.clone(),
+            format!("storm-{i}"),
+            base,
+            m.clone(),
+        ));
+    }
+    let all_after = |t: u64, limit: Duration| -> Result<()> {
+        let deadline = Instant::now() + limit;
+        while marks.iter().any(|m| m.load(Ordering::SeqCst) <= t) {
+            if Instant::now() > deadline {
+                let missing = marks
+                    .iter()
+                    .filter(|m| m.load(Ordering::SeqCst) <= t)
+                    .count();
+                bail!("{missing} of {n} simulated starters did not register in {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    };
+    all_after(0, Duration::from_secs(300))?;
+    c.kill_schedd();
+    let restart = base.elapsed().as_millis() as u64;
+    c.start_schedd();
+    all_after(restart, Duration::from_secs(300))?;
+    let mut waits: Vec<f64> = marks
+        .iter()
+        .map(|m| (m.load(Ordering::SeqCst) - restart) as f64 / 1000.0)
+        .collect();
+    let longest = waits.iter().cloned().fold(0.0, f64::max);
+    let med = median(&mut waits);
+    rt.shutdown_background();
+    Ok(Row {
+        what: format!("reconnect storm: {n} simulated starters registered again after a schedd kill -9 and restart (s: all back; median wait, longest)"),
+        stj: format!("{longest:.1} (median {med:.1}, longest {longest:.1})"),
+        baseline: "–".into(),
+        ratio: "–".into(),
+        target: "–".into(),
+    })
 }
 
 /// A job on a simulated starter, and a relayed raw connection pair for it.
