@@ -21,6 +21,7 @@ PKGS=(
   xvfb x11-utils xauth  # X11 forwarding into a job: a virtual X server, xdpyinfo (tests)
   runc                # rootless OCI containers a job starts itself, and Slurm's --container (tests)
   slurm-wlm munge     # a real slurmctld and slurmd for the Slurm tests (started by hand, tests/src/slurm.rs)
+  prometheus          # promtool, which checks what the daemons' metrics endpoints serve (tests)
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod expiring;
 pub mod fd_passing;
 pub mod logging;
+pub mod metrics_http;
 pub mod paths;
 pub mod private_file;
 pub mod shares;

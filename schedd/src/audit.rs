@@ -12,7 +12,8 @@
 //! no record.
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 
 use tokio::sync::oneshot;
 
@@ -72,6 +73,15 @@ type Message = Option<Queued>;
 pub struct AuditLog {
     tx: mpsc::Sender<Message>,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Records sent and not yet taken by the writer, and those it holds
+    /// after a failed commit (the `audit_backlog` metric).
+    backlog: Backlog,
+}
+
+#[derive(Clone, Default)]
+struct Backlog {
+    queued: Arc<AtomicUsize>,
+    held: Arc<AtomicUsize>,
 }
 
 const MAX_BATCH: usize = 4096;
@@ -89,13 +99,16 @@ impl AuditLog {
         let conn = crate::queue::connect(db)?;
         let (tx, rx) = mpsc::channel::<Message>();
         let path = db.to_path_buf();
+        let backlog = Backlog::default();
+        let counts = backlog.clone();
         let writer = std::thread::Builder::new()
             .name("stj-audit".into())
-            .spawn(move || writer(conn, rx, retention_days, &path))
+            .spawn(move || writer(conn, rx, retention_days, &path, counts))
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         Ok(AuditLog {
             tx,
             writer: std::sync::Mutex::new(Some(writer)),
+            backlog,
         })
     }
 
@@ -111,8 +124,14 @@ impl AuditLog {
         }
     }
 
+    /// Records not committed yet.
+    pub fn backlog(&self) -> usize {
+        self.backlog.queued.load(Ordering::Relaxed) + self.backlog.held.load(Ordering::Relaxed)
+    }
+
     /// Queues `e`; it is written soon, and kept until it is.
     pub fn send(&self, e: Event) {
+        self.backlog.queued.fetch_add(1, Ordering::Relaxed);
         if self.tx.send(Some((e, now(), None))).is_err() {
             tracing::error!("audit writer is gone; a record was lost");
         }
@@ -121,6 +140,7 @@ impl AuditLog {
     /// Writes `e` and returns once it is committed, or why it could not be.
     pub async fn record(&self, e: Event) -> Result<(), String> {
         let (ack, done) = oneshot::channel();
+        self.backlog.queued.fetch_add(1, Ordering::Relaxed);
         self.tx
             .send(Some((e, now(), Some(ack))))
             .map_err(|_| "the audit writer is gone".to_string())?;
@@ -200,7 +220,13 @@ fn prune(conn: &Connection, days: u64, now: i64) -> rusqlite::Result<usize> {
     conn.execute("DELETE FROM sessions WHERE issued_at < ?1", params![cutoff])
 }
 
-fn writer(mut conn: Connection, rx: mpsc::Receiver<Message>, retention_days: u64, path: &Path) {
+fn writer(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Message>,
+    retention_days: u64,
+    path: &Path,
+    backlog: Backlog,
+) {
     let mut next_prune = std::time::Instant::now();
     // Events whose commit failed, oldest first, tried again with the next batch.
     let mut held: std::collections::VecDeque<(Event, i64)> = std::collections::VecDeque::new();
@@ -232,6 +258,12 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Message>, retention_days: u64
                 Err(_) => break,
             }
         }
+        let taken = batch.len();
+        let _ = backlog
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                Some(q.saturating_sub(taken))
+            });
         let result = (|| -> rusqlite::Result<()> {
             // IMMEDIATE: take the write lock up front, waiting (busy
             // timeout) for the queue's own writes. A deferred transaction
@@ -279,6 +311,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Message>, retention_days: u64
                 }
             }
         }
+        backlog.held.store(held.len(), Ordering::Relaxed);
         if stop {
             if !held.is_empty() {
                 tracing::error!(

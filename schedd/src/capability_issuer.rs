@@ -70,9 +70,11 @@ pub async fn issue(
     req: RequestSessionRequest,
 ) -> Result<RequestSessionReply, Status> {
     let internal = |e: &dyn std::fmt::Display| Status::internal(format!("schedd error: {e}"));
+    let asked = std::time::Instant::now();
     // Every request leaves a record, denials too (rate-limited per user,
     // denials.rs), the job's and its node's when the job exists.
     let deny = |job_id: u64, node: &str, status: Status| {
+        schedd.metrics.denied_for(stj_proto::refusal::of(&status));
         record_denial(schedd, uid, job_id, node, status.message());
         tracing::warn!(job_id, uid, reason = %status.message(), "session denied");
         Err(status)
@@ -267,6 +269,11 @@ pub async fn issue(
     );
     let relay_token = schedd.rendezvous.grant(session_id, &node, uid, cap.expiry);
     tracing::info!(session_id = %sid, job_id = job.id, uid, %node, "session granted");
+    schedd.metrics.granted.inc();
+    schedd
+        .metrics
+        .grant_seconds
+        .observe(asked.elapsed().as_secs_f64());
     Ok(RequestSessionReply {
         capability: encoded,
         k: k.to_vec(),

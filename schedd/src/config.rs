@@ -64,6 +64,8 @@ pub struct ScheddConfig {
     /// Starter registrations admitted a second (TLS handshake and
     /// reconciliation each); more wait their turn, or call back later.
     pub max_registrations_per_sec: u32,
+    /// Where Prometheus scrapes /metrics; unset: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ScheddConfig {
@@ -89,6 +91,7 @@ impl Default for ScheddConfig {
             slurm_cache_secs: 2,
             slurm_placeholder: PathBuf::from("/usr/bin/stj-starter"),
             max_registrations_per_sec: 2000,
+            metrics_listen: None,
         }
     }
 }

@@ -13,6 +13,7 @@ mod job_source;
 mod link;
 mod listener;
 mod matchmaker;
+mod metrics;
 mod pace;
 pub mod pki;
 pub mod queue;
@@ -53,6 +54,8 @@ pub struct Listeners {
     pub tcp: TcpListener,
     /// The user API.
     pub user: UnixListener,
+    /// Prometheus's, when `metrics_listen` names an address.
+    pub metrics: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -65,7 +68,13 @@ impl Listeners {
             )
         })?;
         let user = bind_user_socket(&config.socket)?;
-        Ok(Listeners { tcp, user })
+        let metrics = match config.metrics_listen {
+            Some(a) => Some(TcpListener::bind(a).await.with_context(|| {
+                format!("cannot listen for metrics on {a} (metrics_listen in the [schedd] config)")
+            })?),
+            None => None,
+        };
+        Ok(Listeners { tcp, user, metrics })
     }
 }
 
@@ -89,7 +98,11 @@ pub async fn run(
     let enrolment = enrolment::Enrolment::open(&db_path)
         .with_context(|| format!("cannot open the node table in {}", db_path.display()))?;
 
-    let Listeners { tcp, user: uds } = listeners;
+    let Listeners {
+        tcp,
+        user: uds,
+        metrics: metrics_listener,
+    } = listeners;
     let local = tcp.local_addr()?;
     std::fs::write(config.state_dir.join(ADDR_FILE), local.to_string())?;
 
@@ -121,6 +134,8 @@ pub async fn run(
         denials: denials::Denials::default(),
         stopping: tokio_util::sync::CancellationToken::new(),
         registrations: pace::Pace::new(config.max_registrations_per_sec, REGISTRATION_WAIT),
+        metrics: metrics::Metrics::default(),
+        tcp_slots: Arc::new(tokio::sync::Semaphore::new(budget.tcp)),
         slurm: (config.jobs == config::Jobs::Slurm).then(|| {
             slurm::SlurmSource::new(
                 config.slurm_bin_dir.clone(),
@@ -143,10 +158,22 @@ pub async fn run(
         );
     tokio::pin!(user_server);
 
+    let metrics_server = async {
+        match metrics_listener {
+            Some(l) => {
+                tracing::info!(listen = %l.local_addr()?, "serving Prometheus metrics at /metrics");
+                let s = schedd.clone();
+                stj_cli::metrics_http::serve(l, Arc::new(move || s.metrics_text())).await;
+                Err::<(), anyhow::Error>(anyhow::anyhow!("the metrics endpoint stopped"))
+            }
+            None => std::future::pending().await,
+        }
+    };
     // None of these ends while the schedd is healthy: one that does is a
     // failure, said loudly and with a non-zero exit, never a quiet exit 0.
     let mut server_ended = false;
     let outcome = tokio::select! {
+        r = metrics_server => r,
         _ = listener::run(schedd.clone(), tcp, tls) => Err(anyhow::anyhow!("the TCP listener on {local} stopped")),
         _ = matchmaker::run(schedd.clone()) => Err(anyhow::anyhow!("the matchmaker stopped")),
         _ = housekeeping::run(schedd.clone()) => Err(anyhow::anyhow!("housekeeping stopped")),

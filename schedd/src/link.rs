@@ -394,6 +394,16 @@ fn session_started(schedd: &Schedd, node: &str, s: SessionStarted) {
     };
     tracing::info!(node = %node, session_id = %id, job_id = s.job_id, path = %s.path, "session started");
     schedd.limits.started(node, &id);
+    schedd
+        .metrics
+        .started
+        .get_or_create(&crate::metrics::Path {
+            path: match s.path.as_str() {
+                p @ ("direct" | "reverse" | "relay") => p.to_string(),
+                _ => "other".to_string(),
+            },
+        })
+        .inc();
     schedd.audit.send(Event::Started {
         node: node.to_string(),
         s,
@@ -413,6 +423,16 @@ fn session_ended(schedd: &Schedd, node: &str, e: SessionEnded) -> ScheddMessage 
     };
     tracing::info!(node = %node, session_id = %id, job_id = e.job_id, path = %e.path, bytes_from_client = e.bytes_from_client, bytes_to_client = e.bytes_to_client, error = %e.error, "session ended");
     schedd.limits.ended(node, &id);
+    for (direction, n) in [
+        ("from_client", e.bytes_from_client),
+        ("to_client", e.bytes_to_client),
+    ] {
+        schedd
+            .metrics
+            .session_bytes
+            .get_or_create(&crate::metrics::Direction { direction })
+            .inc_by(n);
+    }
     schedd.audit.send(Event::Ended {
         node: node.to_string(),
         e,

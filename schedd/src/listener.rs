@@ -15,7 +15,7 @@ use stj_cli::shares::{KeyedShares, Unheard, UnheardConn};
 use stj_proto::preamble::{Preamble, MAX_LEN};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 
 use crate::state::Schedd;
@@ -37,7 +37,7 @@ pub async fn run(schedd: Arc<Schedd>, listener: TcpListener, tls: Arc<rustls::Se
     let acceptor = TlsAcceptor::from(tls);
     // A share of the fd limit (lib.rs, Budget): beyond it, connections
     // wait in the kernel's backlog instead of taking fds others need.
-    let limit = Arc::new(Semaphore::new(schedd.budget.tcp));
+    let limit = schedd.tcp_slots.clone();
     let unheard = Unheard::new(UNHEARD_PER_SOURCE, UNHEARD);
     let preauth = Arc::new(KeyedShares::new(PREAUTH, PREAUTH_PER_SOURCE));
     let mut backoff = Duration::from_millis(10);

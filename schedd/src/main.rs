@@ -39,6 +39,9 @@ struct RunArgs {
     /// Directory of clients' reverse-connection sockets [config: daemon_sock_dir].
     #[arg(long)]
     daemon_sock_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [config: metrics_listen; default: nowhere].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Log at debug level (never logs secrets).
     #[arg(long)]
     debug: bool,
@@ -223,6 +226,9 @@ fn real_main(cli: Cli) -> Result<()> {
             }
             if let Some(v) = a.daemon_sock_dir {
                 c.daemon_sock_dir = v;
+            }
+            if let Some(v) = a.metrics_listen {
+                c.metrics_listen = Some(v);
             }
             stj_cli::daemon::raise_fd_limit();
             let rt = tokio::runtime::Runtime::new()?;

@@ -437,6 +437,18 @@ impl Queue {
         )
     }
 
+    /// How many jobs are idle and how many run (the `jobs` metric).
+    pub fn live_counts(&self) -> Result<(u64, u64)> {
+        let count = |state: JobState| -> Result<u64> {
+            let n: i64 = self
+                .conn()
+                .prepare_cached("SELECT COUNT(*) FROM jobs WHERE state = ?1")?
+                .query_row(params![state as i32], |r| r.get(0))?;
+            Ok(n as u64)
+        };
+        Ok((count(JobState::Idle)?, count(JobState::Running)?))
+    }
+
     pub fn count_running_on(&self, node: &str) -> Result<u32> {
         let n: i64 = self
             .conn()

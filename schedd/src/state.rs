@@ -41,6 +41,10 @@ pub struct Schedd {
     pub(crate) slurm: Option<crate::slurm::SlurmSource>,
     /// Starter registrations at a bounded rate (a restart's storm).
     pub(crate) registrations: crate::pace::Pace,
+    /// What Prometheus scrapes (metrics_listen).
+    pub(crate) metrics: crate::metrics::Metrics,
+    /// TCP connections on the port at once (budget.tcp of them).
+    pub(crate) tcp_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// The schedd's fd limit, divided among what peers can make it hold, so
@@ -75,6 +79,38 @@ impl Schedd {
             Some(s) => s,
             None => &self.queue,
         }
+    }
+
+    /// The scrape's text: counters as they stand, gauges read now.
+    pub(crate) fn metrics_text(&self) -> String {
+        use crate::registry::LinkState;
+        let views = self.registry.views();
+        let count = |s: LinkState| views.iter().filter(|(_, v)| v.state == s).count() as i64;
+        let (idle, running) = self.queue.live_counts().unwrap_or((0, 0));
+        let held = |sem: &tokio::sync::Semaphore, cap: usize| {
+            (cap - sem.available_permits().min(cap)) as i64
+        };
+        self.metrics.render(crate::metrics::Now {
+            starters: [
+                ("connected", count(LinkState::Connected)),
+                ("silent", count(LinkState::Silent)),
+                ("gone", count(LinkState::Gone)),
+            ],
+            jobs: [("idle", idle as i64), ("running", running as i64)],
+            audit_backlog: self.audit.backlog() as i64,
+            connections: vec![
+                (
+                    "tcp",
+                    held(&self.tcp_slots, self.budget.tcp),
+                    self.budget.tcp as i64,
+                ),
+                (
+                    "relayed_sessions",
+                    held(&self.relays, self.budget.relays),
+                    self.budget.relays as i64,
+                ),
+            ],
+        })
     }
 
     pub(crate) fn job_changed(&self) {

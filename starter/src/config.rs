@@ -61,6 +61,8 @@ pub struct StarterConfig {
     /// once, by its cgroup's pids controller: a fork bomb stays in its job.
     /// 0: no cap. Default [`DEFAULT_JOB_PIDS_MAX`].
     pub job_pids_max: Option<u32>,
+    /// Where Prometheus scrapes /metrics; unset: nowhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Processes and threads one job may have at once unless the admin says.
@@ -88,6 +90,7 @@ impl Default for StarterConfig {
             cgroup_parent: None,
             jobs: Jobs::Queue,
             job_pids_max: None,
+            metrics_listen: None,
         }
     }
 }

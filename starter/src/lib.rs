@@ -10,6 +10,7 @@ mod job_locator;
 mod jobs;
 pub mod kit;
 mod link;
+mod metrics;
 mod report;
 mod session;
 pub mod slots;
@@ -178,10 +179,12 @@ fn cgroup_safe(name: &str) -> String {
         .collect()
 }
 
-/// The starter's one listening socket, bound before it runs: the direct
-/// session port, when `session_listen` asks for one.
+/// The starter's listening sockets, bound before it runs: the direct
+/// session port, when `session_listen` asks for one, and Prometheus's,
+/// when `metrics_listen` does.
 pub struct Listeners {
     pub sessions: Option<tokio::net::TcpListener>,
+    pub metrics: Option<tokio::net::TcpListener>,
 }
 
 impl Listeners {
@@ -192,7 +195,15 @@ impl Listeners {
             })?),
             None => None,
         };
-        Ok(Listeners { sessions })
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!(
+                    "cannot listen for metrics on {addr} (metrics_listen in the [starter] config)"
+                )
+            })?),
+            None => None,
+        };
+        Ok(Listeners { sessions, metrics })
     }
 }
 
@@ -302,6 +313,24 @@ pub async fn run(
         kit,
     );
     let listener = listeners.sessions;
+    let metrics_server = {
+        let (sessions, jobs) = (sessions.clone(), jobs.clone());
+        async move {
+            match listeners.metrics {
+                Some(l) => {
+                    tracing::info!(listen = ?l.local_addr().ok(), "serving Prometheus metrics at /metrics");
+                    let render = move || {
+                        sessions.metrics.render(
+                            sessions.open_list().len() as i64,
+                            jobs.running().len() as i64,
+                        )
+                    };
+                    stj_cli::metrics_http::serve(l, Arc::new(render)).await
+                }
+                None => std::future::pending().await,
+            }
+        }
+    };
     let session_listen = listener.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(a) = session_listen {
         tracing::info!(listen = %a, "accepting direct session connections");
@@ -329,6 +358,7 @@ pub async fn run(
     tokio::select! {
         r = link::run(params, jobs, events) => r,
         _ = direct => Err(anyhow::anyhow!("the direct session port stopped accepting")),
+        _ = metrics_server => Err(anyhow::anyhow!("the metrics endpoint stopped")),
         _ = shutdown => {
             tracing::info!("starter shutting down; its jobs end with it");
             Ok(())

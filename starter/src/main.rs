@@ -55,6 +55,9 @@ struct Cli {
     /// [config: jobs; default queue].
     #[arg(long, value_parser = ["queue", "slurm"])]
     jobs: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [config: metrics_listen; default: nowhere].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Log at debug level (never logs secrets).
     #[arg(long)]
     debug: bool,
@@ -195,6 +198,9 @@ fn real_main(cli: Cli) -> Result<()> {
     }
     if let Some(v) = cli.cgroup_parent {
         c.cgroup_parent = Some(v);
+    }
+    if let Some(v) = cli.metrics_listen {
+        c.metrics_listen = Some(v);
     }
     if let Some(v) = cli.jobs {
         c.jobs = match v.as_str() {

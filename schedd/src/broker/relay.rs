@@ -70,6 +70,14 @@ pub async fn serve(
             tracing::info!(session_id = %sid, node = %node, "relay: halves paired");
             match super::splice::relay(stream, other).await {
                 Ok((up, down)) => {
+                    use crate::metrics::Direction;
+                    for (direction, n) in [("from_client", up), ("to_client", down)] {
+                        schedd
+                            .metrics
+                            .relay_bytes
+                            .get_or_create(&Direction { direction })
+                            .inc_by(n);
+                    }
                     tracing::info!(session_id = %sid, bytes_up = up, bytes_down = down, "relay: session ended")
                 }
                 Err(e) => {

@@ -29,6 +29,8 @@ pub struct Accepted {
     pub landing: Landing,
     /// The client's certificate of the host key, for sshd to present.
     pub host_cert: Option<String>,
+    /// When the Hello arrived (attach time).
+    pub started: std::time::Instant,
 }
 
 struct Refusal(ErrorCode, String);
@@ -38,9 +40,25 @@ pub async fn run(
     mut stream: TcpStream,
     peer: SocketAddr,
     unheard: Option<UnheardConn>,
+    path: &'static str,
 ) -> Option<Accepted> {
-    match tokio::time::timeout(DEADLINE, exchange(s, &mut stream, unheard)).await {
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(DEADLINE, exchange(s, &mut stream, unheard)).await;
+    let label = match &outcome {
+        Ok(Ok(_)) => "accepted".to_string(),
+        Ok(Err(Ok(Refusal(code, _)))) => code
+            .as_str_name()
+            .trim_start_matches("ERROR_CODE_")
+            .to_ascii_lowercase(),
+        Ok(Err(Err(_))) => "failed".to_string(),
+        Err(_) => "timed_out".to_string(),
+    };
+    s.metrics.handshake(path, label);
+    match outcome {
         Ok(Ok((capability, target, host_seed, landing, host_cert))) => {
+            s.metrics
+                .handshake_seconds
+                .observe(started.elapsed().as_secs_f64());
             tracing::info!(%peer, session_id = %capability.session_id, job_id = capability.job_id, uid = capability.owner_uid, "session accepted");
             Some(Accepted {
                 stream,
@@ -50,6 +68,7 @@ pub async fn run(
                 host_seed,
                 landing,
                 host_cert,
+                started,
             })
         }
         Ok(Err(Ok(Refusal(code, message)))) => {

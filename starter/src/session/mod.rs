@@ -59,6 +59,8 @@ pub struct Sessions {
     /// Sessions whose sshd runs now, for the hello after a reconnect.
     open: Mutex<HashMap<SessionId, SessionStarted>>,
     reporter: Reporter,
+    /// What Prometheus scrapes (metrics_listen).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// How a data connection reached this node.
@@ -110,6 +112,7 @@ impl Sessions {
             open: Mutex::new(HashMap::new()),
             reporter,
             jobs,
+            metrics: Arc::new(crate::metrics::Metrics::default()),
         })
     }
 
@@ -128,7 +131,7 @@ impl Sessions {
         path: DataPath,
         unheard: Option<stj_cli::shares::UnheardConn>,
     ) {
-        let accepted = handshake::run(&self, stream, peer, unheard).await;
+        let accepted = handshake::run(&self, stream, peer, unheard, path.as_str()).await;
         let Some(accepted) = accepted else { return };
         let id = accepted.capability.session_id;
         let started = SessionStarted {

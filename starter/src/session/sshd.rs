@@ -258,6 +258,9 @@ pub async fn run(s: &Sessions, a: Accepted) -> Result<Traffic> {
         .stderr(Stdio::piped());
     crate::container::pass_as_fd3(&mut cmd, landing.at.pidfd.as_raw_fd());
     let mut child = cmd.spawn().context("cannot start the session helper")?;
+    s.metrics
+        .attach_seconds
+        .observe(a.started.elapsed().as_secs_f64());
     // The helper holds the socket now; our copies went with `cmd`.
     drop(cmd);
     let helper = child.id();
