@@ -22,6 +22,8 @@ PKGS=(
   runc                # rootless OCI containers a job starts itself, and Slurm's --container (tests)
   slurm-wlm munge     # a real slurmctld and slurmd for the Slurm tests (started by hand, tests/src/slurm.rs)
   prometheus          # promtool, which checks what the daemons' metrics endpoints serve (tests)
+  dpkg-dev binutils   # packages (scripts/package.sh): dpkg-shlibdeps for Depends, objcopy for -dbgsym
+  systemd man-db      # systemd-analyze verify on the packages' units, and the man pages they name (tests)
 )
 
 if [ "$(id -u)" != 0 ]; then
@@ -43,4 +45,12 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo not found; install a Rust toolchain >= 1.80 (https://rustup.rs) and re-run" >&2
   exit 1
+fi
+
+# cargo-deb builds the Debian packages (scripts/package.sh): a pinned
+# version, so packages come out the same on every machine.
+CARGO_DEB_VERSION=3.8.0
+if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $CARGO_DEB_VERSION" ]; then
+  echo "install-deps: installing cargo-deb $CARGO_DEB_VERSION"
+  cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked --quiet
 fi

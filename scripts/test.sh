@@ -12,6 +12,8 @@ fi
 
 # One build shared by all tests: the e2e tests run these binaries from target/.
 cargo build --workspace --locked
+# The Debian packages, which tests/tests/packages.rs installs, runs and purges.
+scripts/package.sh --fast
 mkdir -p target
 cargo test --workspace --locked -- --test-threads "${STJ_TEST_THREADS:-4}" 2>&1 | tee target/test-output.log
 

@@ -31,7 +31,7 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {} is not valid (see README, section Configuration, for every knob): {source}", path.display())]
+    #[error("config file {} is not valid (every knob and its default: the commented stj.toml the packages install, packaging/stj.toml in the source): {source}", path.display())]
     Invalid { path: PathBuf, source: SectionError },
 }
 

@@ -27,14 +27,37 @@ use std::path::Path;
 
 use clap_complete::Shell;
 
-/// Writes `DIR/man/NAME.1` and `DIR/completions/{NAME.bash,_NAME,NAME.fish}`.
-pub fn generate(mut cmd: clap::Command, dir: &Path) -> io::Result<()> {
+/// The manual section a binary's page belongs in: Debian puts programs
+/// users run in section 1 (/usr/bin) and daemons with their admin
+/// subcommands in section 8 (/usr/sbin).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManSection {
+    User,
+    Admin,
+}
+
+impl ManSection {
+    pub fn number(self) -> &'static str {
+        match self {
+            ManSection::User => "1",
+            ManSection::Admin => "8",
+        }
+    }
+}
+
+/// Writes `DIR/man/NAME.SECTION` and `DIR/completions/{NAME.bash,_NAME,NAME.fish}`.
+pub fn generate(mut cmd: clap::Command, section: ManSection, dir: &Path) -> io::Result<()> {
     let name = cmd.get_name().to_string();
     fs::create_dir_all(dir.join("man"))?;
     fs::create_dir_all(dir.join("completions"))?;
     let mut page = Vec::new();
-    clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
-    fs::write(dir.join("man").join(format!("{name}.1")), page)?;
+    clap_mangen::Man::new(cmd.clone())
+        .section(section.number())
+        .render(&mut page)?;
+    fs::write(
+        dir.join("man").join(format!("{name}.{}", section.number())),
+        page,
+    )?;
     for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
         clap_complete::generate_to(shell, &mut cmd, &name, dir.join("completions"))?;
     }

@@ -60,6 +60,7 @@ fn run() -> Result<()> {
     if let Some(dir) = cli.generate_docs {
         return Ok(stj_cli::generate(
             <Cli as clap::CommandFactory>::command(),
+            stj_cli::ManSection::User,
             &dir,
         )?);
     }

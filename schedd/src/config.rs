@@ -1,6 +1,6 @@
 //! The schedd's configuration: a TOML file (`--config`, default
 //! `/etc/stj/stj.toml`, section `[schedd]`) with every knob, and flags that
-//! override it. README lists every knob with its default.
+//! override it. packaging/stj.toml lists every knob with its default.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -89,7 +89,7 @@ impl Default for ScheddConfig {
             jobs: Jobs::Queue,
             slurm_bin_dir: PathBuf::from("/usr/bin"),
             slurm_cache_secs: 2,
-            slurm_placeholder: PathBuf::from("/usr/bin/stj-starter"),
+            slurm_placeholder: PathBuf::from("/usr/sbin/stj-starter"),
             max_registrations_per_sec: 2000,
             metrics_listen: None,
         }

@@ -6,6 +6,7 @@ mod audit;
 mod broker;
 mod capability_issuer;
 pub mod config;
+pub mod daemon_sock;
 mod denials;
 pub mod enrolment;
 mod housekeeping;
@@ -248,32 +249,6 @@ fn restore_limits(
         limits.restore(s.uid, id, &s.node, s.started, s.issued_at + ttl);
     }
     Ok(limits)
-}
-
-/// `stj-schedd init-daemon-sock`: the directory clients make their
-/// reverse-connection sockets in. Root-owned, mode 1733: anyone may create
-/// a socket, nobody may list or remove another user's. Idempotent.
-pub fn init_daemon_sock(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    if let Ok(m) = std::fs::symlink_metadata(dir) {
-        if m.file_type().is_symlink() || !m.is_dir() {
-            anyhow::bail!(
-                "{} exists and is not a directory; remove it first",
-                dir.display()
-            );
-        }
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    nix::unistd::chown(dir, Some(0.into()), Some(0.into()))
-        .with_context(|| format!("cannot chown {} to root (run as root)", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1733))?;
-    let m = std::fs::metadata(dir)?;
-    anyhow::ensure!(
-        m.uid() == 0 && m.mode() & 0o7777 == 0o1733,
-        "{} did not take mode 1733",
-        dir.display()
-    );
-    Ok(())
 }
 
 /// Binds the user socket. Anyone may connect (identity comes from

@@ -144,13 +144,17 @@ fn main() {
 fn real_main(cli: Cli) -> Result<()> {
     match cli.cmd {
         Some(Cmd::GenerateDocs { dir }) => {
-            stj_cli::generate(<Cli as clap::CommandFactory>::command(), &dir)?;
+            stj_cli::generate(
+                <Cli as clap::CommandFactory>::command(),
+                stj_cli::ManSection::Admin,
+                &dir,
+            )?;
             Ok(())
         }
         Some(Cmd::InitDaemonSock { config, dir }) => {
             let c = config::load(config.as_deref())?;
             let dir = dir.unwrap_or(c.daemon_sock_dir);
-            stj_schedd::init_daemon_sock(&dir)?;
+            stj_schedd::daemon_sock::init(&dir)?;
             println!("{} is ready (root-owned, mode 1733)", dir.display());
             Ok(())
         }

@@ -112,7 +112,11 @@ fn main() {
             *in_cgroup,
         ),
         Some(Cmd::GenerateDocs { dir }) => {
-            if let Err(e) = stj_cli::generate(<Cli as clap::CommandFactory>::command(), dir) {
+            if let Err(e) = stj_cli::generate(
+                <Cli as clap::CommandFactory>::command(),
+                stj_cli::ManSection::Admin,
+                dir,
+            ) {
                 eprintln!("stj-starter: error: {e}");
                 std::process::exit(1);
             }

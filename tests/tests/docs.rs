@@ -45,8 +45,15 @@ fn man_pages_and_completions_for_every_binary() {
             .status()
             .unwrap();
         assert!(st.success(), "{b} {flag}");
-        let page = std::fs::read_to_string(dir.path().join(format!("man/{b}.1"))).unwrap();
-        assert!(page.contains(".TH") && page.contains("Examples"), "{b}.1");
+        // Daemons (in /usr/sbin when packaged) in section 8, the rest in 1.
+        let section = if b.starts_with("stj-s") { 8 } else { 1 };
+        let page = std::fs::read_to_string(dir.path().join(format!("man/{b}.{section}"))).unwrap();
+        assert!(
+            page.contains(".TH")
+                && page.contains(&format!(" {section} "))
+                && page.contains("Examples"),
+            "{b}.{section}"
+        );
         for f in [format!("{b}.bash"), format!("_{b}"), format!("{b}.fish")] {
             assert!(
                 dir.path()

@@ -347,7 +347,11 @@ fn main() -> ExitCode {
                     ssh_config::known_hosts(host, lookup.as_deref()).map(|()| 0)
                 }
                 Some(Sub::GenerateDocs { dir }) => {
-                    stj_cli::generate(<Cli as clap::CommandFactory>::command(), dir)?;
+                    stj_cli::generate(
+                        <Cli as clap::CommandFactory>::command(),
+                        stj_cli::ManSection::User,
+                        dir,
+                    )?;
                     Ok(0)
                 }
                 None => session::run(&options(cli)?).await,

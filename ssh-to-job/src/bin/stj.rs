@@ -217,7 +217,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::GenerateDocs { dir } => {
-            stj_cli::generate(<Cli as clap::CommandFactory>::command(), &dir)?;
+            stj_cli::generate(
+                <Cli as clap::CommandFactory>::command(),
+                stj_cli::ManSection::User,
+                &dir,
+            )?;
         }
         Cmd::Submit {
             interactive,

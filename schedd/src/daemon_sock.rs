@@ -1,0 +1,215 @@
+//! `stj-schedd init-daemon-sock`: the directory clients make their
+//! reverse-connection sockets in. Root-owned, mode 1733: anyone may create
+//! a socket, nobody may list or remove another user's.
+//!
+//! It is made as root, often under a world-writable sticky directory
+//! (`/var/lock` is `/run/lock`, mode 1777), by the package's postinst and
+//! at every start of the unit. A local user can get there first: make
+//! `/run/lock/stj` their own and then swap `daemon_sock` for a symlink to,
+//! say, `/etc/shadow` between our check and our chmod. So every directory
+//! above it must be root's and writable by nobody else (or sticky, where
+//! others cannot rename root's entries), checked before anything is made;
+//! what is missing is made by us, 0755 whatever the umask (a systemd
+//! unit's `UMask=0077` would otherwise leave users unable to reach the
+//! directory); and the final chown/chmod go through a descriptor opened
+//! without following symlinks.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+
+/// The mode of the directory: anyone may add, only the owner may remove.
+pub const MODE: u32 = 0o1733;
+
+/// Makes `dir` (and what is missing above it), root-owned, mode 1733.
+/// Idempotent.
+pub fn init(dir: &Path) -> Result<()> {
+    ensure!(
+        dir.is_absolute(),
+        "daemon_sock_dir {} must be an absolute path",
+        dir.display()
+    );
+    // What is missing, deepest first, and the deepest part that exists.
+    let mut missing: Vec<PathBuf> = vec![];
+    let mut existing = dir.to_path_buf();
+    loop {
+        match fs::symlink_metadata(&existing) {
+            Ok(_) => break,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                missing.push(existing.clone());
+                existing = existing
+                    .parent()
+                    .with_context(|| format!("cannot create {}", dir.display()))?
+                    .to_path_buf();
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", existing.display())),
+        }
+    }
+    // Everything above `dir` that exists must be the system's.
+    let above = if missing.is_empty() {
+        dir.parent().context("daemon_sock_dir cannot be /")?
+    } else {
+        &existing
+    };
+    trusted(above)?;
+    for d in missing.iter().rev() {
+        let last = d == dir;
+        fs::DirBuilder::new()
+            .mode(if last { 0o700 } else { 0o755 })
+            .create(d)
+            .with_context(|| {
+                format!(
+                    "cannot create {} (made by someone else meanwhile?)",
+                    d.display()
+                )
+            })?;
+        if !last {
+            fs::set_permissions(d, fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("cannot chmod {}", d.display()))?;
+        }
+    }
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+        .with_context(|| {
+            format!(
+                "{} exists and is not a directory (or is a symlink); remove it first",
+                dir.display()
+            )
+        })?;
+    nix::unistd::fchown(f.as_raw_fd(), Some(0.into()), Some(0.into()))
+        .with_context(|| format!("cannot chown {} to root (run as root)", dir.display()))?;
+    f.set_permissions(fs::Permissions::from_mode(MODE))
+        .with_context(|| format!("cannot chmod {}", dir.display()))?;
+    let m = f.metadata()?;
+    ensure!(
+        m.uid() == 0 && m.mode() & 0o7777 == MODE,
+        "{} did not take mode 1733",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// `dir` and every directory above it, as written and as resolved, are
+/// root's and writable by nobody else unless sticky.
+fn trusted(dir: &Path) -> Result<()> {
+    let resolved =
+        fs::canonicalize(dir).with_context(|| format!("cannot resolve {}", dir.display()))?;
+    for path in [dir, resolved.as_path()] {
+        for a in path.ancestors() {
+            let link =
+                fs::symlink_metadata(a).with_context(|| format!("cannot stat {}", a.display()))?;
+            let m = fs::metadata(a).with_context(|| format!("cannot stat {}", a.display()))?;
+            for (what, uid) in [("", link.uid()), (" (where it leads)", m.uid())] {
+                if uid != 0 {
+                    bail!(
+                        "{}{what} belongs to uid {uid}, not root: another user may have made it to take over the reverse-connection sockets below it; remove it and run `stj-schedd init-daemon-sock` again (or set daemon_sock_dir to a root-owned place)",
+                        a.display()
+                    );
+                }
+            }
+            ensure!(
+                !m.is_dir() || m.mode() & 0o022 == 0 || m.mode() & 0o1000 != 0,
+                "{} is writable by others and not sticky, so another user could replace what is below it; chmod go-w {} (or set daemon_sock_dir elsewhere)",
+                a.display(),
+                a.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A root-owned scratch directory (the tests run as root, like the
+    /// daemon).
+    fn scratch() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        t
+    }
+
+    fn root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    /// (Under a unit's `UMask=0077`: tests/packages.rs, which runs the
+    /// unit's ExecStartPre with it; the umask is process-wide, so not here
+    /// among other tests' threads.)
+    #[test]
+    fn makes_what_is_missing_root_owned_and_reachable() {
+        if !root() {
+            return;
+        }
+        let t = scratch();
+        let dir = t.path().join("lock/stj/daemon_sock");
+        init(&dir).unwrap();
+        for d in [t.path().join("lock"), t.path().join("lock/stj")] {
+            assert_eq!(
+                fs::metadata(&d).unwrap().mode() & 0o7777,
+                0o755,
+                "{}",
+                d.display()
+            );
+        }
+        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o7777, MODE);
+        // Again: nothing changes, no error.
+        init(&dir).unwrap();
+        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o7777, MODE);
+    }
+
+    #[test]
+    fn refuses_a_parent_another_user_made_and_touches_nothing_below() {
+        if !root() {
+            return;
+        }
+        let t = scratch();
+        // Under a sticky world-writable directory, like /run/lock.
+        let lock = t.path().join("lock");
+        fs::create_dir(&lock).unwrap();
+        fs::set_permissions(&lock, fs::Permissions::from_mode(0o1777)).unwrap();
+        // The attacker's directory, with a symlink where the socket dir goes.
+        let evil = lock.join("stj");
+        fs::create_dir(&evil).unwrap();
+        nix::unistd::chown(&evil, Some(12345.into()), Some(12345.into())).unwrap();
+        let victim = t.path().join("victim");
+        fs::write(&victim, "secret").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&victim, evil.join("daemon_sock")).unwrap();
+        let e = init(&evil.join("daemon_sock")).unwrap_err().to_string();
+        assert!(e.contains("belongs to uid 12345, not root"), "{e}");
+        assert_eq!(fs::metadata(&victim).unwrap().mode() & 0o7777, 0o600);
+
+        // Not yet made below the attacker's directory either.
+        let e = init(&evil.join("x/daemon_sock")).unwrap_err().to_string();
+        assert!(e.contains("belongs to uid 12345"), "{e}");
+        assert!(!evil.join("x").exists());
+    }
+
+    #[test]
+    fn refuses_a_symlink_or_a_world_writable_parent() {
+        if !root() {
+            return;
+        }
+        let t = scratch();
+        let victim = t.path().join("victim");
+        fs::create_dir(&victim).unwrap();
+        std::os::unix::fs::symlink(&victim, t.path().join("daemon_sock")).unwrap();
+        let e = format!("{:#}", init(&t.path().join("daemon_sock")).unwrap_err());
+        assert!(e.contains("symlink"), "{e}");
+        assert_eq!(fs::metadata(&victim).unwrap().mode() & 0o7777, 0o755);
+
+        let open = t.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = init(&open.join("daemon_sock")).unwrap_err().to_string();
+        assert!(e.contains("writable by others and not sticky"), "{e}");
+    }
+}
