@@ -5,7 +5,8 @@
 //!   conffile). Every knob of `[schedd]` and `[starter]` is there, commented
 //!   out, with its default or, marked "example", a sample value; the tests
 //!   below hold the file to that.
-//! - `systemd/`: `stj-schedd.service` and `stj-starter.service`.
+//! - `systemd/`: `stj-schedd.service` (with `stj-schedd-sock.service` and
+//!   `stj-schedd.tmpfile`) and `stj-starter.service`.
 //! - `debian/<package>/`: maintainer scripts (cargo-deb adds the systemd
 //!   parts at `#DEBHELPER#`).
 //!
@@ -58,6 +59,16 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         assert_eq!(in_file, accepted, "[{section}] knobs in packaging/stj.toml");
+        // The names every program checks in every section are the same.
+        let listed: BTreeSet<String> = stj_cli::config_file::SECTIONS
+            .iter()
+            .find(|(s, _)| *s == section)
+            .map(|(_, knobs)| knobs.iter().map(|k| k.to_string()).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            listed, accepted,
+            "[{section}] knobs in stj_cli::config_file"
+        );
 
         for line in &lines {
             // Each line, uncommented, is a valid setting...

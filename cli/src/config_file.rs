@@ -21,8 +21,59 @@ pub enum Jobs {
     Slurm,
 }
 
-/// The sections a config file may have.
-pub const SECTIONS: &[&str] = &["schedd", "starter"];
+/// The sections a config file may have, with the knobs of each. Every
+/// program checks every section's knob names, not only its own: a knob
+/// under the wrong section (`enable_ssh_to_job = false` appended after
+/// `[starter]` on a host that runs no starter) is an error, never a
+/// setting nobody reads. The lists are the fields of `ScheddConfig` and
+/// `StarterConfig`; a test in packaging/ holds them to the structs.
+pub const SECTIONS: &[(&str, &[&str])] = &[("schedd", SCHEDD_KNOBS), ("starter", STARTER_KNOBS)];
+
+pub const SCHEDD_KNOBS: &[&str] = &[
+    "listen",
+    "socket",
+    "state_dir",
+    "heartbeat_secs",
+    "enable_ssh_to_job",
+    "job_lease_secs",
+    "capability_ttl_secs",
+    "daemon_sock_dir",
+    "relay_pairing_secs",
+    "broker_addr",
+    "max_sessions_per_user",
+    "max_pending_per_user",
+    "audit_retention_days",
+    "max_jobs_per_user",
+    "job_retention_days",
+    "jobs",
+    "slurm_bin_dir",
+    "slurm_cache_secs",
+    "slurm_placeholder",
+    "max_registrations_per_sec",
+    "metrics_listen",
+];
+
+pub const STARTER_KNOBS: &[&str] = &[
+    "schedd",
+    "token_file",
+    "name",
+    "work_dir",
+    "slots",
+    "kill_grace_secs",
+    "session_listen",
+    "session_advertise",
+    "sshd_path",
+    "preload_path",
+    "sshd_extra_config",
+    "slot_users",
+    "allow_tcp_forwarding",
+    "allow_x11_forwarding",
+    "allow_agent_forwarding",
+    "cgroup_parent",
+    "jobs",
+    "job_pids_max",
+    "metrics_listen",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -39,6 +90,17 @@ pub enum ConfigError {
 pub enum SectionError {
     #[error("unknown section [{0}] (the sections are [schedd] and [starter]; a typo?)")]
     UnknownSection(String),
+    #[error("unknown knob `{knob}` in [{section}]{}", match belongs_in {
+        Some(other) => format!(" (it is a [{other}] knob: move it under [{other}])"),
+        None => " (a typo?)".to_string(),
+    })]
+    UnknownKnob {
+        section: String,
+        knob: String,
+        belongs_in: Option<&'static str>,
+    },
+    #[error("[{0}] must be a table of knobs")]
+    NotATable(String),
     #[error("{0}")]
     Toml(#[from] toml::de::Error),
 }
@@ -49,8 +111,24 @@ pub fn parse_section<T: DeserializeOwned + Default>(
     name: &str,
 ) -> Result<T, SectionError> {
     let table: toml::Table = toml::from_str(text)?;
-    if let Some(other) = table.keys().find(|k| !SECTIONS.contains(&k.as_str())) {
-        return Err(SectionError::UnknownSection(other.clone()));
+    for (section, value) in &table {
+        let Some((_, knobs)) = SECTIONS.iter().find(|(s, _)| s == section) else {
+            return Err(SectionError::UnknownSection(section.clone()));
+        };
+        let mut keys = value
+            .as_table()
+            .ok_or_else(|| SectionError::NotATable(section.clone()))?
+            .keys();
+        if let Some(knob) = keys.find(|k| !knobs.contains(&k.as_str())) {
+            return Err(SectionError::UnknownKnob {
+                section: section.clone(),
+                knob: knob.clone(),
+                belongs_in: SECTIONS
+                    .iter()
+                    .find(|(_, ks)| ks.contains(&knob.as_str()))
+                    .map(|(s, _)| *s),
+            });
+        }
     }
     match table.get(name) {
         Some(v) => Ok(T::deserialize(v.clone())?),
@@ -84,26 +162,54 @@ mod tests {
     #[derive(Debug, Default, serde::Deserialize)]
     #[serde(deny_unknown_fields, default)]
     struct S {
-        n: u32,
+        heartbeat_secs: u32,
     }
 
     #[test]
     fn sections_knobs_and_files() {
         assert_eq!(
-            parse_section::<S>("[schedd]\nn = 3\n", "schedd").unwrap().n,
+            parse_section::<S>("[schedd]\nheartbeat_secs = 3\n", "schedd")
+                .unwrap()
+                .heartbeat_secs,
             3
         );
-        // The other program's section is read by that program.
+        // The other program's section is typed by that program, but its
+        // knob names are checked by every program.
         assert_eq!(
-            parse_section::<S>("[starter]\nx = 1\n", "schedd")
+            parse_section::<S>("[starter]\nslots = \"x\"\n", "schedd")
                 .unwrap()
-                .n,
+                .heartbeat_secs,
             0
         );
+        let e = parse_section::<S>("[starter]\nslotz = 1\n", "schedd").unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                SectionError::UnknownKnob {
+                    belongs_in: None,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // A schedd knob appended under [starter], read by the schedd.
+        let e = parse_section::<S>("[schedd]\n[starter]\nenable_ssh_to_job = false\n", "schedd")
+            .unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                SectionError::UnknownKnob {
+                    belongs_in: Some("schedd"),
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("move it under [schedd]"), "{e}");
         let e = parse_section::<S>("[scheddd]\n", "schedd").unwrap_err();
         assert!(e.to_string().contains("[scheddd]"), "{e}");
         let e = parse_section::<S>("[schedd]\nm = 1\n", "schedd").unwrap_err();
-        assert!(e.to_string().contains('m'), "{e}");
+        assert!(e.to_string().contains("`m`"), "{e}");
         let e = load_section::<S>(Some(Path::new("/nonexistent/stj.toml")), "schedd").unwrap_err();
         assert!(matches!(e, ConfigError::Read { .. }), "{e}");
     }

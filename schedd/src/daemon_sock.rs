@@ -49,13 +49,43 @@ pub fn init(dir: &Path) -> Result<()> {
             Err(e) => return Err(e).with_context(|| format!("cannot stat {}", existing.display())),
         }
     }
-    // Everything above `dir` that exists must be the system's.
-    let above = if missing.is_empty() {
-        dir.parent().context("daemon_sock_dir cannot be /")?
+    // Everything above `dir` that exists must be the system's; the
+    // directory right above it root's alone (not even sticky: in a sticky
+    // directory the owner of an entry may rename it, so a user could swap
+    // a directory of theirs in between our checks and our chmod).
+    let parent = dir.parent().context("daemon_sock_dir cannot be /")?;
+    if missing.is_empty() || missing == [dir.to_path_buf()] {
+        trusted(parent, true)?;
     } else {
-        &existing
-    };
-    trusted(above)?;
+        trusted(&existing, false)?;
+    }
+    if missing.is_empty() {
+        // Taken over only if it is root's and either already ours or empty:
+        // `daemon_sock_dir = "/var/lib/stj/schedd"` must not make the
+        // schedd's keys' directory world-writable.
+        let m = fs::symlink_metadata(dir)?;
+        ensure!(
+            !m.file_type().is_symlink() && m.is_dir(),
+            "{} exists and is a symlink or not a directory; remove it first",
+            dir.display()
+        );
+        ensure!(
+            m.uid() == 0,
+            "{} belongs to uid {}, not root: remove it and run `stj-schedd init-daemon-sock` again",
+            dir.display(),
+            m.uid()
+        );
+        let empty = fs::read_dir(dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .next()
+            .is_none();
+        ensure!(
+            m.mode() & 0o7777 == MODE || empty,
+            "{} holds files and is not a reverse-connection directory (mode {:o}); daemon_sock_dir must name a directory of its own",
+            dir.display(),
+            m.mode() & 0o7777
+        );
+    }
     for d in missing.iter().rev() {
         let last = d == dir;
         fs::DirBuilder::new()
@@ -78,7 +108,7 @@ pub fn init(dir: &Path) -> Result<()> {
         .open(dir)
         .with_context(|| {
             format!(
-                "{} exists and is not a directory (or is a symlink); remove it first",
+                "{} exists and is a symlink or not a directory; remove it first",
                 dir.display()
             )
         })?;
@@ -96,12 +126,14 @@ pub fn init(dir: &Path) -> Result<()> {
 }
 
 /// `dir` and every directory above it, as written and as resolved, are
-/// root's and writable by nobody else unless sticky.
-fn trusted(dir: &Path) -> Result<()> {
+/// root's and writable by nobody else unless sticky; `dir` itself not even
+/// sticky when `strict`.
+fn trusted(dir: &Path, strict: bool) -> Result<()> {
     let resolved =
         fs::canonicalize(dir).with_context(|| format!("cannot resolve {}", dir.display()))?;
     for path in [dir, resolved.as_path()] {
-        for a in path.ancestors() {
+        for (depth, a) in path.ancestors().enumerate() {
+            let sticky_ok = !(strict && depth == 0);
             let link =
                 fs::symlink_metadata(a).with_context(|| format!("cannot stat {}", a.display()))?;
             let m = fs::metadata(a).with_context(|| format!("cannot stat {}", a.display()))?;
@@ -114,9 +146,10 @@ fn trusted(dir: &Path) -> Result<()> {
                 }
             }
             ensure!(
-                !m.is_dir() || m.mode() & 0o022 == 0 || m.mode() & 0o1000 != 0,
-                "{} is writable by others and not sticky, so another user could replace what is below it; chmod go-w {} (or set daemon_sock_dir elsewhere)",
+                !m.is_dir() || m.mode() & 0o022 == 0 || (sticky_ok && m.mode() & 0o1000 != 0),
+                "{} is writable by others{}, so another user could replace what is below it; chmod go-w {} (or set daemon_sock_dir to a directory in a root-owned one, like the default /var/lock/stj/daemon_sock)",
                 a.display(),
+                if sticky_ok { " and not sticky" } else { " (the directory right above daemon_sock_dir must be root's alone)" },
                 a.display()
             );
         }
@@ -136,18 +169,21 @@ mod tests {
         t
     }
 
-    fn root() -> bool {
-        nix::unistd::geteuid().is_root()
+    /// The checks are about root's view (chown, other users' files): the
+    /// tests run as root, like scripts/test.sh.
+    fn as_root() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "run as root (scripts/test.sh)"
+        );
     }
 
-    /// (Under a unit's `UMask=0077`: tests/packages.rs, which runs the
-    /// unit's ExecStartPre with it; the umask is process-wide, so not here
-    /// among other tests' threads.)
+    /// (Modes are set explicitly, whatever the umask; tests/packages.rs
+    /// runs it from its unit under systemd. The umask is process-wide, so
+    /// it is not changed here among other tests' threads.)
     #[test]
     fn makes_what_is_missing_root_owned_and_reachable() {
-        if !root() {
-            return;
-        }
+        as_root();
         let t = scratch();
         let dir = t.path().join("lock/stj/daemon_sock");
         init(&dir).unwrap();
@@ -167,9 +203,7 @@ mod tests {
 
     #[test]
     fn refuses_a_parent_another_user_made_and_touches_nothing_below() {
-        if !root() {
-            return;
-        }
+        as_root();
         let t = scratch();
         // Under a sticky world-writable directory, like /run/lock.
         let lock = t.path().join("lock");
@@ -195,9 +229,7 @@ mod tests {
 
     #[test]
     fn refuses_a_symlink_or_a_world_writable_parent() {
-        if !root() {
-            return;
-        }
+        as_root();
         let t = scratch();
         let victim = t.path().join("victim");
         fs::create_dir(&victim).unwrap();
@@ -210,6 +242,40 @@ mod tests {
         fs::create_dir(&open).unwrap();
         fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
         let e = init(&open.join("daemon_sock")).unwrap_err().to_string();
-        assert!(e.contains("writable by others and not sticky"), "{e}");
+        assert!(e.contains("open is writable by others"), "{e}");
+
+        // Right under a sticky world-writable directory: a user could
+        // rename their own directory in at the last moment.
+        let sticky = t.path().join("sticky");
+        fs::create_dir(&sticky).unwrap();
+        fs::set_permissions(&sticky, fs::Permissions::from_mode(0o1777)).unwrap();
+        let e = init(&sticky.join("daemon_sock")).unwrap_err().to_string();
+        assert!(
+            e.contains("right above daemon_sock_dir must be root's alone"),
+            "{e}"
+        );
+        assert!(!sticky.join("daemon_sock").exists());
+    }
+
+    #[test]
+    fn refuses_to_open_up_a_directory_that_is_not_its_own() {
+        as_root();
+        let t = scratch();
+        // `daemon_sock_dir = "/var/lib/stj/schedd"`, a typo for another knob.
+        let state = t.path().join("schedd");
+        fs::create_dir(&state).unwrap();
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::write(state.join("ca.key.der"), "key").unwrap();
+        let e = init(&state).unwrap_err().to_string();
+        assert!(e.contains("holds files"), "{e}");
+        assert_eq!(fs::metadata(&state).unwrap().mode() & 0o7777, 0o700);
+
+        // Another user's directory at the path.
+        let theirs = t.path().join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        nix::unistd::chown(&theirs, Some(12345.into()), None).unwrap();
+        let e = init(&theirs).unwrap_err().to_string();
+        assert!(e.contains("belongs to uid 12345"), "{e}");
+        assert_eq!(fs::metadata(&theirs).unwrap().uid(), 12345);
     }
 }

@@ -4,6 +4,7 @@
 //! `enrolment.rs` pins to their node name.
 
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -38,8 +39,21 @@ impl Identity {
             .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
         fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700))
             .with_context(|| format!("cannot make state dir {} private", state_dir.display()))?;
-        if !state_dir.join(SERVER_KEY).exists() {
-            create(state_dir)?;
+        {
+            // The schedd starting (a package's postinst starts it) and an
+            // admin's `stj-schedd token` at the same moment must not each
+            // make half an identity: one makes it, the other waits and
+            // reads it.
+            let dir = fs::File::open(state_dir)
+                .with_context(|| format!("cannot open state dir {}", state_dir.display()))?;
+            // SAFETY: flock on a descriptor we own; released when `dir` closes.
+            if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("cannot lock state dir {}", state_dir.display()));
+            }
+            if !state_dir.join(SERVER_KEY).exists() {
+                create(state_dir)?;
+            }
         }
         let damaged = |p: &Path| {
             format!(

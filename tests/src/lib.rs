@@ -7,6 +7,7 @@ pub mod netns;
 pub mod rootfs;
 pub mod sim_starter;
 pub mod slurm;
+pub mod systemd;
 pub mod users;
 pub mod wait;
 

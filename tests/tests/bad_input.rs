@@ -75,12 +75,18 @@ fn malformed_token_and_config_are_named() {
         "{log}"
     );
 
-    // A misspelled knob, and a misspelled section (ignored, the schedd would
-    // listen on 0.0.0.0:9618 with defaults): errors naming file and typo.
+    // A misspelled knob, a misspelled section (ignored, the schedd would
+    // listen on 0.0.0.0:9618 with defaults), and a schedd knob appended
+    // under [starter] (ignored, sessions would stay on): errors naming file
+    // and typo.
     let cfg = c.path().join("broken.toml");
     for (text, typo) in [
         ("[schedd]\nlisen = \"0.0.0.0:1\"\n", "lisen"),
         ("[shcedd]\nlisten = \"127.0.0.1:1\"\n", "shcedd"),
+        (
+            "[schedd]\n[starter]\nenable_ssh_to_job = false\n",
+            "enable_ssh_to_job` in [starter] (it is a [schedd] knob",
+        ),
     ] {
         fs::write(&cfg, text).unwrap();
         let out = Command::new(bin("stj-schedd"))

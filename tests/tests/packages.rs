@@ -1,25 +1,24 @@
 //! The Debian packages (`scripts/package.sh`, which `scripts/test.sh` runs
-//! before the tests) installed with dpkg on this machine: files where an
-//! admin looks for them, the units pass `systemd-analyze verify`, the
-//! installed daemons run as their units start them (with the installed
-//! config, unchanged) and give a test user a session in a job, and a purge
-//! leaves nothing behind.
+//! before the tests), installed with dpkg under a real systemd: files where
+//! an admin looks for them, the units pass `systemd-analyze verify`, the
+//! maintainer scripts enable and start what they should, the daemons run
+//! in their units' sandboxes with the installed config and give a test
+//! user a session in a job, an upgrade restarts the schedd but not the
+//! starter (nor its job), and a purge leaves nothing behind.
 //!
-//! There is no systemd as PID 1 here, so the units are not started by
-//! systemd: the test runs each unit's ExecStartPre and ExecStart lines
-//! itself, under the unit's capability bounding set and no_new_privs
-//! (setpriv), the two directives most likely to break a daemon. The
-//! file-system sandboxing of stj-schedd.service is checked by
-//! `systemd-analyze verify` only.
+//! These machines boot without systemd, so the test boots one as PID 1 of
+//! namespaces of its own (`stj_tests::systemd`): /etc, /usr and /var are
+//! the host's, /run is its own. Everything that talks to the units
+//! (dpkg, systemctl, the users' commands, which find the schedd's socket
+//! under /run) runs inside with nsenter.
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use stj_tests::systemd::Systemd;
 use stj_tests::{bin, ok, wait_until, TestUser};
 
 const T: Duration = Duration::from_secs(60);
@@ -64,7 +63,7 @@ fn installed(name: &str) -> bool {
 /// cgroup directories a starter makes.
 fn snapshot() -> BTreeSet<String> {
     let out = ok(Command::new("find")
-        .args(["/etc", "/usr", "/var/lib", "/run", "/opt", "/srv"])
+        .args(["/etc", "/usr", "/var/lib", "/opt", "/srv"])
         .args(["-xdev", "-path", "/var/lib/dpkg", "-prune", "-o", "-print"])
         .output()
         .expect("run find"));
@@ -85,165 +84,178 @@ fn snapshot() -> BTreeSet<String> {
     paths
 }
 
-/// What a unit file says about starting its daemon.
-struct Unit {
-    exec_start_pre: Vec<String>,
-    exec_start: String,
-    /// setpriv's --bounding-set argument, from CapabilityBoundingSet=.
-    bounding_set: Option<String>,
-    no_new_privs: bool,
-    umask: Option<String>,
-}
-
-impl Unit {
-    fn read(name: &str) -> Unit {
-        let text = fs::read_to_string(Path::new(UNIT_DIR).join(name)).expect("installed unit");
-        let mut u = Unit {
-            exec_start_pre: vec![],
-            exec_start: String::new(),
-            bounding_set: None,
-            no_new_privs: false,
-            umask: None,
-        };
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let Some((k, v)) = line.split_once('=') else {
-                continue;
-            };
-            match k {
-                "ExecStartPre" => u.exec_start_pre.push(v.to_string()),
-                "ExecStart" => u.exec_start = v.to_string(),
-                "NoNewPrivileges" => u.no_new_privs = v == "yes",
-                "UMask" => u.umask = Some(v.to_string()),
-                "CapabilityBoundingSet" => {
-                    let (drop, caps) = match v.strip_prefix('~') {
-                        Some(rest) => (true, rest),
-                        None => (false, v),
-                    };
-                    let names = caps
-                        .split_whitespace()
-                        .map(|c| c.trim_start_matches("CAP_").to_lowercase());
-                    u.bounding_set = Some(if drop {
-                        names.map(|c| format!("-{c}")).collect::<Vec<_>>().join(",")
-                    } else {
-                        std::iter::once("-all".to_string())
-                            .chain(names.map(|c| format!("+{c}")))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    });
-                }
-                _ => {}
-            }
-        }
-        assert!(!u.exec_start.is_empty(), "{name} has an ExecStart");
-        u
-    }
-
-    /// `line` as systemd would run it in this unit's sandbox ("+": outside
-    /// it, but with the unit's umask still).
-    fn command(&self, line: &str) -> Command {
-        let (privileged, line) = match line.strip_prefix('+') {
-            Some(l) => (true, l),
-            None => (false, line),
-        };
-        let argv: Vec<&str> = line.split_whitespace().collect();
-        let mut c = Command::new("sh");
-        c.arg("-c")
-            .arg(format!(
-                "umask {} && exec \"$@\"",
-                self.umask.as_deref().unwrap_or("0022")
-            ))
-            .args(["sh", "setpriv"]);
-        if !privileged {
-            if let Some(b) = &self.bounding_set {
-                c.arg(format!("--bounding-set={b}"));
-            }
-            if self.no_new_privs {
-                c.arg("--no-new-privs");
-            }
-        }
-        c.arg("--").args(&argv);
-        c
-    }
-}
-
-/// The installed pool: its daemons stopped and the packages purged on the
-/// way out, whatever happens in between.
-struct Pool {
+/// The systemd the packages are installed under; on the way out, whatever
+/// happened, the units stopped and the packages purged (inside, so the
+/// maintainer scripts reach systemd), then systemd itself goes.
+struct Machine {
+    sd: Systemd,
     dir: tempfile::TempDir,
-    daemons: Vec<(String, Child)>,
 }
 
-impl Pool {
-    fn start(&mut self, name: &str, unit: &Unit) {
-        for pre in &unit.exec_start_pre {
-            let out = unit.command(pre).output().expect("run ExecStartPre");
-            assert!(
-                out.status.success(),
-                "{name} ExecStartPre={pre}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let log = fs::File::create(self.log_path(name)).unwrap();
-        let child = unit
-            .command(&unit.exec_start)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start the installed daemon");
-        self.daemons.push((name.to_string(), child));
-    }
-
-    fn log_path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(format!("{name}.log"))
-    }
-
-    fn logs(&self) -> String {
-        self.daemons
-            .iter()
-            .map(|(n, _)| {
-                format!(
-                    "--- {n}\n{}",
-                    fs::read_to_string(self.log_path(n)).unwrap_or_default()
-                )
-            })
-            .collect()
-    }
-
-    /// SIGTERM to each daemon, newest first; waits for each to exit.
-    fn stop(&mut self) {
-        while let Some((name, mut child)) = self.daemons.pop() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let exited = wait_until(&format!("{name} to exit on SIGTERM"), T, || {
-                child.try_wait().ok().flatten()
-            });
-            assert!(exited.success(), "{name} exited with {exited} on SIGTERM");
-        }
-    }
-}
-
-impl Drop for Pool {
+impl Drop for Machine {
     fn drop(&mut self) {
-        for (_, c) in self.daemons.iter_mut() {
-            c.kill().ok();
-            c.wait().ok();
+        if std::thread::panicking() {
+            eprintln!("--- systemd and units' output\n{}", self.sd.log());
         }
-        let _ = Command::new("dpkg").arg("--purge").args(PACKAGES).output();
+        let _ = self
+            .sd
+            .systemctl(&["stop", "stj-starter.service", "stj-schedd.service"]);
+        let _ = self
+            .sd
+            .command("dpkg")
+            .arg("--purge")
+            .args(PACKAGES)
+            .stdin(Stdio::null())
+            .output();
     }
 }
 
-fn mode(p: &str) -> u32 {
-    fs::metadata(p)
-        .unwrap_or_else(|e| panic!("{p}: {e}"))
-        .mode()
-        & 0o7777
+impl Machine {
+    /// `program` inside, as root; its output, which must say success.
+    fn run(&self, program: &str, args: &[&str]) -> String {
+        ok(self
+            .sd
+            .command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {program}: {e}")))
+    }
+
+    /// `program` inside as `user`, in `wd`, with a login's HOME and
+    /// runtime directory.
+    fn as_user(&self, user: &TestUser, wd: &Path, program: &str, args: &[&str]) -> Output {
+        let runtime = self.dir.path().join(format!("run-{}", user.uid));
+        if !runtime.exists() {
+            fs::create_dir(&runtime).unwrap();
+            nix::unistd::chown(&runtime, Some(user.uid.into()), Some(user.gid.into())).unwrap();
+            fs::set_permissions(
+                &runtime,
+                std::os::unix::fs::PermissionsExt::from_mode(0o700),
+            )
+            .unwrap();
+        }
+        self.sd
+            .command_as(user.uid, user.gid, wd, program)
+            .args(args)
+            .env("HOME", user.home())
+            .env("USER", &user.name)
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {program} as {}: {e}", user.name))
+    }
+
+    /// `stat -c FORMAT path` inside (paths under /run are systemd's own).
+    fn stat(&self, format: &str, path: &str) -> String {
+        self.run("stat", &["-c", format, path]).trim().to_string()
+    }
+
+    fn exists(&self, path: &str) -> bool {
+        self.sd
+            .command("test")
+            .args(["-e", path])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    fn is_active(&self, unit: &str) -> String {
+        String::from_utf8_lossy(&self.sd.systemctl(&["is-active", unit]).stdout)
+            .trim()
+            .to_string()
+    }
+
+    fn is_enabled(&self, unit: &str) -> String {
+        String::from_utf8_lossy(&self.sd.systemctl(&["is-enabled", unit]).stdout)
+            .trim()
+            .to_string()
+    }
+
+    fn main_pid(&self, unit: &str) -> String {
+        let pid = self.sd.property(unit, "MainPID");
+        assert!(
+            pid != "0" && !pid.is_empty(),
+            "{unit} runs: {}",
+            self.sd.log()
+        );
+        pid
+    }
+
+    /// A line of /proc/PID/status inside (`CapBnd`, `NoNewPrivs`).
+    fn status_field(&self, pid: &str, field: &str) -> String {
+        let status = self.run("cat", &[&format!("/proc/{pid}/status")]);
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+            .trim()
+            .to_string()
+    }
+
+    fn dpkg_install(&self, debs: &[PathBuf]) {
+        let out = self
+            .sd
+            .command("dpkg")
+            .arg("--install")
+            .args(debs)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "dpkg --install: {}\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.sd.log()
+        );
+    }
+
+    /// `stj nodes --json` inside, as root: is `node` connected?
+    fn connected(&self, node: &str) -> bool {
+        let out = self
+            .sd
+            .command("/usr/bin/stj")
+            .args(["nodes", "--json"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| {
+                v.as_array().map(|a| {
+                    a.iter()
+                        .any(|n| n["name"] == node && n["state"] == "connected")
+                })
+            })
+            .unwrap_or(false)
+    }
+
+    fn job_state(&self, job: &str) -> Option<String> {
+        let out = self
+            .sd
+            .command("/usr/bin/stj")
+            .args(["q", "--json", job])
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v[0]["state"].as_str().map(str::to_string)
+    }
 }
+
+/// CapBnd (hex) has capability number `cap`.
+fn has_cap(capbnd: &str, cap: u32) -> bool {
+    u64::from_str_radix(capbnd, 16).expect("CapBnd is hex") & (1 << cap) != 0
+}
+
+const CAP_DAC_OVERRIDE: u32 = 1;
+const CAP_NET_BIND_SERVICE: u32 = 10;
+const CAP_SYS_MODULE: u32 = 16;
+const CAP_SYS_BOOT: u32 = 22;
 
 #[test]
-fn packages_install_run_a_session_with_the_installed_config_and_purge_clean() {
+fn packages_install_run_upgrade_and_purge_clean_under_systemd() {
     let debs: Vec<PathBuf> = PACKAGES.iter().map(|p| deb(p)).collect();
     for p in PACKAGES {
         assert!(
@@ -254,17 +266,24 @@ fn packages_install_run_a_session_with_the_installed_config_and_purge_clean() {
     }
     // Users exist before the snapshot: making one writes to /etc.
     let alice = TestUser::alice();
+    let work = alice.home().join("stj-package-test");
     let before = snapshot();
-
-    let mut pool = Pool {
-        dir: tempfile::tempdir().unwrap(),
-        daemons: vec![],
+    let private_tmp = |d: &str| -> Vec<String> {
+        fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("systemd-private-") && n.contains("-stj-"))
+            .collect()
     };
-    ok(Command::new("dpkg")
-        .arg("--install")
-        .args(&debs)
-        .output()
-        .unwrap());
+    assert!(private_tmp("/tmp").is_empty() && private_tmp("/var/tmp").is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    let sd = Systemd::boot(&dir.path().join("systemd.log"));
+    let m = Machine { sd, dir };
+
+    m.dpkg_install(&debs);
 
     // Where an admin looks for things.
     for f in [
@@ -274,6 +293,8 @@ fn packages_install_run_a_session_with_the_installed_config_and_purge_clean() {
         "/usr/bin/stj",
         "/usr/bin/stj-proxy",
         "/usr/lib/stj/libstj_preload.so",
+        "/usr/lib/tmpfiles.d/stj-schedd.conf",
+        "/usr/lib/systemd/system/stj-schedd-sock.service",
         "/usr/share/man/man8/stj-schedd.8.gz",
         "/usr/share/man/man8/stj-starter.8.gz",
         "/usr/share/man/man1/ssh-to-job.1.gz",
@@ -282,7 +303,9 @@ fn packages_install_run_a_session_with_the_installed_config_and_purge_clean() {
         "/usr/share/bash-completion/completions/ssh-to-job",
         "/usr/share/zsh/vendor-completions/_stj",
         "/usr/share/fish/vendor_completions.d/stj-schedd.fish",
-        "/usr/share/doc/stj-common/README.md",
+        "/usr/share/doc/stj-common/README.md.gz",
+        "/usr/share/doc/stj-common/copyright",
+        "/usr/share/doc/stj-schedd/changelog.Debian.gz",
     ] {
         assert!(Path::new(f).is_file(), "{f} is installed");
     }
@@ -294,25 +317,29 @@ fn packages_install_run_a_session_with_the_installed_config_and_purge_clean() {
         conffiles.contains("/etc/stj/stj.toml"),
         "stj.toml is a conffile: {conffiles}"
     );
-    // The postinst made the reverse-connection directory.
-    assert_eq!(mode("/var/lock/stj/daemon_sock"), 0o1733);
-    assert_eq!(fs::metadata("/var/lock/stj/daemon_sock").unwrap().uid(), 0);
-    // The schedd is enabled at install; the starter is not (it needs its
-    // token first).
-    let wants = Path::new("/etc/systemd/system/multi-user.target.wants");
-    assert!(
-        wants.join("stj-schedd.service").exists(),
-        "stj-schedd.service enabled"
-    );
-    assert!(
-        !wants.join("stj-starter.service").exists(),
-        "stj-starter.service not enabled"
-    );
+    let arch = ok(Command::new("dpkg-query")
+        .args(["-W", "-f", "${Architecture}", "stj-common"])
+        .output()
+        .unwrap());
+    assert_eq!(arch, "all", "stj-common holds no binaries");
+
+    // The maintainer scripts: the schedd enabled and running, the starter
+    // installed but neither (it needs its schedd address and token first).
+    assert_eq!(m.is_enabled("stj-schedd.service"), "enabled");
+    wait_until("stj-schedd.service to be active", T, || {
+        (m.is_active("stj-schedd.service") == "active").then_some(())
+    });
+    assert_eq!(m.is_enabled("stj-starter.service"), "disabled");
+    assert_eq!(m.is_active("stj-starter.service"), "inactive");
+    // The reverse-connection directory, root's, reachable by users.
+    assert_eq!(m.stat("%a %u", "/run/lock/stj"), "755 0");
+    assert_eq!(m.stat("%a %u", "/run/lock/stj/daemon_sock"), "1733 0");
 
     // The units as systemd reads them: keys, paths, man pages they name.
     let verify = Command::new("systemd-analyze")
         .arg("verify")
         .arg(Path::new(UNIT_DIR).join("stj-schedd.service"))
+        .arg(Path::new(UNIT_DIR).join("stj-schedd-sock.service"))
         .arg(Path::new(UNIT_DIR).join("stj-starter.service"))
         .output()
         .expect("run systemd-analyze");
@@ -322,111 +349,187 @@ fn packages_install_run_a_session_with_the_installed_config_and_purge_clean() {
         String::from_utf8_lossy(&verify.stderr)
     );
 
-    // The daemons, as their units start them, with the installed config;
-    // the schedd as after a reboot, when /run/lock (a tmpfs) starts empty.
-    let schedd = Unit::read("stj-schedd.service");
-    assert!(schedd.no_new_privs && schedd.bounding_set.is_some() && schedd.umask.is_some());
-    fs::remove_dir_all("/run/lock/stj").unwrap();
-    pool.start("stj-schedd", &schedd);
-    // Made again by its ExecStartPre, reachable by users despite UMask.
-    assert_eq!(mode("/run/lock/stj"), 0o755);
-    assert_eq!(mode("/var/lock/stj/daemon_sock"), 0o1733);
-    let stj = |user: Option<&TestUser>, args: &[&str]| {
-        let mut c = Command::new("/usr/bin/stj");
-        c.args(args).current_dir("/").stdin(Stdio::null());
-        if let Some(u) = user {
-            c.uid(u.uid).gid(u.gid);
-        }
-        c.output().expect("run /usr/bin/stj")
-    };
     wait_until(
         "the installed schedd to answer on /run/stj/schedd.sock",
         T,
-        || stj(None, &["nodes"]).status.success().then_some(()),
+        || {
+            m.sd.command("/usr/bin/stj")
+                .arg("nodes")
+                .stdin(Stdio::null())
+                .output()
+                .ok()?
+                .status
+                .success()
+                .then_some(())
+        },
     );
+
+    // The schedd's sandbox, as systemd made it: only the capabilities the
+    // unit names, no_new_privs, and of /run only what it uses (not
+    // systemd's private socket, which root could otherwise drive).
+    let schedd = m.main_pid("stj-schedd.service");
+    let capbnd = m.status_field(&schedd, "CapBnd");
+    assert_eq!(
+        u64::from_str_radix(&capbnd, 16).unwrap(),
+        (1 << CAP_DAC_OVERRIDE) | (1 << CAP_NET_BIND_SERVICE),
+        "stj-schedd's bounding set"
+    );
+    assert_eq!(m.status_field(&schedd, "NoNewPrivs"), "1");
+    assert!(m.exists("/run/systemd/private"), "systemd's socket exists");
+    let in_schedd = |path: &str| {
+        m.sd.command("nsenter")
+            .args(["-t", &schedd, "-m", "test", "-e", path])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    assert!(
+        !in_schedd("/run/systemd/private"),
+        "the schedd sees systemd's socket"
+    );
+    assert!(in_schedd("/run/stj/schedd.sock"));
+    assert!(in_schedd("/run/lock/stj/daemon_sock"));
+
+    // After a reboot /run/lock (a tmpfs) starts empty: tmpfiles.d makes the
+    // directory at boot, and stj-schedd-sock.service before each start of
+    // the schedd (a configured directory, too).
+    m.run("systemctl", &["stop", "stj-schedd.service"]);
+    m.run("rm", &["-rf", "/run/lock/stj"]);
+    m.run("systemd-tmpfiles", &["--create", "stj-schedd.conf"]);
+    assert_eq!(m.stat("%a %u", "/run/lock/stj/daemon_sock"), "1733 0");
+    m.run("rm", &["-rf", "/run/lock/stj"]);
+    m.run("systemctl", &["start", "stj-schedd.service"]);
+    assert_eq!(m.stat("%a %u", "/run/lock/stj"), "755 0");
+    assert_eq!(m.stat("%a %u", "/run/lock/stj/daemon_sock"), "1733 0");
+
+    // A node, with README's lines: its token from the schedd, the
+    // schedd's address in the conffile, then enable --now.
     let node = nix::unistd::gethostname()
         .unwrap()
         .to_string_lossy()
         .into_owned();
-    ok(Command::new("/usr/sbin/stj-schedd")
-        .args(["token", &node, "--out", "/etc/stj/join-token"])
-        .output()
-        .unwrap());
-    pool.start("stj-starter", &Unit::read("stj-starter.service"));
+    let token = m.dir.path().join(format!("join-token.{node}"));
+    m.run(
+        "/usr/sbin/stj-schedd",
+        &["token", &node, "--out", &token.to_string_lossy()],
+    );
+    m.run(
+        "sed",
+        &[
+            "-i",
+            r#"s/^#schedd = .*/schedd = "127.0.0.1:9618"/"#,
+            "/etc/stj/stj.toml",
+        ],
+    );
+    assert!(fs::read_to_string("/etc/stj/stj.toml")
+        .unwrap()
+        .contains("\nschedd = \"127.0.0.1:9618\"\n"));
+    m.run(
+        "install",
+        &["-m", "600", &token.to_string_lossy(), "/etc/stj/join-token"],
+    );
+    m.run("systemctl", &["enable", "--now", "stj-starter.service"]);
+    assert_eq!(m.is_enabled("stj-starter.service"), "enabled");
     wait_until("the installed starter to register", T, || {
-        let out = stj(None, &["nodes", "--json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        v.as_array()?
-            .iter()
-            .any(|n| n["name"] == node.as_str() && n["state"] == "connected")
-            .then_some(())
+        m.connected(&node).then_some(())
     });
 
     // A job and a session, as a user, with the installed commands and
     // nothing but their defaults.
-    let work = alice.home().join("stj-package-test");
     fs::create_dir_all(&work).unwrap();
     nix::unistd::chown(&work, Some(alice.uid.into()), Some(alice.gid.into())).unwrap();
-    let submit = Command::new("/usr/bin/stj")
-        .args([
+    let submit = m.as_user(
+        &alice,
+        &work,
+        "/usr/bin/stj",
+        &[
             "submit",
             "--",
             "sh",
             "-c",
             "echo from-the-job > out; exec sleep 600",
-        ])
-        .current_dir(&work)
-        .uid(alice.uid)
-        .gid(alice.gid)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+        ],
+    );
     let job = ok(submit).trim().to_string();
     wait_until("the job to run", T, || {
-        let out = stj(None, &["q", "--json", &job]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        (v[0]["state"] == "running" && work.join("out").exists()).then_some(())
+        (m.job_state(&job).as_deref() == Some("running") && work.join("out").exists()).then_some(())
     });
-    let runtime = pool.dir.path().join("run-alice");
-    fs::create_dir(&runtime).unwrap();
-    nix::unistd::chown(&runtime, Some(alice.uid.into()), Some(alice.gid.into())).unwrap();
-    fs::set_permissions(
-        &runtime,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .unwrap();
     // Reverse: through the directory the package made (auto would fall
-    // back to the relay if users could not reach it).
-    let session = Command::new("/usr/bin/ssh-to-job")
-        .args(["--mode", "reverse", &job, "cat out; pwd"])
-        .current_dir(&work)
-        .env("HOME", alice.home())
-        .env("XDG_RUNTIME_DIR", &runtime)
-        .uid(alice.uid)
-        .gid(alice.gid)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    // back to the relay if users could not reach it, or the sandboxed
+    // schedd could not reach their sockets). --auto-retry: the job may
+    // still be starting on its node.
+    let session = |what: &str| {
+        let out = m.as_user(
+            &alice,
+            &work,
+            "/usr/bin/ssh-to-job",
+            &["--mode", "reverse", "--auto-retry", &job, "cat out; pwd"],
+        );
+        assert!(
+            out.status.success(),
+            "{what}: ssh-to-job {job}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            m.sd.log()
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("from-the-job\n{}\n", work.display())
+        );
+    };
+    session("first session");
+
+    // Nothing the job starts, even set-id, may load a kernel module.
+    let uid = alice.uid.to_string();
+    let job_pid = m.run("pgrep", &["-u", &uid, "-x", "sleep"]);
+    let job_pid = job_pid.lines().next().expect("the job's sleep").to_string();
+    let job_capbnd = m.status_field(&job_pid, "CapBnd");
     assert!(
-        session.status.success(),
-        "ssh-to-job {job}: {}\n{}",
-        String::from_utf8_lossy(&session.stderr),
-        pool.logs()
+        !has_cap(&job_capbnd, CAP_SYS_MODULE) && !has_cap(&job_capbnd, CAP_SYS_BOOT),
+        "the job's bounding set {job_capbnd} keeps SYS_MODULE or SYS_BOOT"
+    );
+
+    // An upgrade (the same packages again): the schedd restarts, the
+    // starter and its job do not; sessions work once the node is back.
+    let starter = m.main_pid("stj-starter.service");
+    m.dpkg_install(&debs);
+    wait_until("stj-schedd.service to be active again", T, || {
+        (m.is_active("stj-schedd.service") == "active").then_some(())
+    });
+    assert_ne!(
+        m.main_pid("stj-schedd.service"),
+        schedd,
+        "the schedd restarted"
     );
     assert_eq!(
-        String::from_utf8_lossy(&session.stdout),
-        format!("from-the-job\n{}\n", work.display())
+        m.main_pid("stj-starter.service"),
+        starter,
+        "the starter kept running"
     );
-    ok(stj(Some(&alice), &["rm", &job]));
-    pool.stop();
+    wait_until("the starter to be back after the upgrade", T, || {
+        m.connected(&node).then_some(())
+    });
+    assert_eq!(m.job_state(&job).as_deref(), Some("running"));
+    session("session after the upgrade");
 
-    // Removed, not purged: the admin's configuration stays (policy), the
-    // programs go.
-    ok(Command::new("dpkg")
-        .arg("--remove")
-        .args(PACKAGES)
-        .output()
-        .unwrap());
+    ok(m.as_user(&alice, &work, "/usr/bin/stj", &["rm", &job]));
+    wait_until("the job's processes to end", T, || {
+        (!m.exists(&format!("/proc/{job_pid}"))).then_some(())
+    });
+
+    // Removed, not purged: the units stopped, the admin's configuration
+    // stays (policy), the programs go.
+    m.run(
+        "dpkg",
+        &[
+            "--remove",
+            PACKAGES[0],
+            PACKAGES[1],
+            PACKAGES[2],
+            PACKAGES[3],
+        ],
+    );
+    assert_eq!(m.is_active("stj-schedd.service"), "inactive");
+    assert_eq!(m.is_active("stj-starter.service"), "inactive");
     assert!(
         Path::new("/etc/stj/stj.toml").exists(),
         "conffile kept on remove"
@@ -435,12 +538,21 @@ fn packages_install_run_a_session_with_the_installed_config_and_purge_clean() {
 
     // Purged: nothing of ours anywhere (caches of other packages aside,
     // e.g. man-db's pages formatted for systemd-analyze's look-ups).
-    ok(Command::new("dpkg")
-        .arg("--purge")
-        .args(PACKAGES)
-        .output()
-        .unwrap());
+    m.run(
+        "dpkg",
+        &[
+            "--purge",
+            PACKAGES[0],
+            PACKAGES[1],
+            PACKAGES[2],
+            PACKAGES[3],
+        ],
+    );
+    for p in ["/run/stj", "/run/lock/stj", "/etc/stj/join-token"] {
+        assert!(!m.exists(p), "{p} left after purge");
+    }
     fs::remove_dir_all(&work).unwrap();
+    drop(m);
     let after = snapshot();
     let left: Vec<&String> = after
         .difference(&before)
@@ -452,4 +564,6 @@ fn packages_install_run_a_session_with_the_installed_config_and_purge_clean() {
         gone.is_empty(),
         "removed by the packages but not theirs: {gone:#?}"
     );
+    // PrivateTmp= directories go with the unit.
+    assert!(private_tmp("/tmp").is_empty() && private_tmp("/var/tmp").is_empty());
 }
