@@ -21,12 +21,15 @@ pub enum Jobs {
     Slurm,
 }
 
-/// The sections a config file may have, with the knobs of each. Every
-/// program checks every section's knob names, not only its own: a knob
-/// under the wrong section (`enable_ssh_to_job = false` appended after
-/// `[starter]` on a host that runs no starter) is an error, never a
-/// setting nobody reads. The lists are the fields of `ScheddConfig` and
-/// `StarterConfig`; a test in packaging/ holds them to the structs.
+/// The sections a config file may have, with the knobs of each. A program
+/// refuses an unknown knob in its own section, and one of its own knobs
+/// under another section (`enable_ssh_to_job = false` appended after
+/// `[starter]` on a host that runs no starter): an error, never a setting
+/// nobody reads. Other unknown names in another section are that
+/// program's to refuse: a newer schedd's knob in a file shared with older
+/// starters must not stop them. The lists are the fields of
+/// `ScheddConfig` and `StarterConfig`; a test in packaging/ holds them to
+/// the structs.
 pub const SECTIONS: &[(&str, &[&str])] = &[("schedd", SCHEDD_KNOBS), ("starter", STARTER_KNOBS)];
 
 pub const SCHEDD_KNOBS: &[&str] = &[
@@ -111,6 +114,11 @@ pub fn parse_section<T: DeserializeOwned + Default>(
     name: &str,
 ) -> Result<T, SectionError> {
     let table: toml::Table = toml::from_str(text)?;
+    let mine = SECTIONS
+        .iter()
+        .find(|(s, _)| *s == name)
+        .map(|(_, knobs)| *knobs)
+        .unwrap_or_default();
     for (section, value) in &table {
         let Some((_, knobs)) = SECTIONS.iter().find(|(s, _)| s == section) else {
             return Err(SectionError::UnknownSection(section.clone()));
@@ -119,7 +127,10 @@ pub fn parse_section<T: DeserializeOwned + Default>(
             .as_table()
             .ok_or_else(|| SectionError::NotATable(section.clone()))?
             .keys();
-        if let Some(knob) = keys.find(|k| !knobs.contains(&k.as_str())) {
+        let refused = |k: &&String| {
+            !knobs.contains(&k.as_str()) && (section == name || mine.contains(&k.as_str()))
+        };
+        if let Some(knob) = keys.find(refused) {
             return Err(SectionError::UnknownKnob {
                 section: section.clone(),
                 knob: knob.clone(),
@@ -173,15 +184,15 @@ mod tests {
                 .heartbeat_secs,
             3
         );
-        // The other program's section is typed by that program, but its
-        // knob names are checked by every program.
+        // The other program's section is that program's to check: its
+        // values and names it does not know (a newer version's knob).
         assert_eq!(
-            parse_section::<S>("[starter]\nslots = \"x\"\n", "schedd")
+            parse_section::<S>("[starter]\nslots = \"x\"\nslotz = 1\n", "schedd")
                 .unwrap()
                 .heartbeat_secs,
             0
         );
-        let e = parse_section::<S>("[starter]\nslotz = 1\n", "schedd").unwrap_err();
+        let e = parse_section::<S>("[starter]\nslotz = 1\n", "starter").unwrap_err();
         assert!(
             matches!(
                 &e,

@@ -22,8 +22,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 
-/// The mode of the directory: anyone may add, only the owner may remove.
-pub const MODE: u32 = 0o1733;
+use stj_cli::paths::DAEMON_SOCK_MODE as MODE;
 
 /// Makes `dir` (and what is missing above it), root-owned, mode 1733.
 /// Idempotent.
@@ -60,9 +59,9 @@ pub fn init(dir: &Path) -> Result<()> {
         trusted(&existing, false)?;
     }
     if missing.is_empty() {
-        // Taken over only if it is root's and either already ours or empty:
-        // `daemon_sock_dir = "/var/lib/stj/schedd"` must not make the
-        // schedd's keys' directory world-writable.
+        // An existing directory is only checked, never opened up: a typo
+        // (`daemon_sock_dir = "/var/lib/stj/schedd"`, or `/run/sshd`) must
+        // not make some other directory world-writable.
         let m = fs::symlink_metadata(dir)?;
         ensure!(
             !m.file_type().is_symlink() && m.is_dir(),
@@ -75,13 +74,9 @@ pub fn init(dir: &Path) -> Result<()> {
             dir.display(),
             m.uid()
         );
-        let empty = fs::read_dir(dir)
-            .with_context(|| format!("cannot read {}", dir.display()))?
-            .next()
-            .is_none();
         ensure!(
-            m.mode() & 0o7777 == MODE || empty,
-            "{} holds files and is not a reverse-connection directory (mode {:o}); daemon_sock_dir must name a directory of its own",
+            m.mode() & 0o7777 == MODE,
+            "{} exists with mode {:o}, not 1733: daemon_sock_dir must name a directory of its own; remove it or set daemon_sock_dir to a new path, then run `stj-schedd init-daemon-sock`",
             dir.display(),
             m.mode() & 0o7777
         );
@@ -267,8 +262,16 @@ mod tests {
         fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).unwrap();
         fs::write(state.join("ca.key.der"), "key").unwrap();
         let e = init(&state).unwrap_err().to_string();
-        assert!(e.contains("holds files"), "{e}");
+        assert!(e.contains("not 1733"), "{e}");
         assert_eq!(fs::metadata(&state).unwrap().mode() & 0o7777, 0o700);
+        // Or an empty one of the system's (`/run/sshd`, which sshd wants
+        // root's and not writable by others).
+        let empty = t.path().join("sshd");
+        fs::create_dir(&empty).unwrap();
+        fs::set_permissions(&empty, fs::Permissions::from_mode(0o755)).unwrap();
+        let e = init(&empty).unwrap_err().to_string();
+        assert!(e.contains("not 1733"), "{e}");
+        assert_eq!(fs::metadata(&empty).unwrap().mode() & 0o7777, 0o755);
 
         // Another user's directory at the path.
         let theirs = t.path().join("theirs");

@@ -1,6 +1,8 @@
 //! The user API on the local UNIX socket. Who is calling comes from the
 //! kernel (SO_PEERCRED), never from the request.
 
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +65,15 @@ impl<T: prost::Message> Reply<T> {
 }
 /// Job ids one Query may name.
 const MAX_QUERY_IDS: usize = 10_000;
+/// Nodes in one Nodes reply (each costs a look-up in the queue).
+const NODES_PAGE: usize = 500;
+
+/// A node `stj nodes` shows: seen since this schedd started, or only
+/// enrolled.
+enum Known {
+    Seen(crate::registry::NodeView),
+    Enrolled(crate::enrolment::EnrolledNode),
+}
 /// Jobs one Remove call may name.
 const MAX_REMOVE: usize = 100_000;
 
@@ -254,61 +265,86 @@ impl ScheddApi for UserApi {
                 "at most {MAX_QUERY_IDS} node names per query"
             )));
         }
-        let wanted = |n: &str| req.names.is_empty() || req.names.iter().any(|w| w == n);
-        let mut nodes = Vec::new();
+        let wanted: HashSet<&str> = req.names.iter().map(String::as_str).collect();
+        let wanted = |n: &str| wanted.is_empty() || wanted.contains(n);
+        // Every node the schedd knows, by name: connected since it started
+        // (`seen`), or enrolled and not seen.
         let seen = self.schedd.registry.views();
-        for (name, v) in &seen {
-            if !wanted(name) {
-                continue;
-            }
-            let jobs: Vec<u64> = self
-                .schedd
-                .queue
-                .running_on(name)
-                .map_err(internal)?
-                .iter()
-                .map(|j| j.id)
-                .collect();
-            nodes.push(Node {
-                name: name.clone(),
-                state: match v.state {
-                    crate::registry::LinkState::Connected => State::Connected,
-                    crate::registry::LinkState::Silent => State::Silent,
-                    crate::registry::LinkState::Gone => State::Gone,
-                } as i32,
-                since: v.since,
-                slots_total: v.slots,
-                slots_used: jobs.len() as u32,
-                jobs,
-                sessions_open: self.schedd.limits.open_on(name) as u32,
-                version: v.version.clone(),
-                address: v.address.clone(),
-                last_heard: v.last_heard.load(Ordering::Relaxed),
-            });
-        }
-        // Enrolled nodes not seen since this schedd started.
         let enrolled = self.schedd.enrolment.list().map_err(internal)?;
-        for e in enrolled {
-            if wanted(&e.name) && !seen.iter().any(|(n, _)| *n == e.name) {
-                nodes.push(Node {
-                    name: e.name,
-                    state: State::NotSeen as i32,
-                    since: e.enrolled_at,
-                    address: e.enrolled_from,
-                    ..Default::default()
-                });
-            }
+        let mut known: BTreeMap<String, Known> = enrolled
+            .into_iter()
+            .map(|e| (e.name.clone(), Known::Enrolled(e)))
+            .collect();
+        for (name, v) in seen {
+            known.insert(name, Known::Seen(v));
         }
-        for n in &req.names {
-            if !nodes.iter().any(|x| x.name == *n) {
+        // Named nodes must exist (the first page says so).
+        if req.after_name.is_empty() {
+            if let Some(n) = req.names.iter().find(|n| !known.contains_key(n.as_str())) {
                 return Err(Status::not_found(format!(
                     "no node {:?} has enrolled with this schedd (stj nodes lists them)",
                     n.chars().take(64).collect::<String>()
                 )));
             }
         }
-        nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Response::new(NodesReply { nodes }))
+        let mut reply = Reply::new();
+        let mut more = false;
+        let after = (Bound::Excluded(req.after_name.as_str()), Bound::Unbounded);
+        for (name, k) in known.range::<str, _>(after).filter(|(n, _)| wanted(n)) {
+            // Each node costs a look-up in the queue: a page has at most
+            // NODES_PAGE of them, whatever the pool's size.
+            if reply.items.len() == NODES_PAGE {
+                more = true;
+                break;
+            }
+            let node = match k {
+                Known::Seen(v) => {
+                    let jobs: Vec<u64> = self
+                        .schedd
+                        .queue
+                        .running_on(name)
+                        .map_err(internal)?
+                        .iter()
+                        .map(|j| j.id)
+                        .collect();
+                    Node {
+                        name: name.clone(),
+                        state: match v.state {
+                            crate::registry::LinkState::Connected => State::Connected,
+                            crate::registry::LinkState::Silent => State::Silent,
+                            crate::registry::LinkState::Gone => State::Gone,
+                        } as i32,
+                        since: v.since,
+                        slots_total: v.slots,
+                        slots_used: jobs.len() as u32,
+                        jobs,
+                        sessions_open: self.schedd.limits.open_on(name) as u32,
+                        version: v.version.clone(),
+                        address: v.address.clone(),
+                        last_heard: v.last_heard.load(Ordering::Relaxed),
+                    }
+                }
+                Known::Enrolled(e) => Node {
+                    name: name.clone(),
+                    state: State::NotSeen as i32,
+                    since: e.enrolled_at,
+                    address: e.enrolled_from.clone(),
+                    ..Default::default()
+                },
+            };
+            if !reply.add(node) {
+                more = true;
+                break;
+            }
+        }
+        let next_after_name = match (more, reply.items.last()) {
+            (true, Some(last)) => last.name.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(NodesReply {
+            nodes: reply.items,
+            next_after_name,
+        }))
     }
 
     async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<SubmitReply>, Status> {

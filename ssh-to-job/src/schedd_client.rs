@@ -81,6 +81,38 @@ pub async fn query_all(
     }
 }
 
+/// Every node `names` asks for (all when empty), page after page.
+pub async fn nodes_all(
+    c: &mut ScheddClient<Channel>,
+    names: Vec<String>,
+) -> Result<Vec<stj_proto::user::Node>> {
+    let mut nodes = Vec::new();
+    let mut after_name = String::new();
+    loop {
+        let page = c
+            .nodes(stj_proto::user::NodesRequest {
+                names: names.clone(),
+                after_name: after_name.clone(),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        nodes.extend(page.nodes);
+        if page.next_after_name.is_empty() {
+            return Ok(nodes);
+        }
+        // Names only grow from page to page: a schedd that says otherwise
+        // would keep us asking forever.
+        if page.next_after_name <= after_name {
+            anyhow::bail!(
+                "the schedd's node list went backwards at {:?}: is stj older than the schedd? (stj --version, stj-schedd --version)",
+                page.next_after_name
+            );
+        }
+        after_name = page.next_after_name;
+    }
+}
+
 /// Every audit record the request matches, page after page.
 pub async fn audit_all(
     c: &mut ScheddClient<Channel>,

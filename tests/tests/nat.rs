@@ -126,6 +126,48 @@ fn without_the_daemon_sock_dir_reverse_says_what_to_do_and_auto_uses_the_relay()
     );
 }
 
+/// /run/lock is writable by everyone: after a reboot a user may make the
+/// daemon_sock dir first, and then own every socket others make in it
+/// (delete them, rename their own in). Neither the client nor the schedd
+/// uses such a directory; auto mode takes the relay.
+#[test]
+fn a_daemon_sock_dir_a_user_made_is_used_by_neither_client_nor_schedd() {
+    let (c, alice, id) = natted_job();
+    nix::unistd::chown(&c.daemon_sock, Some(alice.uid.into()), None).unwrap();
+    let jid = id.to_string();
+    let out = c.ssh_to_job(&alice, &["--mode", "reverse", &jid, "true"], None);
+    assert_eq!(out.status.code(), Some(255));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not root's with mode 1733"), "{err}");
+
+    // A client told to use a good directory: the schedd still refuses its
+    // own, rather than hand a connection through the user's.
+    let good = c.path().join("good_daemon_sock");
+    ok(std::process::Command::new(stj_tests::bin("stj-schedd"))
+        .args(["init-daemon-sock", "--dir"])
+        .arg(&good)
+        .output()
+        .unwrap());
+    let out = c.ssh_to_job(
+        &alice,
+        &[
+            "--mode",
+            "reverse",
+            "--daemon-sock-dir",
+            &good.to_string_lossy(),
+            &jid,
+            "true",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(255));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("made by another user first?"), "{err}");
+
+    let out = c.ssh_to_job(&alice, &[&jid, "echo relayed"], None);
+    assert_eq!(ok(out), "relayed\n");
+}
+
 #[test]
 fn a_third_party_with_the_relay_session_id_gets_nothing_and_disturbs_nothing() {
     let (c, _alice, id) = natted_job();

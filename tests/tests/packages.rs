@@ -244,6 +244,24 @@ impl Machine {
     }
 }
 
+/// The cgroup hierarchies job cgroups go in: the v2 one (unified or the
+/// root) and each v1 one.
+fn cgroup_hierarchies() -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.procs").exists() {
+        return vec![root.to_path_buf()];
+    }
+    let mut v: Vec<PathBuf> = fs::read_dir(root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| !p.is_symlink() && p.join("cgroup.procs").exists())
+        .collect();
+    // The first is the one a starter locks: v2 first.
+    v.sort_by_key(|p| !p.ends_with("unified"));
+    v
+}
+
 /// CapBnd (hex) has capability number `cap`.
 fn has_cap(capbnd: &str, cap: u32) -> bool {
     u64::from_str_radix(capbnd, 16).expect("CapBnd is hex") & (1 << cap) != 0
@@ -553,6 +571,56 @@ fn packages_install_run_upgrade_and_purge_clean_under_systemd() {
     }
     fs::remove_dir_all(&work).unwrap();
     drop(m);
+
+    // Another starter instance on this node, still running: its cgroup
+    // parent in every hierarchy, flocked (as a starter does) in the first
+    // only. The starter's purge leaves it in all. (Run here, outside the
+    // test's systemd, which empties cgroups at the root of some v1
+    // hierarchies when units go, as a host's systemd does not.)
+    let other: Vec<PathBuf> = cgroup_hierarchies()
+        .iter()
+        .map(|h| h.join("stj_pkgtest-other"))
+        .collect();
+    for d in &other {
+        fs::create_dir(d).unwrap();
+    }
+    let held = fs::File::open(&other[0]).unwrap();
+    // SAFETY: flock on an fd we own.
+    assert_eq!(
+        unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&held),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        },
+        0
+    );
+    let scripts = tempfile::tempdir().unwrap();
+    ok(Command::new("dpkg-deb")
+        .arg("--control")
+        .arg(deb("stj-starter"))
+        .arg(scripts.path())
+        .output()
+        .unwrap());
+    ok(Command::new("sh")
+        .arg(scripts.path().join("postrm"))
+        .arg("purge")
+        .output()
+        .unwrap());
+    let gone: Vec<&PathBuf> = other.iter().filter(|d| !d.is_dir()).collect();
+    drop(held);
+    assert!(
+        gone.is_empty(),
+        "a running starter's cgroup parents removed by the purge: {gone:?}"
+    );
+    // Once that starter is gone, the next purge removes them.
+    ok(Command::new("sh")
+        .arg(scripts.path().join("postrm"))
+        .arg("purge")
+        .output()
+        .unwrap());
+    let left: Vec<&PathBuf> = other.iter().filter(|d| d.exists()).collect();
+    assert!(left.is_empty(), "left by the purge: {left:?}");
     let after = snapshot();
     let left: Vec<&String> = after
         .difference(&before)

@@ -827,5 +827,16 @@ fn a_reconnect_storm_after_a_schedd_restart_keeps_sessions_going() {
         during > 0,
         "the storm was paced: some starters were still away when the session ran"
     );
+    // `stj nodes` lists them all, though one reply holds at most 500.
+    let out = ok(c.stj(Some(&alice), &c.workdir(&alice), &["nodes", "--json"]));
+    let nodes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 601, "600 simulated starters and node1");
+    assert!(names.windows(2).all(|w| w[0] < w[1]), "sorted, no repeats");
     rt.shutdown_background();
 }

@@ -44,6 +44,12 @@ pub fn connect_back(
             dir.display()
         )));
     }
+    if !stj_cli::paths::is_daemon_sock_dir(dir) {
+        return Err(refuse(Code::FailedPrecondition, Refusal::DaemonSock, format!(
+            "the daemon_sock dir {} is not root's with mode 1733 (made by another user first?): remove it, run `stj-schedd init-daemon-sock` and restart stj-schedd",
+            dir.display()
+        )));
+    }
     // Checked now for a clear error, and again on the very inode when routed.
     super::shared_port::open_socket(dir, &req.route_name, owner).map_err(|e| {
         refuse(

@@ -40,6 +40,12 @@ pub fn usable(dir: &Path) -> Result<()> {
             dir.display()
         );
     }
+    if !stj_cli::paths::is_daemon_sock_dir(dir) {
+        bail!(
+            "the daemon_sock dir {} is not root's with mode 1733 (another user's, who could remove our socket?): an admin should remove it and run `stj-schedd init-daemon-sock`",
+            dir.display()
+        );
+    }
     Ok(())
 }
 

@@ -303,12 +303,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Nodes { json, names } => {
             let mut c = connect(&socket).await?;
-            let nodes = c
-                .nodes(stj_proto::user::NodesRequest { names })
-                .await
-                .map_err(ssh_to_job::schedd_client::status_error)?
-                .into_inner()
-                .nodes;
+            let nodes = ssh_to_job::schedd_client::nodes_all(&mut c, names).await?;
             if json {
                 println!(
                     "{}",
