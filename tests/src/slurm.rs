@@ -1,9 +1,13 @@
 //! A real Slurm on this machine, for the tests that add ssh-to-job to a
 //! Slurm cluster: munged, slurmctld and slurmd from Debian's packages
 //! (scripts/install-deps.sh), started by hand (no systemd here) once per
-//! test binary and stopped by their pid files when it exits. One node, named
-//! as `hostname -s` says (Slurm's NodeName must be), with more CPUs than it
-//! has (`config_overrides`) so that the tests' jobs run side by side;
+//! test binary and stopped by their pid files when it exits. Two nodes:
+//! this machine's, named as `hostname -s` says (Slurm's NodeName must be),
+//! alone in the default partition, and `stjnode2`, a second slurmd in a UTS
+//! namespace of its own (its hostname is its name) listening on another
+//! port, which with the first makes the partition `two` for jobs on two
+//! nodes. Both have more CPUs than the machine (`config_overrides`) so
+//! that the tests' jobs run side by side;
 //! proctrack/cgroup, so the jobs' processes are in Slurm's cgroup tree; runc
 //! for `sbatch --container`. Its config lives in its own directory, named by
 //! `SLURM_CONF` for everything the tests start (daemons, users' sbatch).
@@ -22,11 +26,14 @@ pub struct Slurm {
     pub conf: PathBuf,
     /// Slurm's name for this machine's node.
     pub node: String,
+    /// The second node's name (partition `two` holds both).
+    pub node2: String,
     /// Where rootless runc keeps its state for `--container` jobs.
     pub runc_root: PathBuf,
 }
 
 const DIR: &str = "/var/tmp/stj-tests/slurm";
+const NODE2: &str = "stjnode2";
 
 static SLURM: OnceLock<Slurm> = OnceLock::new();
 
@@ -79,7 +86,11 @@ extern "C" fn stop_at_exit() {
                 let _ = Command::new("scancel").args(&ids).status();
             }
         }
-        for d in ["slurmd", "slurmctld"] {
+        for d in [
+            format!("slurmd-{}", s.node),
+            format!("slurmd-{}", s.node2),
+            "slurmctld".to_string(),
+        ] {
             if let Ok(pid) = fs::read_to_string(s.dir.join(format!("run/{d}.pid"))) {
                 if let Ok(pid) = pid.trim().parse::<i32>() {
                     unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -93,16 +104,25 @@ impl Slurm {
     fn start() -> Slurm {
         let dir = PathBuf::from(DIR);
         let node = run(Command::new("hostname").arg("-s")).trim().to_string();
-        for d in ["slurmd", "slurmctld"] {
+        for d in [
+            format!("slurmd-{node}"),
+            format!("slurmd-{NODE2}"),
+            "slurmctld".to_string(),
+        ] {
             stop(&dir.join(format!("run/{d}.pid")));
         }
         // Jobs of an earlier run outlive its daemons (slurmstepd stays):
         // their cgroups would stand for this run's jobs of the same ids.
         end_leftover_jobs(&node);
+        end_leftover_jobs(NODE2);
         if dir.exists() {
             fs::remove_dir_all(&dir).unwrap();
         }
-        for d in ["spool/d", "spool/ctld", "log", "run", "runc"] {
+        let spools = [format!("spool/d-{node}"), format!("spool/d-{NODE2}")];
+        for d in ["spool/ctld", "log", "run", "runc"]
+            .into_iter()
+            .chain(spools.iter().map(String::as_str))
+        {
             fs::create_dir_all(dir.join(d)).unwrap();
         }
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
@@ -129,11 +149,11 @@ ProctrackType=proctrack/cgroup
 TaskPlugin=task/none
 ReturnToService=2
 SlurmctldPidFile={d}/run/slurmctld.pid
-SlurmdPidFile={d}/run/slurmd.pid
-SlurmdSpoolDir={d}/spool/d
+SlurmdPidFile={d}/run/slurmd-%n.pid
+SlurmdSpoolDir={d}/spool/d-%n
 StateSaveLocation={d}/spool/ctld
 SlurmctldLogFile={d}/log/slurmctld.log
-SlurmdLogFile={d}/log/slurmd.log
+SlurmdLogFile={d}/log/slurmd-%n.log
 SchedulerType=sched/builtin
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
@@ -144,8 +164,10 @@ MpiDefault=none
 MinJobAge=300
 KillWait=3
 InactiveLimit=0
-NodeName={node} CPUs=64 Boards=1 SocketsPerBoard=1 CoresPerSocket=64 ThreadsPerCore=1 RealMemory=8000 State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+NodeName={node} Port=16818 CPUs=64 Boards=1 SocketsPerBoard=1 CoresPerSocket=64 ThreadsPerCore=1 RealMemory=8000 State=UNKNOWN
+NodeName={NODE2} NodeAddr=127.0.0.1 Port=16819 CPUs=8 Boards=1 SocketsPerBoard=1 CoresPerSocket=8 ThreadsPerCore=1 RealMemory=8000 State=UNKNOWN
+PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
+PartitionName=two Nodes={node},{NODE2} MaxTime=INFINITE State=UP
 "
             ),
         )
@@ -173,21 +195,29 @@ RunTimeDelete=\"runc --rootless=true --root={r}/%u delete --force %n.%u.%j.%s.%t
         start_munge();
         run(Command::new("/usr/sbin/slurmctld").arg("-f").arg(&conf));
         run(Command::new("/usr/sbin/slurmd").arg("-f").arg(&conf));
+        // The second node: slurmd finds its NodeName by hostname.
+        run(Command::new("unshare")
+            .args(["--uts", "sh", "-c"])
+            .arg(format!(
+                "hostname {NODE2} && exec /usr/sbin/slurmd -f \"$1\""
+            ))
+            .arg("sh")
+            .arg(&conf));
         unsafe { libc::atexit(stop_at_exit) };
-        wait_until("Slurm's node to be idle", Duration::from_secs(60), || {
+        wait_until("Slurm's nodes to be idle", Duration::from_secs(60), || {
             let out = Command::new("sinfo")
-                .args(["-h", "-o", "%T"])
+                .args(["-h", "-N", "-p", "two", "-o", "%T"])
                 .output()
                 .ok()?;
-            String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .starts_with("idle")
+            let states = String::from_utf8_lossy(&out.stdout).into_owned();
+            (states.lines().count() == 2 && states.lines().all(|l| l.starts_with("idle")))
                 .then_some(())
         });
         Slurm {
             dir,
             conf,
             node,
+            node2: NODE2.to_string(),
             runc_root,
         }
     }
@@ -195,7 +225,11 @@ RunTimeDelete=\"runc --rootless=true --root={r}/%u delete --force %n.%u.%j.%s.%t
     /// slurmd's and slurmctld's logs, for a failing test.
     pub fn logs(&self) -> String {
         let mut s = String::new();
-        for l in ["slurmctld", "slurmd"] {
+        for l in [
+            "slurmctld".to_string(),
+            format!("slurmd-{}", self.node),
+            format!("slurmd-{}", self.node2),
+        ] {
             s.push_str(&format!("---- {l} ----\n"));
             let text =
                 fs::read_to_string(self.dir.join(format!("log/{l}.log"))).unwrap_or_default();

@@ -180,6 +180,72 @@ fn a_plain_batch_job_its_processes_cwd_environment_and_owner() {
     scancel(id);
 }
 
+/// A job on two nodes: `ssh-to-job J` goes to its batch host, `--node` to
+/// the other node of its allocation (another starter, beside that node's
+/// slurmd), where the session lands in that node's part of the job: its
+/// step, its environment, its processes.
+#[test]
+fn a_job_on_two_nodes_is_entered_on_either() {
+    let (mut c, s) = pool();
+    c.start_starter_with(&s.node2, 1, &["--jobs", "slurm"]);
+    let alice = TestUser::alice();
+    let id = sbatch(
+        &c,
+        &alice,
+        &[
+            "-p",
+            "two",
+            "-N",
+            "2",
+            "-o",
+            "/dev/null",
+            "--wrap",
+            "srun sleep 86602",
+        ],
+    );
+    // srun runs the program by its full path.
+    running(s, id, "/usr/bin/sleep 86602");
+    wait_until("the step on both nodes", T, || {
+        (pids_matching("/usr/bin/sleep 86602").len() == 2).then_some(())
+    });
+    let jid = id.to_string();
+    let out = Command::new("squeue")
+        .args(["-h", "-o", "%B", "-j", &jid])
+        .output()
+        .unwrap();
+    let batch_host = ok(out).trim().to_string();
+    let other = if batch_host == s.node {
+        s.node2.clone()
+    } else {
+        assert_eq!(batch_host, s.node2);
+        s.node.clone()
+    };
+    let show = "echo node=$SLURMD_NODENAME step=$SLURM_STEP_ID; hostname -s";
+    let batch = ok(c.ssh_to_job(&alice, &[&jid, show], None));
+    assert!(
+        batch.starts_with(&format!("node={batch_host} ")),
+        "the batch step on the batch host, {batch_host}: {batch}"
+    );
+    assert_eq!(batch.lines().nth(1), Some(batch_host.as_str()), "{batch}");
+    let there = ok(c.ssh_to_job(&alice, &["--node", &other, &jid, show], None));
+    assert_eq!(
+        there,
+        format!("node={other} step=0\n{other}\n"),
+        "step 0 on the other node, {other}, as its processes see it"
+    );
+    let out = c.ssh_to_job(
+        &alice,
+        &["--node", &other, "--step", "batch", &jid, "true"],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("has no step batch"),
+        "{err}"
+    );
+    scancel(id);
+}
+
 #[test]
 fn array_tasks_are_named_the_way_slurm_names_them() {
     let (c, s) = pool();
