@@ -257,11 +257,19 @@ impl Enrolment {
     }
 
     pub fn list(&self) -> rusqlite::Result<Vec<EnrolledNode>> {
+        self.list_after("", usize::MAX)
+    }
+
+    /// The first `limit` enrolled nodes whose names sort after `after`
+    /// ("": from the first), by name: a page of `stj nodes`.
+    pub fn list_after(&self, after: &str, limit: usize) -> rusqlite::Result<Vec<EnrolledNode>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT name, cert_sha256, enrolled_at, enrolled_from FROM nodes ORDER BY name",
+        let mut stmt = conn.prepare_cached(
+            "SELECT name, cert_sha256, enrolled_at, enrolled_from FROM nodes \
+             WHERE name > ?1 ORDER BY name LIMIT ?2",
         )?;
-        let rows = stmt.query_map([], |r| {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![after, limit], |r| {
             let pin: Vec<u8> = r.get(1)?;
             let mut cert_sha256 = [0u8; 32];
             if pin.len() == 32 {
@@ -374,6 +382,27 @@ mod tests {
             Admitted::Enrolled
         );
         assert_eq!(e.list().unwrap()[0].cert_sha256, [9; 32]);
+    }
+
+    #[test]
+    fn enrolled_nodes_come_in_pages_by_name() {
+        let (_d, e) = book();
+        let names: Vec<String> = ["n3", "n1", "n10", "n2"].map(String::from).to_vec();
+        let token = e.mint(&names, DAY).unwrap();
+        for (i, n) in names.iter().enumerate() {
+            e.admit(n, [i as u8; 32], &token, "x").unwrap();
+        }
+        let page = |after: &str| -> Vec<String> {
+            e.list_after(after, 2)
+                .unwrap()
+                .into_iter()
+                .map(|n| n.name)
+                .collect()
+        };
+        assert_eq!(page(""), ["n1", "n10"]);
+        assert_eq!(page("n10"), ["n2", "n3"]);
+        assert!(page("n3").is_empty());
+        assert_eq!(e.list().unwrap().len(), 4);
     }
 
     #[test]

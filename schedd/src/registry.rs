@@ -1,7 +1,7 @@
 //! The starters connected right now, when the others were last seen, and
 //! what `stj nodes` says of each.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -60,7 +60,7 @@ pub enum Lost {
 struct Inner {
     connected: HashMap<String, StarterHandle>,
     gone_since: HashMap<String, Instant>,
-    seen: HashMap<String, NodeView>,
+    seen: BTreeMap<String, NodeView>,
 }
 
 fn unix_now() -> i64 {
@@ -137,11 +137,18 @@ impl Registry {
 
     /// Every starter seen since start, by name.
     pub fn views(&self) -> Vec<(String, NodeView)> {
+        self.views_after("", usize::MAX)
+    }
+
+    /// The first `limit` starters seen since start whose names sort after
+    /// `after` ("": from the first), by name: a page of `stj nodes`.
+    pub fn views_after(&self, after: &str, limit: usize) -> Vec<(String, NodeView)> {
         let g = self.lock();
-        let mut v: Vec<(String, NodeView)> =
-            g.seen.iter().map(|(n, s)| (n.clone(), s.clone())).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        g.seen
+            .range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+            .take(limit)
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect()
     }
 
     /// Queues a message for a connected starter. False if it is not connected

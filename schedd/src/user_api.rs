@@ -267,10 +267,26 @@ impl ScheddApi for UserApi {
         }
         let wanted: HashSet<&str> = req.names.iter().map(String::as_str).collect();
         let wanted = |n: &str| wanted.is_empty() || wanted.contains(n);
-        // Every node the schedd knows, by name: connected since it started
-        // (`seen`), or enrolled and not seen.
-        let seen = self.schedd.registry.views();
-        let enrolled = self.schedd.enrolment.list().map_err(internal)?;
+        // The nodes the schedd knows, by name: connected since it started
+        // (`seen`), or enrolled and not seen. Listing all, a page needs only
+        // the first NODES_PAGE + 1 after `after_name` of each; named ones
+        // (at most MAX_QUERY_IDS) are looked for among all.
+        let (seen, enrolled) = if req.names.is_empty() {
+            (
+                self.schedd
+                    .registry
+                    .views_after(&req.after_name, NODES_PAGE + 1),
+                self.schedd
+                    .enrolment
+                    .list_after(&req.after_name, NODES_PAGE + 1)
+                    .map_err(internal)?,
+            )
+        } else {
+            (
+                self.schedd.registry.views(),
+                self.schedd.enrolment.list().map_err(internal)?,
+            )
+        };
         let mut known: BTreeMap<String, Known> = enrolled
             .into_iter()
             .map(|e| (e.name.clone(), Known::Enrolled(e)))

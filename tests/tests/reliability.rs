@@ -838,5 +838,19 @@ fn a_reconnect_storm_after_a_schedd_restart_keeps_sessions_going() {
         .collect();
     assert_eq!(names.len(), 601, "600 simulated starters and node1");
     assert!(names.windows(2).all(|w| w[0] < w[1]), "sorted, no repeats");
+    // Named ones, from anywhere in the list.
+    let out = ok(c.stj(
+        Some(&alice),
+        &c.workdir(&alice),
+        &["nodes", "--json", "storm-599", "node1", "storm-0"],
+    ));
+    let named: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let named: Vec<&str> = named
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(named, ["node1", "storm-0", "storm-599"]);
     rt.shutdown_background();
 }
