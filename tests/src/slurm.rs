@@ -86,6 +86,21 @@ extern "C" fn stop_at_exit() {
                 let _ = Command::new("scancel").args(&ids).status();
             }
         }
+        // Until slurmctld has heard every job end: a slurmstepd whose
+        // completion it never gets retries for ever, and keeps its slurmd
+        // from exiting. (No panicking wait_until at exit.)
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            let left = Command::new("squeue")
+                .args(["-h", "-o", "%A"])
+                .output()
+                .map(|o| !o.stdout.is_empty())
+                .unwrap_or(false);
+            if !left {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         for d in [
             format!("slurmd-{}", s.node),
             format!("slurmd-{}", s.node2),
