@@ -43,8 +43,8 @@ for w in /etc/systemd/system/*.wants/* /etc/systemd/system/*.requires/* \
 done
 # No journald here: every service's output goes to one file (a drop-in
 # for all services), systemd's own to our stderr.
-printf '[Manager]\nLogTarget=console\nDefaultStandardOutput=inherit\nDefaultStandardError=inherit\n' > /run/stj-systemd/system.conf
-mount --bind /run/stj-systemd/system.conf /etc/systemd/system.conf
+mkdir -p /run/systemd/system.conf.d
+printf '[Manager]\nLogTarget=console\nDefaultStandardOutput=inherit\nDefaultStandardError=inherit\n' > /run/systemd/system.conf.d/stj-test.conf
 mkdir -p "$U/service.d"
 printf '[Service]\nStandardOutput=append:/run/stj-systemd/units.log\nStandardError=append:/run/stj-systemd/units.log\n' > "$U/service.d/stj-test-log.conf"
 # Images built for containers forbid maintainer scripts to start services.
@@ -79,7 +79,7 @@ impl Systemd {
                [ -e \"$h/cgroup.procs\" ] || continue; \
                mkdir -p \"$h{CGROUP}\" 2>/dev/null && echo $$ > \"$h{CGROUP}/cgroup.procs\" 2>/dev/null || true; \
              done; \
-             exec unshare --pid --fork --mount --uts sh -c '{}'",
+             exec unshare --pid --fork --kill-child --mount --uts sh -c '{}'",
             BOOT.replace('\'', r"'\''")
         );
         let unshare = Command::new("sh")
@@ -90,17 +90,19 @@ impl Systemd {
             .spawn()
             .expect("start unshare for systemd");
         let u = unshare.id();
-        let pid = wait_until("systemd to start as PID 1", Duration::from_secs(30), || {
+        // Made now, so that a boot that fails is taken down too: killing
+        // unshare kills systemd (--kill-child).
+        let mut sd = Systemd {
+            unshare,
+            pid: 0,
+            log: log.to_path_buf(),
+        };
+        sd.pid = wait_until("systemd to start as PID 1", Duration::from_secs(30), || {
             let children = fs::read_to_string(format!("/proc/{u}/task/{u}/children")).ok()?;
             let pid: i32 = children.split_whitespace().next()?.parse().ok()?;
             let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
             (comm.trim() == "systemd").then_some(pid)
         });
-        let sd = Systemd {
-            unshare,
-            pid,
-            log: log.to_path_buf(),
-        };
         wait_until("systemd to be up", Duration::from_secs(60), || {
             let o = sd.systemctl(&["is-system-running"]);
             let state = String::from_utf8_lossy(&o.stdout).trim().to_string();
@@ -165,11 +167,15 @@ impl Systemd {
 
 impl Drop for Systemd {
     fn drop(&mut self) {
-        // PID 1 of a namespace takes every process in it along.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        // PID 1 of a namespace takes every process in it along; unshare
+        // takes its child (a systemd not found yet: pid 0, never signalled).
+        if self.pid > 0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self.unshare.kill();
         let _ = self.unshare.wait();
         // Its cgroup tree, deepest first, once the processes are gone.
         let mut dirs = vec![];
