@@ -31,8 +31,10 @@ BIN="$PWD/target/debug"
 stop
 mkdir -p "$DEV"
 chmod 755 "$DEV"
+# The directory reverse connections are handed through (root's, 1733).
+"$BIN/stj-schedd" init-daemon-sock --dir "$DEV/daemon_sock" >/dev/null
 "$BIN/stj-schedd" --state-dir "$DEV/schedd" --socket "$STJ_SCHEDD_SOCKET" --listen 127.0.0.1:9618 \
-  >"$DEV/schedd.log" 2>&1 &
+  --daemon-sock-dir "$DEV/daemon_sock" >"$DEV/schedd.log" 2>&1 &
 echo $! >"$DEV/schedd.pid"
 for _ in $(seq 100); do [ -S "$STJ_SCHEDD_SOCKET" ] && break; sleep 0.1; done
 [ -S "$STJ_SCHEDD_SOCKET" ] || { cat "$DEV/schedd.log"; exit 1; }

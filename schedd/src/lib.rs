@@ -146,6 +146,17 @@ pub async fn run(
         config,
     });
     tracing::info!(listen = %local, socket = %schedd.config.socket.display(), "schedd ready");
+    // Said once at start, where an admin looks, rather than only to each
+    // client that falls back to the relay.
+    if !stj_cli::paths::is_daemon_sock_dir(&schedd.config.daemon_sock_dir) {
+        tracing::warn!(
+            daemon_sock_dir = %schedd.config.daemon_sock_dir.display(),
+            "the daemon_sock dir is missing or not root's with mode 1733 (as this schedd sees it): \
+             reverse connections are off and clients use the relay; run `stj-schedd init-daemon-sock`, \
+             and under systemd a daemon_sock_dir outside /run/lock/stj needs a BindReadOnlyPaths= drop-in \
+             (systemctl edit stj-schedd), then restart stj-schedd"
+        );
+    }
 
     let api = stj_proto::user::schedd_server::ScheddServer::new(user_api::UserApi {
         schedd: schedd.clone(),

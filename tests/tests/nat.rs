@@ -105,7 +105,9 @@ fn nodes_are_unreachable_from_the_submit_host_and_sessions_still_work() {
 
 #[test]
 fn without_the_daemon_sock_dir_reverse_says_what_to_do_and_auto_uses_the_relay() {
-    let (c, alice, id) = natted_job();
+    let (mut c, alice, id) = natted_job();
+    const WARNING: &str = "the daemon_sock dir is missing or not root's with mode 1733";
+    assert!(!c.schedd_log().contains(WARNING), "{}", c.schedd_log());
     fs::remove_dir(&c.daemon_sock).unwrap();
     let jid = id.to_string();
     let out = c.ssh_to_job(&alice, &["--mode", "reverse", &jid, "true"], None);
@@ -124,6 +126,14 @@ fn without_the_daemon_sock_dir_reverse_says_what_to_do_and_auto_uses_the_relay()
         1,
         "says so once: {err}"
     );
+
+    // A schedd that starts without it says so, with the fix, in its log.
+    c.kill_schedd();
+    c.start_schedd();
+    stj_tests::wait_until("the schedd's warning", T, || {
+        c.schedd_log().contains(WARNING).then_some(())
+    });
+    assert!(c.schedd_log().contains("run `stj-schedd init-daemon-sock`"));
 }
 
 /// /run/lock is writable by everyone: after a reboot a user may make the

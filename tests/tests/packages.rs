@@ -512,6 +512,12 @@ fn packages_install_run_upgrade_and_purge_clean_under_systemd() {
         );
     };
     session("first session");
+    // Its start found the directory as it should be, inside its sandbox.
+    assert!(
+        !m.sd.log().contains("the daemon_sock dir is missing"),
+        "{}",
+        m.sd.log()
+    );
 
     // Nothing the job starts, even set-id, may load a kernel module.
     let uid = alice.uid.to_string();
