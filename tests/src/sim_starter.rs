@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 pub struct SimStarter {
     pub name: String,
@@ -27,17 +27,19 @@ pub struct SimStarter {
     pub relays: Option<mpsc::UnboundedReceiver<TcpStream>>,
 }
 
-/// Registers `name` with `slots` and keeps the link alive in a task.
-pub async fn register(
+type Link = Framed<tokio_rustls::client::TlsStream<TcpStream>, LengthDelimitedCodec>;
+
+/// Dials the schedd as `name` (with `slots`) under its key and
+/// certificate, says Hello and waits for the Welcome, at most `welcome`
+/// long when given.
+async fn link(
     schedd: &str,
     token: &JoinToken,
     name: &str,
     slots: u32,
-    want_relays: bool,
-) -> Result<SimStarter> {
-    // A key of its own, as every node has (the token enrols it).
-    let key = rcgen::KeyPair::generate()?;
-    let cert = rcgen::CertificateParams::new(vec!["stj-starter".to_string()])?.self_signed(&key)?;
+    (key, cert): (&rcgen::KeyPair, &rcgen::Certificate),
+    welcome: Option<Duration>,
+) -> Result<Link> {
     let identity = (
         vec![rustls::pki_types::CertificateDer::from(cert.der().to_vec())],
         rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
@@ -62,13 +64,31 @@ pub async fn register(
         })),
     };
     framed.send(encode(&hello)).await?;
-    match framed.next().await {
+    let answer = match welcome {
+        Some(t) => tokio::time::timeout(t, framed.next()).await.ok().flatten(),
+        None => framed.next().await,
+    };
+    match answer {
         Some(Ok(f)) => match decode::<ScheddMessage>(f)?.msg {
-            Some(In::Welcome(_)) => {}
+            Some(In::Welcome(_)) => Ok(framed),
             other => bail!("not welcomed: {other:?}"),
         },
         _ => bail!("link closed during registration"),
     }
+}
+
+/// Registers `name` with `slots` and keeps the link alive in a task.
+pub async fn register(
+    schedd: &str,
+    token: &JoinToken,
+    name: &str,
+    slots: u32,
+    want_relays: bool,
+) -> Result<SimStarter> {
+    // A key of its own, as every node has (the token enrols it).
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["stj-starter".to_string()])?.self_signed(&key)?;
+    let mut framed = link(schedd, token, name, slots, (&key, &cert), None).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     let schedd = Arc::new(schedd.to_string());
     tokio::spawn(async move {
@@ -139,36 +159,14 @@ pub async fn stay_registered(
     let mut backoff =
         stj_cli::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
-        let identity = (
-            vec![rustls::pki_types::CertificateDer::from(cert.der().to_vec())],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
-                key.serialize_der(),
-            )),
+        let linked = link(
+            &schedd,
+            &token,
+            &name,
+            0,
+            (&key, &cert),
+            Some(Duration::from_secs(30)),
         );
-        let linked = async {
-            let (cfg, _) = stj_starter::tls::client_config(token.ca_sha256, identity)?;
-            let tcp = TcpStream::connect(schedd.as_str()).await?;
-            let tls = TlsConnector::from(cfg)
-                .connect(stj_starter::tls::server_name(), tcp)
-                .await?;
-            let mut framed = Framed::new(tls, link_codec());
-            let hello = StarterMessage {
-                msg: Some(Out::Hello(StarterHello {
-                    protocol_version: stj_proto::STARTER_PROTOCOL_VERSION,
-                    name: name.clone(),
-                    join_secret: token.secret.to_vec(),
-                    ..Default::default()
-                })),
-            };
-            framed.send(encode(&hello)).await?;
-            match tokio::time::timeout(Duration::from_secs(30), framed.next()).await {
-                Ok(Some(Ok(f))) => match decode::<ScheddMessage>(f)?.msg {
-                    Some(In::Welcome(_)) => Ok::<_, anyhow::Error>(framed),
-                    other => bail!("not welcomed: {other:?}"),
-                },
-                _ => bail!("link closed during registration"),
-            }
-        };
         if let Ok(mut framed) = linked.await {
             registered_at.store(
                 base.elapsed().as_millis() as u64,

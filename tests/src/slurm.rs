@@ -53,6 +53,17 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The daemons' names in their pid and log files (`run/NAME.pid`,
+/// `log/NAME.log`): slurmctld and the slurmd of each node (`node`, this
+/// machine's, and the second).
+fn daemons(node: &str) -> [String; 3] {
+    [
+        "slurmctld".to_string(),
+        format!("slurmd-{node}"),
+        format!("slurmd-{NODE2}"),
+    ]
+}
+
 /// Stops what a pid file names (daemons of an earlier run of the tests).
 fn stop(pid_file: &Path) {
     let Some(pid) = fs::read_to_string(pid_file)
@@ -101,11 +112,7 @@ extern "C" fn stop_at_exit() {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        for d in [
-            format!("slurmd-{}", s.node),
-            format!("slurmd-{}", s.node2),
-            "slurmctld".to_string(),
-        ] {
+        for d in daemons(&s.node) {
             if let Ok(pid) = fs::read_to_string(s.dir.join(format!("run/{d}.pid"))) {
                 if let Ok(pid) = pid.trim().parse::<i32>() {
                     unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -119,11 +126,7 @@ impl Slurm {
     fn start() -> Slurm {
         let dir = PathBuf::from(DIR);
         let node = run(Command::new("hostname").arg("-s")).trim().to_string();
-        for d in [
-            format!("slurmd-{node}"),
-            format!("slurmd-{NODE2}"),
-            "slurmctld".to_string(),
-        ] {
+        for d in daemons(&node) {
             stop(&dir.join(format!("run/{d}.pid")));
         }
         // Jobs of an earlier run outlive its daemons (slurmstepd stays):
@@ -240,11 +243,7 @@ RunTimeDelete=\"runc --rootless=true --root={r}/%u delete --force %n.%u.%j.%s.%t
     /// slurmd's and slurmctld's logs, for a failing test.
     pub fn logs(&self) -> String {
         let mut s = String::new();
-        for l in [
-            "slurmctld".to_string(),
-            format!("slurmd-{}", self.node),
-            format!("slurmd-{}", self.node2),
-        ] {
+        for l in daemons(&self.node) {
             s.push_str(&format!("---- {l} ----\n"));
             let text =
                 fs::read_to_string(self.dir.join(format!("log/{l}.log"))).unwrap_or_default();

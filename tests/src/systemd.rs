@@ -143,11 +143,16 @@ impl Systemd {
             .expect("run systemctl")
     }
 
-    /// A unit's property (`systemctl show -P`).
-    pub fn property(&self, unit: &str, name: &str) -> String {
-        String::from_utf8_lossy(&self.systemctl(&["show", "-P", name, unit]).stdout)
+    /// What `systemctl ARGS` prints (trimmed): `is-active UNIT` and the like.
+    pub fn answer(&self, args: &[&str]) -> String {
+        String::from_utf8_lossy(&self.systemctl(args).stdout)
             .trim()
             .to_string()
+    }
+
+    /// A unit's property (`systemctl show -P`).
+    pub fn property(&self, unit: &str, name: &str) -> String {
+        self.answer(&["show", "-P", name, unit])
     }
 
     /// What systemd and the services wrote.

@@ -161,15 +161,11 @@ impl Machine {
     }
 
     fn is_active(&self, unit: &str) -> String {
-        String::from_utf8_lossy(&self.sd.systemctl(&["is-active", unit]).stdout)
-            .trim()
-            .to_string()
+        self.sd.answer(&["is-active", unit])
     }
 
     fn is_enabled(&self, unit: &str) -> String {
-        String::from_utf8_lossy(&self.sd.systemctl(&["is-enabled", unit]).stdout)
-            .trim()
-            .to_string()
+        self.sd.answer(&["is-enabled", unit])
     }
 
     fn main_pid(&self, unit: &str) -> String {

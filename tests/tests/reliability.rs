@@ -828,29 +828,22 @@ fn a_reconnect_storm_after_a_schedd_restart_keeps_sessions_going() {
         "the storm was paced: some starters were still away when the session ran"
     );
     // `stj nodes` lists them all, though one reply holds at most 500.
-    let out = ok(c.stj(Some(&alice), &c.workdir(&alice), &["nodes", "--json"]));
-    let nodes: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let names: Vec<&str> = nodes
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["name"].as_str().unwrap())
-        .collect();
+    let node_names = |names: &[&str]| -> Vec<String> {
+        let args = [&["nodes", "--json"][..], names].concat();
+        let out = ok(c.stj(Some(&alice), &c.workdir(&alice), &args));
+        let nodes: serde_json::Value = serde_json::from_str(&out).unwrap();
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let names = node_names(&[]);
     assert_eq!(names.len(), 601, "600 simulated starters and node1");
     assert!(names.windows(2).all(|w| w[0] < w[1]), "sorted, no repeats");
     // Named ones, from anywhere in the list.
-    let out = ok(c.stj(
-        Some(&alice),
-        &c.workdir(&alice),
-        &["nodes", "--json", "storm-599", "node1", "storm-0"],
-    ));
-    let named: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let named: Vec<&str> = named
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["name"].as_str().unwrap())
-        .collect();
+    let named = node_names(&["storm-599", "node1", "storm-0"]);
     assert_eq!(named, ["node1", "storm-0", "storm-599"]);
     rt.shutdown_background();
 }
